@@ -1,0 +1,77 @@
+"""Helpers shared by CLI commands: run a coroutine, print JSON or a rich table, map L07Error to an exit code."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime
+from enum import Enum
+from functools import wraps
+from typing import Any, TypeVar
+
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+
+from ..models.error_codes import L07Error
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+T = TypeVar("T")
+
+JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")
+
+
+def to_jsonable(value: Any) -> Any:
+    """Pydantic models, enums and datetimes as plain JSON values."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+def emit_json(value: Any) -> None:
+    """Print one JSON document on stdout."""
+    sys.stdout.write(json.dumps(to_jsonable(value), default=str) + "\n")
+    sys.stdout.flush()
+
+
+def table(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
+    """Print a rich table."""
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(str(c))
+    for r in rows:
+        t.add_row(*[str(x) if x is not None else "" for x in r])
+    console.print(t)
+
+
+def run(coro_fn: Callable[..., Awaitable[T]]) -> Callable[..., T]:
+    """Decorator for typer commands written as ``async def``: runs them, and turns ``L07Error`` into a clean message.
+
+    The error goes to stderr as ``E7xxx NAME: message`` (or a JSON object when ``--json`` was given) with exit code 2.
+    """
+
+    @wraps(coro_fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return asyncio.run(coro_fn(*args, **kwargs))
+        except L07Error as exc:
+            if kwargs.get("json_out"):
+                emit_json({"error": exc.to_dict()})
+            else:
+                err_console.print(f"[bold red]{exc.code.value} {exc.code.name}[/]: {exc.message}")
+            raise typer.Exit(code=2) from None
+
+    return wrapper

@@ -1,0 +1,48 @@
+"""Structured logging: JSON lines on stderr (or plain text), with the request id when one is bound."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("l07_request_id", default=None)
+
+_RESERVED = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record; ``extra={...}`` fields are merged in."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload = {
+            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        rid = REQUEST_ID.get()
+        if rid:
+            payload["request_id"] = rid
+        for key, value in record.__dict__.items():
+            if key not in _RESERVED and not key.startswith("_"):
+                payload[key] = value
+        if record.exc_info:
+            payload["exc"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str)
+
+
+def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
+    """Install one stderr handler on the ``L07_learning`` logger tree (idempotent)."""
+    root = logging.getLogger(__package__.split(".")[0] if __package__ else "L07_learning")
+    root.setLevel(level.upper())
+    for handler in list(root.handlers):
+        if getattr(handler, "_l07", False):
+            root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler._l07 = True  # type: ignore[attr-defined]
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.propagate = False

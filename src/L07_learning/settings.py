@@ -1,0 +1,88 @@
+"""Runtime configuration (pydantic-settings, environment prefix ``L07_``).
+
+``get_settings()`` builds the settings on first call instead of at import time, so tests and the CLI can override
+them with ``L07_*`` variables or ``configure(...)``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """All L07 settings. Every field can be set as ``L07_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="L07_", extra="ignore")
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".l07", description="Home folder: DB, keys, artifacts")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default sqlite file in home")
+    auto_migrate: bool | None = Field(
+        default=None, description="Upgrade the schema on first use; default true for SQLite, false otherwise"
+    )
+    artifact_root: str | None = Field(default=None, description="fsspec URL for artifacts; default <home>/artifacts")
+    model_cache_dir: Path | None = Field(default=None, description="Local cache of converted base models")
+    signing_key_path: Path | None = Field(default=None, description="PEM private key; default <home>/keys/")
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    # Ingestion (contract §1.7, §1.8, §1.9)
+    join_window_s: float = 300.0
+    late_join_ttl_s: float = 24 * 3600.0
+    source_allow_list: list[str] = Field(
+        default_factory=lambda: [r"^https://agentic\.local/layers/l0\d$", r"^l0\d(\.[\w.-]+)?$"]
+    )
+    max_event_bytes: int = 1_000_000
+    max_trace_steps: int = 1000
+    dead_letter_after_attempts: int = 5
+
+    # Filter (contract §5.2)
+    min_quality_score: float = 70.0
+    min_confidence: float = 0.8
+    near_duplicate_jaccard: float = 0.8
+    pii_action: Literal["redact", "drop"] = "redact"
+    max_source_share: float = 0.5
+
+    # Training (contract §4.3, §4.1)
+    minimum_dataset_size: int = Field(default=5000, ge=1, le=10000)
+    max_concurrent_jobs: int = 3
+    worker_heartbeat_s: float = 5.0
+    worker_stale_after_s: float = 60.0
+
+    # Release (contract §2.3)
+    outbox_sinks: list[str] = Field(default_factory=lambda: ["jsonl"])
+    outbox_jsonl_path: Path | None = None
+    redis_url: str | None = None
+    webhook_url: str | None = None
+
+    @model_validator(mode="after")
+    def _defaults(self) -> "Settings":
+        self.home = Path(self.home).expanduser()
+        if self.database_url is None:
+            self.database_url = f"sqlite+aiosqlite:///{self.home / 'l07.db'}"
+        if self.artifact_root is None:
+            self.artifact_root = str(self.home / "artifacts")
+        if self.model_cache_dir is None:
+            self.model_cache_dir = self.home / "cache" / "models"
+        if self.signing_key_path is None:
+            self.signing_key_path = self.home / "keys"
+        if self.outbox_jsonl_path is None:
+            self.outbox_jsonl_path = self.home / "outbox" / "releases.jsonl"
+        if self.auto_migrate is None:
+            self.auto_migrate = self.database_url.startswith("sqlite")
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first call."""
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Forget cached settings (tests, or after changing the environment)."""
+    get_settings.cache_clear()

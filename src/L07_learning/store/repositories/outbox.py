@@ -1,0 +1,67 @@
+"""Outbox rows: add in the caller's transaction; list, acknowledge and retry for the relay."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ...models._base import utcnow
+from ..tables import SqlOutboxDelivery, SqlOutboxEvent
+
+
+class OutboxRepository:
+    """Data access for ``l07_outbox`` and its per-sink deliveries."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    def add(self, event: dict[str, Any], subject: str | None = None) -> None:
+        self.session.add(
+            SqlOutboxEvent(event_id=event["id"], event_type=event["type"], subject=subject, payload=event, created_at=utcnow())
+        )
+
+    async def due(self, limit: int = 100, now: datetime | None = None) -> list[SqlOutboxEvent]:
+        """Undelivered events whose next attempt is due, oldest first."""
+        now = now or utcnow()
+        stmt = (
+            select(SqlOutboxEvent)
+            .where(SqlOutboxEvent.delivered_at.is_(None))
+            .where((SqlOutboxEvent.next_attempt_at.is_(None)) | (SqlOutboxEvent.next_attempt_at <= now))
+            .order_by(SqlOutboxEvent.id)
+            .limit(limit)
+        )
+        return list((await self.session.scalars(stmt)).all())
+
+    async def delivered_sinks(self, event_id: str) -> set[str]:
+        rows = await self.session.scalars(select(SqlOutboxDelivery.sink).where(SqlOutboxDelivery.event_id == event_id))
+        return set(rows.all())
+
+    def mark_sink_delivered(self, event_id: str, sink: str) -> None:
+        self.session.add(SqlOutboxDelivery(event_id=event_id, sink=sink, delivered_at=utcnow()))
+
+    async def mark_delivered(self, event_id: str) -> None:
+        row = await self.session.scalar(select(SqlOutboxEvent).where(SqlOutboxEvent.event_id == event_id))
+        if row is not None:
+            row.delivered_at = utcnow()
+
+    async def mark_failed(self, event_id: str, error: str, backoff_s: float) -> None:
+        row = await self.session.scalar(select(SqlOutboxEvent).where(SqlOutboxEvent.event_id == event_id))
+        if row is not None:
+            row.attempts += 1
+            row.last_error = error[:2000]
+            row.next_attempt_at = utcnow() + timedelta(seconds=backoff_s)
+
+    async def pending_count(self) -> int:
+        return int(await self.session.scalar(select(func.count()).select_from(SqlOutboxEvent).where(SqlOutboxEvent.delivered_at.is_(None))) or 0)
+
+    async def list(self, event_type: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        stmt = select(SqlOutboxEvent).order_by(SqlOutboxEvent.id.desc()).limit(limit)
+        if event_type:
+            stmt = stmt.where(SqlOutboxEvent.event_type == event_type)
+        return [
+            {"event": r.payload, "delivered_at": r.delivered_at, "attempts": r.attempts, "last_error": r.last_error}
+            for r in (await self.session.scalars(stmt)).all()
+        ]

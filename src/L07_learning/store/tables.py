@@ -1,0 +1,420 @@
+"""ORM rows for every persistent thing of the contract (§3). Rows never leave ``store/``: repositories map them to
+domain models.
+
+Alembic is the source of truth for the schema; ``tests/test_store.py`` proves these tables and the migrations agree.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: DateTime(timezone=True), dict: JSON, list: JSON}
+
+
+# --- events and ingestion ---------------------------------------------------------------------------------------
+
+
+class SqlProcessedEvent(Base):
+    """Idempotency keys (contract §1.8): (source, id) seen once."""
+
+    __tablename__ = "l07_processed_events"
+    source: Mapped[str] = mapped_column(String(512), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(512), primary_key=True)
+    event_type: Mapped[str] = mapped_column(String(256))
+    result: Mapped[str] = mapped_column(String(32), default="processed")
+    processed_at: Mapped[datetime] = mapped_column(default=_now, index=True)
+
+
+class SqlRejectedEvent(Base):
+    """Events that failed parsing or validation, with their code and raw payload (contract §1.9)."""
+
+    __tablename__ = "l07_rejected_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    source: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    event_type: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    code: Mapped[str] = mapped_column(String(8), index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    transport: Mapped[str] = mapped_column(String(32), default="inprocess")
+    raw_payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=_now, index=True)
+
+
+class SqlPendingJoin(Base):
+    """One execution waiting for its trace or its score (contract §1.7)."""
+
+    __tablename__ = "l07_pending_joins"
+    execution_id: Mapped[str] = mapped_column(String(512), primary_key=True)
+    trace_event: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    score_events: Mapped[list] = mapped_column(JSON, default=list)
+    trace_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    score_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    first_seen_at: Mapped[datetime] = mapped_column(default=_now)
+    status: Mapped[str] = mapped_column(String(32), default="waiting", index=True)
+    updated_at: Mapped[datetime] = mapped_column(default=_now, onupdate=_now)
+
+
+# --- examples --------------------------------------------------------------------------------------------------
+
+
+class SqlTrainingExample(Base):
+    __tablename__ = "l07_training_examples"
+    __table_args__ = (UniqueConstraint("source_type", "execution_id", name="uq_l07_training_examples_source_exec"),)
+    example_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    source_type: Mapped[str] = mapped_column(String(32))
+    execution_id: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    agent_id: Mapped[str | None] = mapped_column(String(256), nullable=True, index=True)
+    task_type: Mapped[str] = mapped_column(String(128), index=True)
+    domain: Mapped[str] = mapped_column(String(64), default="general")
+    status: Mapped[str] = mapped_column(String(16), index=True, default="PENDING")
+    content_hash: Mapped[str] = mapped_column(String(64), index=True)
+    quality_score: Mapped[float] = mapped_column(Float)
+    confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
+    composite_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    input_text: Mapped[str] = mapped_column(Text)
+    output_text: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=_now, index=True)
+
+
+class SqlRejectedExample(Base):
+    """Filter rejections and quarantines with their reason code; secrets are stored masked only."""
+
+    __tablename__ = "l07_rejected_examples"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    example_id: Mapped[str] = mapped_column(String(128), index=True)
+    decision: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str] = mapped_column(String(64), index=True)
+    code: Mapped[str | None] = mapped_column(String(8), nullable=True, index=True)
+    rule: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    agent_id: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    payload: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=_now, index=True)
+
+
+class SqlReviewItem(Base):
+    __tablename__ = "l07_review_queue"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    example_id: Mapped[str] = mapped_column(String(128), index=True)
+    reason: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="OPEN")
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+
+
+class SqlRewardSignal(Base):
+    __tablename__ = "l07_reward_signals"
+    signal_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    execution_id: Mapped[str | None] = mapped_column(String(512), nullable=True, index=True)
+    task_type: Mapped[str] = mapped_column(String(128), default="general")
+    quality_score: Mapped[float] = mapped_column(Float)
+    r_final: Mapped[float | None] = mapped_column(Float, nullable=True)
+    processed_by_learning: Mapped[bool] = mapped_column(Boolean, default=False)
+    data: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+
+
+class SqlPreferencePair(Base):
+    __tablename__ = "l07_preference_pairs"
+    pair_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    task_type: Mapped[str] = mapped_column(String(128), default="general")
+    source: Mapped[str] = mapped_column(String(32), default="extractor")
+    chosen_example_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    rejected_example_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    data: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+
+
+# --- datasets --------------------------------------------------------------------------------------------------
+
+
+class SqlDataset(Base):
+    __tablename__ = "l07_datasets"
+    dataset_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    name: Mapped[str] = mapped_column(String(256), unique=True)
+    latest_version: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+    updated_at: Mapped[datetime] = mapped_column(default=_now, onupdate=_now)
+
+
+class SqlDatasetVersion(Base):
+    __tablename__ = "l07_dataset_versions"
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("l07_datasets.dataset_id"), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    parent_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    change_type: Mapped[str] = mapped_column(String(8))
+    checksum_sha256: Mapped[str] = mapped_column(String(64))
+    split_seed: Mapped[int] = mapped_column(Integer, default=42)
+    statistics: Mapped[dict] = mapped_column(JSON)
+    lineage: Mapped[dict] = mapped_column(JSON)
+    manifest: Mapped[dict] = mapped_column(JSON)
+    data: Mapped[dict] = mapped_column(JSON)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+
+
+class SqlDatasetMember(Base):
+    __tablename__ = "l07_dataset_members"
+    dataset_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    example_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    split: Mapped[str] = mapped_column(String(8))
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    content_hash: Mapped[str] = mapped_column(String(64))
+
+
+# --- training jobs ---------------------------------------------------------------------------------------------
+
+
+class SqlTrainingJob(Base):
+    __tablename__ = "l07_training_jobs"
+    job_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    job_type: Mapped[str] = mapped_column(String(16), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    config: Mapped[dict] = mapped_column(JSON)
+    dataset_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    dataset_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    base_model_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    output_model_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    data: Mapped[dict] = mapped_column(JSON, default=dict)
+    retry_count: Mapped[int] = mapped_column(Integer, default=0)
+    error_code: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    worker_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    worker_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    checkpoint_location: Mapped[str | None] = mapped_column(Text, nullable=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(256), nullable=True, unique=True)
+    created_by: Mapped[str] = mapped_column(String(256), default="l07")
+    created_at: Mapped[datetime] = mapped_column(default=_now, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    completed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class SqlJobEvent(Base):
+    """Per-step losses, evals and state changes of a job."""
+
+    __tablename__ = "l07_job_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(128), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    payload: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+
+
+# --- models ----------------------------------------------------------------------------------------------------
+
+
+class SqlModel(Base):
+    __tablename__ = "l07_models"
+    __table_args__ = (
+        UniqueConstraint("name", "version", name="uq_l07_models_name_version"),
+        # One ACTIVE production version per model name, enforced by the database (contract §4.2).
+        Index(
+            "uq_l07_models_one_active",
+            "name",
+            unique=True,
+            postgresql_where=text("serving_state = 'ACTIVE'"),
+            sqlite_where=text("serving_state = 'ACTIVE'"),
+        ),
+    )
+    model_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    name: Mapped[str] = mapped_column(String(256), index=True)
+    version: Mapped[str] = mapped_column(String(64))
+    model_type: Mapped[str] = mapped_column(String(16), index=True)
+    stage: Mapped[str] = mapped_column(String(16), index=True)
+    serving_state: Mapped[str] = mapped_column(String(16), default="NONE")
+    artifact_path: Mapped[str] = mapped_column(Text)
+    checksum: Mapped[str] = mapped_column(String(80))
+    signature: Mapped[str] = mapped_column(Text)
+    signing_key_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    parent_model_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    training_job_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    dataset_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    dataset_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    validation_status: Mapped[str] = mapped_column(String(16), default="PENDING")
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    data: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+    updated_at: Mapped[datetime] = mapped_column(default=_now, onupdate=_now)
+
+
+class SqlModelStageHistory(Base):
+    __tablename__ = "l07_model_stage_history"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_id: Mapped[str] = mapped_column(String(128), index=True)
+    from_stage: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    to_stage: Mapped[str] = mapped_column(String(16))
+    serving_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    actor: Mapped[str] = mapped_column(String(256))
+    notes: Mapped[str | None] = mapped_column(Text, nullable=True)
+    approvals: Mapped[list] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+
+
+class SqlModelApproval(Base):
+    __tablename__ = "l07_model_approvals"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_id: Mapped[str] = mapped_column(String(128), index=True)
+    to_stage: Mapped[str] = mapped_column(String(16))
+    role: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(256))
+    consumed: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+
+
+class SqlValidationResult(Base):
+    __tablename__ = "l07_validation_results"
+    validation_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    model_id: Mapped[str] = mapped_column(String(128), index=True)
+    baseline_model_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    passed: Mapped[bool] = mapped_column(Boolean)
+    recommendation: Mapped[str] = mapped_column(String(8))
+    verdict: Mapped[str] = mapped_column(String(16))
+    regression_detected: Mapped[bool] = mapped_column(Boolean)
+    stages: Mapped[dict] = mapped_column(JSON)
+    started_at: Mapped[datetime] = mapped_column(default=_now)
+    completed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class SqlGoldenCase(Base):
+    """Registered golden prompts for regression suites."""
+
+    __tablename__ = "l07_golden_cases"
+    case_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    suite: Mapped[str] = mapped_column(String(128), index=True)
+    task_type: Mapped[str] = mapped_column(String(128), default="general")
+    difficulty: Mapped[str] = mapped_column(String(8), default="MEDIUM")
+    messages: Mapped[list] = mapped_column(JSON)
+    expected: Mapped[str] = mapped_column(Text)
+    match_mode: Mapped[str] = mapped_column(String(16), default="exact")
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+
+
+# --- patterns and strategies -------------------------------------------------------------------------------------
+
+
+class SqlPattern(Base):
+    __tablename__ = "l07_patterns"
+    pattern_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    agent_type: Mapped[str] = mapped_column(String(256), index=True)
+    pattern_type: Mapped[str] = mapped_column(String(32))
+    data: Mapped[dict] = mapped_column(JSON)
+    discovered_at: Mapped[datetime] = mapped_column(default=_now)
+
+
+class SqlPlanningStrategy(Base):
+    __tablename__ = "l07_planning_strategies"
+    strategy_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    task_type: Mapped[str] = mapped_column(String(128), index=True)
+    data: Mapped[dict] = mapped_column(JSON)
+    recommended_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+
+
+class SqlPlanningOutcome(Base):
+    """Planning decisions with outcomes, the optimiser's raw data (contract §1.4)."""
+
+    __tablename__ = "l07_planning_outcomes"
+    plan_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    task_type: Mapped[str] = mapped_column(String(128), index=True)
+    strategy_key: Mapped[str] = mapped_column(String(512))
+    success: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    data: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+
+
+# --- publishing, audit, auth -----------------------------------------------------------------------------------
+
+
+class SqlOutboxEvent(Base):
+    """Transactional outbox: written with the state change, delivered by the relay until acknowledged."""
+
+    __tablename__ = "l07_outbox"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(128), unique=True)
+    event_type: Mapped[str] = mapped_column(String(256), index=True)
+    subject: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    payload: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+    delivered_at: Mapped[datetime | None] = mapped_column(nullable=True, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class SqlOutboxDelivery(Base):
+    """Per-sink acknowledgement of an outbox event, so a retried event is never delivered twice to one sink."""
+
+    __tablename__ = "l07_outbox_deliveries"
+    event_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    sink: Mapped[str] = mapped_column(String(64), primary_key=True)
+    delivered_at: Mapped[datetime] = mapped_column(default=_now)
+
+
+class SqlAuditLog(Base):
+    """Append-only audit log (contract §7.4)."""
+
+    __tablename__ = "l07_audit_log"
+    audit_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    timestamp: Mapped[datetime] = mapped_column(default=_now, index=True)
+    actor_type: Mapped[str] = mapped_column(String(32), default="service")
+    actor_id: Mapped[str] = mapped_column(String(256))
+    action: Mapped[str] = mapped_column(String(128), index=True)
+    resource_type: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    result: Mapped[str] = mapped_column(String(32))
+    details: Mapped[dict] = mapped_column(JSON, default=dict)
+    error_code: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+
+
+class SqlApiKey(Base):
+    """REST API keys, stored only as hashes, each bound to one role."""
+
+    __tablename__ = "l07_api_keys"
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_hash: Mapped[str] = mapped_column(String(128), unique=True)
+    role: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    attributes: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+    revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+TABLES = sorted(Base.metadata.tables)
