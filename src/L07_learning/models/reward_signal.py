@@ -91,3 +91,17 @@ class RLHFConfig(L07Model):
     reward_learning_rate: float = Field(default=1e-4, gt=0, le=1e-2)
     reward_mode: Literal["pipeline", "multi_objective"] = "pipeline"
     seed: int = 42
+    target_modules: list[str] | None = Field(
+        default=None, description="LoRA target modules of the policy; None means every linear layer but the head"
+    )
+    reward_lora_rank: int | None = Field(
+        default=16, ge=1, le=64, description="LoRA rank of the reward model; None trains it fully (tiny models)"
+    )
+    reward_batch_size: int = Field(default=8, ge=1, le=128)
+    max_length: int = Field(default=1024, ge=16, le=8192, description="Longest prompt+answer, in tokens")
+    guard_every_steps: int = Field(
+        default=10, ge=1, description="Optimizer steps between KL / reward-hacking checks (PPO: rollouts)"
+    )
+    validation_tolerance: float = Field(
+        default=0.05, ge=0, le=1, description="Drop in held-out validation accuracy that counts as a fall (E7305)"
+    )

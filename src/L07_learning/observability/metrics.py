@@ -79,6 +79,26 @@ MODEL_IMPROVEMENT = Gauge(
     "l07_model_quality_improvement_percent", "Candidate improvement over baseline", ["base_model"], registry=REGISTRY
 )
 
+# Behaviour patterns and planning strategies
+PATTERN_TRACES_REJECTED = Counter(
+    "l07_pattern_traces_rejected_total", "Traces the pattern miner could not use, by reason", ["reason"], registry=REGISTRY
+)
+PATTERNS_DISCOVERED = Counter(
+    "l07_patterns_discovered_total", "Significant behaviour patterns found", ["polarity"], registry=REGISTRY
+)
+STRATEGY_RECOMMENDATIONS = Counter(
+    "l07_strategy_recommendations_total", "Planning-strategy recommendations published", registry=REGISTRY
+)
+
+# RLHF
+REWARD_SIGNALS_DROPPED = Counter(
+    "l07_reward_signals_dropped_total", "Reward signals left out of a batch, by reason", ["reason"], registry=REGISTRY
+)
+RLHF_ALERTS = Counter("l07_rlhf_alerts_total", "RLHF guard alerts (E7301, E7305, E7306, E7402)", ["code"], registry=REGISTRY)
+REWARD_MODEL_ACCURACY = Gauge(
+    "l07_reward_model_pairwise_accuracy", "Held-out pairwise accuracy of the latest reward model", registry=REGISTRY
+)
+
 # Reliability
 ERRORS = Counter("l07_errors_total", "Errors by code", ["error_code", "error_type"], registry=REGISTRY)
 CIRCUIT_BREAKER_STATE = Gauge(

@@ -71,6 +71,10 @@ def _publish_once(target: Path, build) -> Path:  # type: ignore[no-untyped-def]
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
             build(tmp)
+            # mkdtemp makes a private folder; the cache is shared by every L07 process of the machine.
+            tmp.chmod(0o755)
+            for f in tmp.iterdir():
+                f.chmod(0o644)
             if target.exists():
                 shutil.rmtree(target)
             tmp.rename(target)

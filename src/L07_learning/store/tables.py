@@ -140,6 +140,8 @@ class SqlRewardSignal(Base):
     execution_id: Mapped[str | None] = mapped_column(String(512), nullable=True, index=True)
     task_type: Mapped[str] = mapped_column(String(128), default="general")
     quality_score: Mapped[float] = mapped_column(Float)
+    # sha256 of the normalised prompt: executions of the same task are paired through it (contract §5.5).
+    prompt_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     r_final: Mapped[float | None] = mapped_column(Float, nullable=True)
     processed_by_learning: Mapped[bool] = mapped_column(Boolean, default=False)
     data: Mapped[dict] = mapped_column(JSON)

@@ -81,13 +81,19 @@ class PlanningRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def add_outcome(self, plan_id: str, task_type: str, key: str, success: bool | None, data: dict[str, Any]) -> bool:
-        """Store one planning outcome; returns False when ``plan_id`` is already stored (idempotent replay)."""
-        if await self.session.get(SqlPlanningOutcome, plan_id) is not None:
-            return False
+    async def existing_plan_ids(self, plan_ids: list[str]) -> set[str]:
+        """The subset of ``plan_ids`` already stored."""
+        found: set[str] = set()
+        for i in range(0, len(plan_ids), 500):  # bounded IN lists
+            chunk = plan_ids[i:i + 500]
+            rows = await self.session.scalars(select(SqlPlanningOutcome.plan_id).where(SqlPlanningOutcome.plan_id.in_(chunk)))
+            found.update(rows.all())
+        return found
+
+    def add_outcome(self, plan_id: str, task_type: str, key: str, success: bool | None, data: dict[str, Any]) -> None:
+        """Stage one planning outcome for insertion (callers skip known ``plan_id``s first)."""
         self.session.add(SqlPlanningOutcome(plan_id=plan_id, task_type=task_type, strategy_key=key, success=success,
                                             data=data, created_at=utcnow()))
-        return True
 
     async def outcomes(self, task_type: str | None = None) -> list[dict[str, Any]]:
         """Stored outcomes in arrival order (``plan_id``, ``task_type``, ``strategy_key``, ``success``, ``data``)."""

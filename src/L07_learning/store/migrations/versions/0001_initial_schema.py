@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-26 00:20:40.646097
+Create Date: 2026-11-26 00:24:37.720179
 """
 from alembic import op
 import sqlalchemy as sa
@@ -293,6 +293,7 @@ def upgrade() -> None:
     sa.Column('execution_id', sa.String(length=512), nullable=True),
     sa.Column('task_type', sa.String(length=128), nullable=False),
     sa.Column('quality_score', sa.Float(), nullable=False),
+    sa.Column('prompt_hash', sa.String(length=64), nullable=True),
     sa.Column('r_final', sa.Float(), nullable=True),
     sa.Column('processed_by_learning', sa.Boolean(), nullable=False),
     sa.Column('data', sa.JSON(), nullable=False),
@@ -301,6 +302,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('l07_reward_signals', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_l07_reward_signals_execution_id'), ['execution_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_l07_reward_signals_prompt_hash'), ['prompt_hash'], unique=False)
 
     op.create_table('l07_training_examples',
     sa.Column('example_id', sa.String(length=128), nullable=False),
@@ -417,6 +419,7 @@ def downgrade() -> None:
 
     op.drop_table('l07_training_examples')
     with op.batch_alter_table('l07_reward_signals', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_l07_reward_signals_prompt_hash'))
         batch_op.drop_index(batch_op.f('ix_l07_reward_signals_execution_id'))
 
     op.drop_table('l07_reward_signals')

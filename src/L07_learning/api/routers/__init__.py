@@ -1,0 +1,13 @@
+"""One router per resource; ``ROUTERS`` is the list the app factory includes, in this order."""
+
+from . import audit, datasets, events, health, metrics, models, training_jobs
+
+ROUTERS = [
+    health.router,
+    metrics.router,
+    events.router,
+    training_jobs.router,
+    datasets.router,
+    models.router,
+    audit.router,
+]

@@ -1,0 +1,248 @@
+"""CloudEvents 1.0 envelopes as L07 consumes them (contract §1.1, §1.9).
+
+Choice: a small Pydantic v2 model of the CloudEvents 1.0 spec instead of the ``cloudevents`` SDK. Why:
+
+* every failure must become an ``L07Error`` with the contract's code (E7015 for a broken envelope, E7110 for a wrong
+  attribute type); a Pydantic model gives us the failing field precisely, the SDK raises its own exception types;
+* the hot path (``benchmarks/extract.py``) parses tens of thousands of events per second; Pydantic's compiled
+  validator is faster than the SDK's attribute-by-attribute conversion, and pydantic is already a dependency;
+* three wire forms must collapse onto one model: structured JSON, HTTP binary mode (``ce-*`` headers + body) and the
+  platform's L01 envelope ``{event_type, aggregate_type, aggregate_id, payload, metadata, timestamp}``, which the SDK
+  does not know.
+
+``parse_event`` accepts any of these forms (bytes, str or dict) and returns a ``CloudEvent``; ``event_kind`` maps the
+contract's type strings (short, prefixed and the seed's aliases) onto the four consumed kinds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..models.error_codes import L07Error, L07ErrorCode
+
+TRACE, SCORE, PLAN, RESPONSE = "trace", "score", "plan", "response"
+
+# Exact, case-sensitive type strings (contract §1.1): short, prefixed, and the seed's aliases.
+EVENT_KINDS: dict[str, str] = {
+    "execution.trace_generated": TRACE,
+    "com.agentic.execution.trace_generated": TRACE,
+    "task.completed": TRACE,
+    "evaluation.quality_score_computed": SCORE,
+    "com.agentic.evaluation.quality_score_computed": SCORE,
+    "evaluation.completed": SCORE,
+    "planning.decision_recorded": PLAN,
+    "com.agentic.planning.decision_recorded": PLAN,
+    "plan.created": PLAN,
+    "model.response_logged": RESPONSE,
+    "com.agentic.model.response_logged": RESPONSE,
+}
+ALIAS_TYPES = frozenset({"task.completed", "evaluation.completed", "plan.created"})
+
+# L01 envelopes are the platform's event-store records; their id namespace keeps derived ids stable across replays.
+_L01_NAMESPACE = uuid.UUID("6f0e5b8e-3b7a-4c55-9d6e-07a1e0000001")
+_L01_KEYS = frozenset({"event_type", "aggregate_type", "aggregate_id", "payload"})
+
+
+class CloudEvent(BaseModel):
+    """A CloudEvents 1.0 event. Extension attributes are kept (``extra="allow"``)."""
+
+    model_config = ConfigDict(extra="allow", frozen=False)
+
+    specversion: str
+    id: str = Field(min_length=1)
+    source: str = Field(min_length=1)
+    type: str = Field(min_length=1)
+    time: datetime | None = None
+    datacontenttype: str | None = None
+    dataschema: str | None = None
+    subject: str | None = None
+    data: Any = None
+
+    @field_validator("specversion")
+    @classmethod
+    def _v1(cls, v: str) -> str:
+        if v != "1.0":
+            raise ValueError("specversion must be '1.0'")
+        return v
+
+    @property
+    def kind(self) -> str | None:
+        """``trace`` / ``score`` / ``plan`` / ``response``, or None for a type L07 does not consume."""
+        return EVENT_KINDS.get(self.type)
+
+    @property
+    def is_alias(self) -> bool:
+        """True for the seed's alias types, whose data may use fallback field names (contract §1.2, §1.3)."""
+        return self.type in ALIAS_TYPES
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event as a structured-mode JSON object."""
+        out = self.model_dump(mode="json", exclude_none=True)
+        if self.time is not None:
+            out["time"] = self.time.isoformat().replace("+00:00", "Z")
+        return out
+
+
+def _reject(code: L07ErrorCode, message: str, raw: Any = None, **context: Any) -> L07Error:
+    return L07Error(code, message, **context)
+
+
+def _decode(raw: bytes | str | Mapping[str, Any], max_bytes: int) -> dict[str, Any]:
+    if isinstance(raw, Mapping):
+        return dict(raw)
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        raw = bytes(raw)
+        if len(raw) > max_bytes:
+            raise _reject(L07ErrorCode.TRACE_LIMIT_EXCEEDED, f"event is {len(raw)} bytes, limit {max_bytes}")
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _reject(L07ErrorCode.EXECUTION_TRACE_PARSE_ERROR, f"event is not UTF-8: {exc}") from None
+    if not isinstance(raw, str):
+        raise _reject(L07ErrorCode.EXECUTION_TRACE_PARSE_ERROR, f"event must be JSON text or an object, got {type(raw).__name__}")
+    if len(raw) > max_bytes:
+        raise _reject(L07ErrorCode.TRACE_LIMIT_EXCEEDED, f"event is {len(raw)} characters, limit {max_bytes}")
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise _reject(L07ErrorCode.EXECUTION_TRACE_PARSE_ERROR, f"event is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise _reject(L07ErrorCode.EXECUTION_TRACE_PARSE_ERROR, f"event must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def from_l01_envelope(env: Mapping[str, Any]) -> dict[str, Any]:
+    """Map the platform's L01 envelope onto CloudEvent attributes.
+
+    ``metadata.event_id``/``id`` and ``metadata.source`` are used when present; otherwise the id is derived from the
+    envelope's content (uuid5), so a replayed envelope keeps its id and stays idempotent, and the source is
+    ``l01.<aggregate_type>`` (the sibling-layer form of the allow-list).
+    """
+    meta = env.get("metadata") if isinstance(env.get("metadata"), Mapping) else {}
+    event_id = meta.get("event_id") or meta.get("id") or env.get("id")
+    if not event_id:
+        canon = json.dumps(env, sort_keys=True, separators=(",", ":"), default=str)
+        event_id = str(uuid.uuid5(_L01_NAMESPACE, canon))
+    out: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": str(event_id),
+        "source": meta.get("source") or f"l01.{env.get('aggregate_type') or 'events'}",
+        "type": env.get("event_type"),
+        "subject": str(env["aggregate_id"]) if env.get("aggregate_id") is not None else None,
+        "data": env.get("payload"),
+        "datacontenttype": "application/json",
+    }
+    if env.get("timestamp"):
+        out["time"] = env["timestamp"]
+    return out
+
+
+def from_binary(headers: Mapping[str, str], body: bytes | str | None) -> dict[str, Any]:
+    """HTTP binary content mode: attributes in ``ce-*`` headers, the body is ``data`` (JSON when the type says so)."""
+    attrs: dict[str, Any] = {}
+    content_type = None
+    for key, value in headers.items():
+        lk = key.lower()
+        if lk.startswith("ce-"):
+            attrs[lk[3:]] = value
+        elif lk == "content-type":
+            content_type = value
+    if content_type:
+        attrs["datacontenttype"] = content_type
+    if isinstance(body, (bytes, bytearray)):
+        try:
+            body = bytes(body).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _reject(L07ErrorCode.EXECUTION_TRACE_PARSE_ERROR, f"binary-mode body is not UTF-8: {exc}") from None
+    if body is not None and body != "" and (content_type is None or "json" in content_type):
+        try:
+            attrs["data"] = json.loads(body)
+        except ValueError as exc:
+            raise _reject(L07ErrorCode.EXECUTION_TRACE_PARSE_ERROR, f"binary-mode body is not valid JSON: {exc}") from None
+    elif body:
+        attrs["data"] = body
+    return attrs
+
+
+@lru_cache(maxsize=64)
+def _compiled(patterns: tuple[str, ...]) -> tuple[re.Pattern[str], ...]:
+    return tuple(re.compile(p) for p in patterns)
+
+
+def check_source(source: str, allow_list: list[str] | tuple[str, ...]) -> None:
+    """E7115 when ``source`` matches no allow-list pattern (contract §1.1, §1.9)."""
+    if not any(p.match(source) for p in _compiled(tuple(allow_list))):
+        raise L07Error(L07ErrorCode.EVENT_AUTHENTICITY_FAILED, f"source {source!r} is not on the allow-list", source=source)
+
+
+def parse_event(
+    raw: bytes | str | Mapping[str, Any],
+    *,
+    headers: Mapping[str, str] | None = None,
+    allow_list: list[str] | tuple[str, ...] | None = None,
+    max_bytes: int = 1_000_000,
+) -> CloudEvent:
+    """Parse one event in any accepted wire form.
+
+    Args:
+        raw: Structured-mode JSON (bytes/str/dict), an L01 envelope, or the body of a binary-mode HTTP request.
+        headers: HTTP headers; when they carry ``ce-specversion`` the request is in binary mode.
+        allow_list: Source regexes; None skips the check.
+        max_bytes: Oversized events are refused with E7018.
+
+    Raises:
+        L07Error: E7015 (not JSON, not an object, bad or missing envelope attribute), E7110 (attribute of the wrong
+            type), E7018 (oversized), E7115 (source not allowed).
+    """
+    if headers is not None and any(k.lower() == "ce-specversion" for k in headers):
+        if isinstance(raw, Mapping):
+            raw = json.dumps(raw)
+        if isinstance(raw, (bytes, bytearray)) and len(raw) > max_bytes:
+            raise _reject(L07ErrorCode.TRACE_LIMIT_EXCEEDED, f"event is {len(raw)} bytes, limit {max_bytes}")
+        obj = from_binary(headers, raw)
+    else:
+        obj = _decode(raw, max_bytes)
+        if "specversion" not in obj and _L01_KEYS <= obj.keys():
+            obj = from_l01_envelope(obj)
+    try:
+        event = CloudEvent.model_validate(obj)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "event"
+        missing = err["type"] == "missing" or (field in {"id", "source", "type"} and err["type"] == "string_too_short")
+        bad_version = field == "specversion"
+        code = (
+            L07ErrorCode.EXECUTION_TRACE_PARSE_ERROR
+            if missing or bad_version
+            else L07ErrorCode.DATA_VALIDATION_SCHEMA_MISMATCH
+        )
+        raise L07Error(code, f"invalid CloudEvent attribute {field!r}: {err['msg']}", field=field) from None
+    if allow_list is not None:
+        check_source(event.source, allow_list)
+    return event
+
+
+def raw_text(raw: Any) -> str:
+    """The raw payload as text, for the rejected-events table (never raises)."""
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        return bytes(raw).decode("utf-8", errors="replace")
+    if isinstance(raw, str):
+        return raw
+    try:
+        return json.dumps(raw, default=str, sort_keys=True)
+    except (TypeError, ValueError, RecursionError):
+        return repr(raw)
+
+
+def payload_digest(raw: Any) -> str:
+    """sha256 of the raw payload, used to key rejected events that have no usable id."""
+    return hashlib.sha256(raw_text(raw).encode("utf-8", errors="replace")).hexdigest()

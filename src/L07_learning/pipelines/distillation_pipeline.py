@@ -1,0 +1,715 @@
+"""Knowledge distillation: teacher -> smaller student (contract §5.7, E76xx).
+
+Two methods, one small trainer:
+
+* **Logit distillation** (Hinton et al.): on labelled chat examples the student minimises
+  ``alpha * T^2 * KL(softmax(z_t / T) || softmax(z_s / T)) + (1 - alpha) * CE(z_s, y)`` on the assistant tokens only.
+* **Sequence-level distillation** (Kim & Rush): the teacher answers unlabelled prompts greedily and the student is
+  trained with cross-entropy on those answers.
+
+Why our own trainer rather than TRL's ``GKDTrainer``: GKD optimises a generalised JSD with on-policy student samples
+and runs the teacher forward on every step. The contract asks for the classic temperature-softened KL mixed with the
+hard-label loss, and on CPU the teacher forward dominates the cost. This loop computes the teacher's logits once per
+example (the training set is fixed), caches them at the assistant positions only, and replays them every epoch: one
+teacher forward per example instead of one per step. The plain-SFT baseline is the same loop with ``alpha = 0``, so a
+comparison differs in nothing but the distillation term.
+
+Students are built by :func:`derive_student` from the teacher's own Hugging Face config (fewer layers, optionally
+narrower) and initialised from the teacher where shapes allow; see that function for the rule.
+
+Heavy libraries are imported inside functions: this module may be imported without torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..models.error_codes import L07Error, L07ErrorCode
+
+log = logging.getLogger(__name__)
+
+Messages = list[dict[str, str]]
+
+DEFAULT_TEMPERATURE = 4.0  # contract §5.7
+MAX_TEMPERATURE = 20.0  # beyond this the softened teacher is uniform to float precision and teaches nothing
+# Teacher logits are cached (fp16) when they fit this budget; otherwise they are recomputed per batch.
+TEACHER_CACHE_BUDGET_BYTES = 1 << 30
+REPORT_FILE = "distillation_report.json"
+
+
+def check_temperature(value: Any) -> float:
+    """Validate a distillation temperature.
+
+    Raises:
+        L07Error: E7601 unless ``value`` is a finite number in (0, 20].
+    """
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        t = float("nan")
+    if not math.isfinite(t) or t <= 0 or t > MAX_TEMPERATURE:
+        raise L07Error(
+            L07ErrorCode.DISTILLATION_TEMPERATURE_INVALID,
+            f"distillation temperature must be a finite number in (0, {MAX_TEMPERATURE:g}]; got {value!r}"
+            f" (default {DEFAULT_TEMPERATURE})",
+            details={"temperature": repr(value), "default": DEFAULT_TEMPERATURE},
+        )
+    return t
+
+
+class StudentSpec(BaseModel):
+    """How to derive a student from the teacher's configuration.
+
+    Attributes:
+        num_layers: Decoder layers of the student.
+        hidden_size: Student width; default the teacher's. A narrower student gets its embeddings by projecting the
+            teacher's onto their top principal directions; its layers start fresh.
+        intermediate_size: MLP width; default the teacher's when the width is the teacher's, else scaled with it.
+        num_attention_heads: Default: the teacher's head size is kept and the head count follows the width.
+        num_key_value_heads: Default: the teacher's query/key-value group ratio is kept where it divides.
+        layer_indices: Teacher layers copied into the student (same width only); default evenly spaced, first and
+            last included.
+        init_from_teacher: Copy teacher weights where shapes allow (otherwise a seeded random initialisation).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_layers: int = Field(default=4, ge=1, le=128)
+    hidden_size: int | None = Field(default=None, ge=8)
+    intermediate_size: int | None = Field(default=None, ge=8)
+    num_attention_heads: int | None = Field(default=None, ge=1)
+    num_key_value_heads: int | None = Field(default=None, ge=1)
+    layer_indices: list[int] | None = None
+    init_from_teacher: bool = True
+
+
+class DistillationConfig(BaseModel):
+    """Hyper-parameters of one distillation run.
+
+    Attributes:
+        method: ``logit`` (KL to the teacher mixed with the hard label) or ``sequence`` (CE on teacher generations).
+        temperature: Softening temperature T of teacher and student distributions (contract default 4.0; E7601).
+        alpha: Weight of the distillation term; ``1 - alpha`` weighs the hard-label loss. 0 is plain SFT.
+        learning_rate: Peak AdamW learning rate (the whole student is trained).
+        batch_size: Examples per optimiser step.
+        max_steps: Optimiser steps; the data is cycled in seeded-shuffled epochs.
+        warmup_ratio: Linear warm-up share of the steps; then linear decay to 0.
+        weight_decay: AdamW weight decay.
+        max_grad_norm: Gradient clipping norm.
+        max_seq_length: Longer examples are truncated from the left of the prompt side (answers are kept).
+        max_new_tokens: Teacher generation length for sequence-level distillation.
+        seed: Seeds initialisation, data order and dropout.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["logit", "sequence"] = "logit"
+    temperature: float = DEFAULT_TEMPERATURE
+    alpha: float = Field(default=0.5, ge=0.0, le=1.0)
+    learning_rate: float = Field(default=5e-4, gt=0, le=1e-2)
+    batch_size: int = Field(default=16, ge=1, le=256)
+    max_steps: int = Field(default=100, ge=1)
+    warmup_ratio: float = Field(default=0.1, ge=0, le=0.5)
+    weight_decay: float = Field(default=0.0, ge=0, le=0.1)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    max_seq_length: int = Field(default=512, ge=16, le=8192)
+    max_new_tokens: int = Field(default=32, ge=1, le=1024)
+    seed: int = 42
+
+    @field_validator("temperature", mode="before")
+    @classmethod
+    def _temperature(cls, v: Any) -> float:
+        return check_temperature(v)
+
+
+class LossPoint(BaseModel):
+    """One optimiser step of the loss curve (``kd_loss`` is None for plain SFT)."""
+
+    step: int
+    loss: float
+    ce_loss: float
+    kd_loss: float | None = None
+    learning_rate: float
+
+
+class DistillationResult(BaseModel):
+    """What a run produced: the saved student and how training went."""
+
+    student_dir: str
+    method: str
+    temperature: float
+    alpha: float
+    steps: int
+    examples: int
+    tokens_seen: int
+    teacher_parameters: int
+    student_parameters: int
+    parameter_ratio: float
+    initialisation: dict[str, Any]
+    loss_curve: list[LossPoint]
+    final_loss: float
+    initial_loss: float
+    duration_s: float
+    teacher_generations: int = 0
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Models: teacher loading and student derivation
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def count_parameters(model: Any) -> int:
+    """Distinct parameters of a model (tied embedding and output head counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def load_teacher(model_dir: str | Path, adapter_dir: str | Path | None = None) -> tuple[Any, Any]:
+    """Load the teacher for inference; a LoRA adapter is merged into the base weights.
+
+    Merging makes the teacher one plain model, so its logits come from a single forward without the adapter's
+    extra matmuls and the code below never has to know whether the teacher was an adapter.
+
+    Returns:
+        ``(tokenizer, model)`` in eval mode, tokenizer left-padded for generation.
+
+    Raises:
+        L07Error: E7032 when the model cannot load, E7604 when the adapter cannot.
+    """
+    from .generation import load_model
+
+    tokenizer, model = load_model(model_dir, adapter_dir, device=_device())
+    if adapter_dir is not None:
+        model = model.merge_and_unload()
+        model.eval()
+    return tokenizer, model
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _even_layers(n_teacher: int, n_student: int) -> list[int]:
+    if n_student == 1:
+        return [0]
+    return [round(i * (n_teacher - 1) / (n_student - 1)) for i in range(n_student)]
+
+
+def _student_config(teacher_config: Any, spec: StudentSpec) -> Any:
+    config = teacher_config.__class__.from_dict(teacher_config.to_dict())
+    t_hidden = teacher_config.hidden_size
+    t_heads = teacher_config.num_attention_heads
+    head_dim = getattr(teacher_config, "head_dim", None) or t_hidden // t_heads
+    hidden = spec.hidden_size or t_hidden
+    if hidden > t_hidden or spec.num_layers > teacher_config.num_hidden_layers:
+        raise L07Error(
+            L07ErrorCode.HYPERPARAMETER_CONFIG_INVALID,
+            f"a student must be smaller than its teacher ({teacher_config.num_hidden_layers} layers,"
+            f" width {t_hidden}); got {spec.num_layers} layers, width {hidden}",
+        )
+    heads = spec.num_attention_heads or max(1, hidden // head_dim)
+    if hidden % heads:
+        raise L07Error(L07ErrorCode.HYPERPARAMETER_CONFIG_INVALID, f"hidden_size {hidden} not divisible by {heads} heads")
+    t_kv = getattr(teacher_config, "num_key_value_heads", None) or t_heads
+    group = max(1, t_heads // t_kv)
+    kv = spec.num_key_value_heads or (heads // group if heads % group == 0 and heads >= group else heads)
+    if heads % kv:
+        raise L07Error(L07ErrorCode.HYPERPARAMETER_CONFIG_INVALID, f"{heads} heads not divisible by {kv} key-value heads")
+    intermediate = spec.intermediate_size or (
+        teacher_config.intermediate_size if hidden == t_hidden
+        else int(round(teacher_config.intermediate_size * hidden / t_hidden))
+    )
+    config.num_hidden_layers = spec.num_layers
+    config.hidden_size = hidden
+    config.intermediate_size = intermediate
+    config.num_attention_heads = heads
+    config.num_key_value_heads = kv
+    if hasattr(config, "head_dim"):
+        config.head_dim = hidden // heads
+    for attr in ("layer_types",):  # per-layer lists must shrink with the layer count
+        value = getattr(config, attr, None)
+        if isinstance(value, list):
+            setattr(config, attr, value[: spec.num_layers])
+    return config
+
+
+def derive_student(
+    teacher_dir: str | Path,
+    spec: StudentSpec,
+    out_dir: str | Path,
+    seed: int = 42,
+    adapter_dir: str | Path | None = None,
+    teacher: tuple[Any, Any] | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """Build a student from the teacher's configuration and save it (weights + tokenizer) to ``out_dir``.
+
+    Initialisation where shapes allow (``spec.init_from_teacher``):
+
+    * same width: token embeddings, output head and final norm are copied, and student layer ``i`` is a copy of
+      teacher layer ``layer_indices[i]`` (evenly spaced, first and last included), tensor by tensor wherever the
+      shapes agree (so a student with a narrower MLP still inherits the attention weights);
+    * narrower width ``d``: the embedding matrix ``E`` (vocab x D) is projected onto its top-``d`` right singular
+      vectors, ``E @ V[:, :d]`` (the best rank-``d`` linear summary of the teacher's token geometry); the output head
+      likewise when untied. Layers start from the seeded random initialisation, since no teacher tensor fits.
+
+    Args:
+        teacher_dir: Teacher model folder.
+        spec: Student shape.
+        out_dir: Where the student is saved.
+        seed: Seed of the random initialisation of whatever is not copied.
+        adapter_dir: Teacher's LoRA adapter (merged first).
+        teacher: An already loaded ``(tokenizer, model)`` teacher, to avoid loading it twice.
+
+    Returns:
+        The student folder and a description of the initialisation (layers copied, tensors copied, method).
+
+    Raises:
+        L07Error: E7500 when the spec is not smaller than the teacher or inconsistent.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tokenizer, teacher_model = teacher or load_teacher(teacher_dir, adapter_dir)
+    config = _student_config(teacher_model.config, spec)
+    torch.manual_seed(seed)
+    student = AutoModelForCausalLM.from_config(config)
+    info: dict[str, Any] = {"method": "random", "layer_indices": [], "tensors_copied": 0, "tensors_total": 0}
+    s_state = student.state_dict()
+    info["tensors_total"] = len(s_state)
+    if spec.init_from_teacher:
+        t_state = teacher_model.state_dict()
+        n_t = teacher_model.config.num_hidden_layers
+        indices = spec.layer_indices or _even_layers(n_t, spec.num_layers)
+        if len(indices) != spec.num_layers or any(not 0 <= i < n_t for i in indices):
+            raise L07Error(
+                L07ErrorCode.HYPERPARAMETER_CONFIG_INVALID,
+                f"layer_indices must name {spec.num_layers} teacher layers in [0, {n_t}); got {indices}",
+            )
+        new_state: dict[str, Any] = {}
+        same_width = config.hidden_size == teacher_model.config.hidden_size
+        for name, tensor in s_state.items():
+            source = name
+            if ".layers." in name:
+                prefix, rest = name.split(".layers.", 1)
+                idx, tail = rest.split(".", 1)
+                source = f"{prefix}.layers.{indices[int(idx)]}.{tail}"
+            t_tensor = t_state.get(source)
+            if t_tensor is not None and t_tensor.shape == tensor.shape:
+                new_state[name] = t_tensor.detach().float().cpu().clone()
+            elif t_tensor is not None and not same_width and name.endswith(("embed_tokens.weight", "lm_head.weight")):
+                new_state[name] = _project_rows(t_tensor.detach().cpu(), tensor.shape[1])
+        student.load_state_dict(new_state, strict=False)
+        if getattr(config, "tie_word_embeddings", False):
+            student.tie_weights()
+        info.update(
+            method="teacher_layers" if same_width else "teacher_embedding_svd",
+            layer_indices=indices if same_width else [],
+            tensors_copied=len(new_state),
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    student.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+    info.update(teacher_parameters=count_parameters(teacher_model), student_parameters=count_parameters(student))
+    log.info("student derived: %s", info)
+    return out, info
+
+
+def _project_rows(matrix: Any, width: int) -> Any:
+    """Project each row of ``matrix`` onto its top-``width`` right singular vectors."""
+    import torch
+
+    _, _, vh = torch.linalg.svd(matrix.float(), full_matrices=False)
+    return (matrix.float() @ vh[:width].T).contiguous()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _prompt_part(messages: Messages) -> Messages:
+    return messages[:-1] if messages and messages[-1].get("role") == "assistant" else list(messages)
+
+
+def tokenize_example(tokenizer: Any, messages: Messages, max_seq_length: int) -> tuple[list[int], int]:
+    """Token ids of a chat example and where its final assistant turn starts.
+
+    The answer is the last assistant turn including its end-of-turn token; the newline the template adds after it
+    is dropped so the model learns to stop exactly there.
+
+    Raises:
+        L07Error: E7037 when the example has no assistant answer or does not fit ``max_seq_length``.
+    """
+    if not messages or messages[-1].get("role") != "assistant" or not messages[-1].get("content"):
+        raise L07Error(L07ErrorCode.TOKENIZATION_ERROR, "a training example must end with a non-empty assistant turn")
+    prompt = tokenizer.apply_chat_template(_prompt_part(messages), tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    if not full.startswith(prompt):
+        raise L07Error(L07ErrorCode.TOKENIZATION_ERROR, "chat template does not extend the prompt with the answer")
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    a_ids = tokenizer(full[len(prompt):].rstrip("\n"), add_special_tokens=False)["input_ids"]
+    if len(a_ids) >= max_seq_length:
+        raise L07Error(
+            L07ErrorCode.TOKENIZATION_ERROR, f"answer of {len(a_ids)} tokens exceeds max_seq_length {max_seq_length}"
+        )
+    keep = max_seq_length - len(a_ids)
+    p_ids = p_ids[-keep:]  # truncate the prompt's start, never the answer
+    return p_ids + a_ids, len(p_ids)
+
+
+def _batches(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    order: list[int] = []
+    out: list[list[int]] = []
+    while len(out) < steps:
+        if len(order) < batch_size:
+            epoch = list(range(n))
+            rng.shuffle(epoch)
+            order.extend(epoch)
+        out.append(order[:batch_size])
+        order = order[batch_size:]
+    return out
+
+
+def _collate(rows: list[tuple[list[int], int]], pad_id: int) -> tuple[Any, Any, Any]:
+    import torch
+
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    # target_mask[b, t] is True where position t predicts an answer token (t + 1 is in the answer).
+    target_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for b, (ids, start) in enumerate(rows):
+        input_ids[b, : len(ids)] = torch.tensor(ids)
+        attention[b, : len(ids)] = 1
+        target_mask[b, start - 1 : len(ids) - 1] = True
+    return input_ids, attention, target_mask
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _answer_logits(model: Any, input_ids: Any, attention: Any, target_mask: Any) -> Any:
+    """Logits at the answer-predicting positions only: the vocabulary projection is the costliest matmul, so it
+    is applied to those few hidden states instead of every position."""
+    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention).last_hidden_state
+    return model.get_output_embeddings()(hidden[target_mask])
+
+
+def train_student(
+    student_dir: str | Path,
+    train_messages: Sequence[Messages],
+    config: DistillationConfig,
+    out_dir: str | Path,
+    teacher: tuple[Any, Any] | None = None,
+    on_step: Callable[[LossPoint], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> DistillationResult:
+    """Train the student at ``student_dir`` on chat examples and save it to ``out_dir``.
+
+    With ``teacher`` given and ``config.alpha > 0`` the loss is the temperature-softened KL to the teacher mixed
+    with the hard-label cross-entropy; without a teacher (or ``alpha == 0``) it is plain SFT with the same data
+    order, steps and seed. The whole student is trained (it is small; LoRA would cap what it can learn).
+
+    Args:
+        student_dir: Student model folder (from :func:`derive_student` or a registered model's ``local_path``).
+        train_messages: Chat examples ending with the assistant answer to learn.
+        config: Hyper-parameters.
+        out_dir: Where the trained student (weights, tokenizer, ``distillation_report.json``) is written.
+        teacher: ``(tokenizer, model)`` from :func:`load_teacher`.
+        on_step: Called after every optimiser step with its loss point (progress reporting).
+        should_stop: Polled before every step; True stops training early (cancellation).
+
+    Raises:
+        L07Error: E7031 on an empty training set, E7037 on untokenisable examples, E7033 on a non-finite loss,
+            E7602 when the student's loss did not fall at all.
+    """
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not train_messages:
+        raise L07Error(L07ErrorCode.DATASET_LOADING_FAILURE, "no training examples")
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    device = _device()
+    tokenizer = AutoTokenizer.from_pretrained(str(student_dir))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    student = AutoModelForCausalLM.from_pretrained(str(student_dir), dtype=torch.float32).to(device)
+    student.train()
+    rows = [tokenize_example(tokenizer, m, config.max_seq_length) for m in train_messages]
+    use_teacher = teacher is not None and config.alpha > 0
+    temperature = config.temperature
+
+    teacher_cache: list[Any] | None = None
+    if use_teacher:
+        t_model = teacher[1]
+        vocab = t_model.config.vocab_size
+        if vocab != student.config.vocab_size:
+            raise L07Error(
+                L07ErrorCode.KNOWLEDGE_TRANSFER_FAILED,
+                f"teacher and student vocabularies differ ({vocab} vs {student.config.vocab_size})",
+            )
+        answer_tokens = sum(len(ids) - start for ids, start in rows)
+        if answer_tokens * vocab * 2 <= TEACHER_CACHE_BUDGET_BYTES:
+            teacher_cache = _teacher_logits(t_model, rows, pad_id, config.batch_size)
+
+    def teacher_logits_for(batch_idx: list[int]) -> Any:
+        if teacher_cache is not None:
+            return torch.cat([teacher_cache[i] for i in batch_idx]).to(device).float()
+        return _teacher_logits(teacher[1], [rows[i] for i in batch_idx], pad_id, len(batch_idx), concat=True).float()
+
+    params = [p for p in student.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    optim = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.learning_rate,
+    )
+    warmup = int(config.max_steps * config.warmup_ratio)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return config.learning_rate * (step + 1) / warmup
+        return config.learning_rate * max(0.0, (config.max_steps - step) / max(1, config.max_steps - warmup))
+
+    curve: list[LossPoint] = []
+    tokens_seen = 0
+    for step, batch_idx in enumerate(_batches(len(rows), config.batch_size, config.max_steps, config.seed)):
+        if should_stop is not None and should_stop():
+            log.info("distillation stopped at step %d on request", step)
+            break
+        input_ids, attention, target_mask = (t.to(device) for t in _collate([rows[i] for i in batch_idx], pad_id))
+        labels = input_ids[:, 1:][target_mask[:, :-1]]
+        logits = _answer_logits(student, input_ids, attention, target_mask)
+        ce = F.cross_entropy(logits, labels)
+        kd = None
+        if use_teacher:
+            t_logits = teacher_logits_for(batch_idx)
+            # Hinton's T^2 keeps the soft-target gradients on the same scale as the hard-label ones.
+            kd = F.kl_div(
+                F.log_softmax(logits / temperature, dim=-1),
+                F.log_softmax(t_logits / temperature, dim=-1),
+                log_target=True,
+                reduction="batchmean",
+            ) * temperature**2
+            loss = config.alpha * kd + (1 - config.alpha) * ce
+        else:
+            loss = ce
+        if not torch.isfinite(loss):
+            raise L07Error(L07ErrorCode.TRAINING_DIVERGENCE, f"non-finite loss at step {step}")
+        lr = lr_at(step)
+        for group in optim.param_groups:
+            group["lr"] = lr
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        optim.step()
+        tokens_seen += int(attention.sum())
+        point = LossPoint(
+            step=step + 1, loss=float(loss), ce_loss=float(ce), kd_loss=None if kd is None else float(kd), learning_rate=lr
+        )
+        curve.append(point)
+        if on_step is not None:
+            on_step(point)
+    if not curve:
+        raise L07Error(L07ErrorCode.KNOWLEDGE_TRANSFER_FAILED, "training stopped before the first step")
+    window = max(1, len(curve) // 10)
+    first = sum(p.loss for p in curve[:window]) / window
+    last = sum(p.loss for p in curve[-window:]) / window
+    if len(curve) >= 4 and not last < first:
+        raise L07Error(
+            L07ErrorCode.KNOWLEDGE_TRANSFER_FAILED,
+            f"student loss did not fall ({first:.4f} -> {last:.4f})",
+            details={"initial_loss": first, "final_loss": last},
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    student.eval()
+    student.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+    teacher_params = count_parameters(teacher[1]) if teacher is not None else 0
+    student_params = count_parameters(student)
+    result = DistillationResult(
+        student_dir=str(out),
+        method=config.method if use_teacher else "sft",
+        temperature=temperature,
+        alpha=config.alpha if use_teacher else 0.0,
+        steps=len(curve),
+        examples=len(rows),
+        tokens_seen=tokens_seen,
+        teacher_parameters=teacher_params,
+        student_parameters=student_params,
+        parameter_ratio=student_params / teacher_params if teacher_params else 0.0,
+        initialisation={},
+        loss_curve=curve,
+        final_loss=last,
+        initial_loss=first,
+        duration_s=time.perf_counter() - started,
+    )
+    return result
+
+
+def _teacher_logits(model: Any, rows: list[tuple[list[int], int]], pad_id: int, batch_size: int,
+                    concat: bool = False) -> Any:
+    """Teacher logits at each example's answer-predicting positions (fp16 per example, or one fp32 tensor)."""
+    import torch
+
+    device = next(model.parameters()).device
+    per_example: list[Any] = []
+    with torch.inference_mode():
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            input_ids, attention, target_mask = (t.to(device) for t in _collate(chunk, pad_id))
+            logits = _answer_logits(model, input_ids, attention, target_mask).float()
+            counts = target_mask.sum(dim=1).tolist()
+            for part in torch.split(logits, counts):
+                per_example.append(part.to(torch.float32 if concat else torch.float16).cpu())
+    if concat:
+        return torch.cat(per_example).to(device)
+    return per_example
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# End to end
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def teacher_generations(
+    teacher: tuple[Any, Any], prompts: Sequence[Messages | str], max_new_tokens: int, batch_size: int = 16
+) -> list[Messages]:
+    """Sequence-level distillation data: the teacher's greedy answer to each prompt, as chat examples.
+
+    Prompts the teacher answers with an empty string are skipped (nothing to learn from them).
+    """
+    from .generation import generate_with
+
+    tokenizer, model = teacher
+    tokenizer.padding_side = "left"
+    out: list[Messages] = []
+    for prompt, gen in zip(prompts, generate_with(tokenizer, model, list(prompts), max_new_tokens, batch_size)):
+        if not gen.text:
+            continue
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _prompt_part(list(prompt))
+        out.append(messages + [{"role": "assistant", "content": gen.text}])
+    return out
+
+
+def run_distillation(
+    teacher_dir: str | Path,
+    train_messages: Sequence[Messages],
+    out_dir: str | Path,
+    config: DistillationConfig | None = None,
+    student_spec: StudentSpec | None = None,
+    student_dir: str | Path | None = None,
+    teacher_adapter_dir: str | Path | None = None,
+    unlabelled_prompts: Sequence[Messages | str] | None = None,
+    on_step: Callable[[LossPoint], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> DistillationResult:
+    """Teacher -> student, end to end: derive (or take) the student, distil, save, write the report.
+
+    Args:
+        teacher_dir: Teacher model folder (a BASE or FINE_TUNED model; the base of an adapter).
+        train_messages: Labelled chat examples (logit method). For the sequence method their prompts are reused
+            when ``unlabelled_prompts`` is not given; their answers are then ignored.
+        out_dir: Output folder for the trained student (with ``distillation_report.json``).
+        config: Hyper-parameters; defaults of :class:`DistillationConfig`.
+        student_spec: How to derive a student from the teacher (used when ``student_dir`` is None).
+        student_dir: An existing smaller model to train instead (same tokenizer as the teacher).
+        teacher_adapter_dir: LoRA adapter of the teacher, merged before use.
+        unlabelled_prompts: Prompts the teacher answers for sequence-level distillation.
+        on_step: Per-step progress callback.
+        should_stop: Cancellation poll.
+
+    Returns:
+        The run's :class:`DistillationResult` (also written as JSON next to the weights).
+    """
+    import tempfile
+
+    config = config or DistillationConfig()
+    out = Path(out_dir)
+    with tempfile.TemporaryDirectory(prefix="l07-student-") as scratch:
+        teacher = load_teacher(teacher_dir, teacher_adapter_dir)
+        init: dict[str, Any] = {"method": "registered_student"}
+        if student_dir is None:
+            student_dir, init = derive_student(
+                teacher_dir, student_spec or StudentSpec(), Path(scratch) / "init", config.seed, teacher=teacher
+            )
+        generated = 0
+        data: Sequence[Messages] = train_messages
+        if config.method == "sequence":
+            prompts = list(unlabelled_prompts) if unlabelled_prompts is not None else [
+                _prompt_part(m) for m in train_messages
+            ]
+            data = teacher_generations(teacher, prompts, config.max_new_tokens, config.batch_size)
+            generated = len(data)
+            if not data:
+                raise L07Error(L07ErrorCode.KNOWLEDGE_TRANSFER_FAILED, "the teacher produced no usable answers")
+            # Sequence-level distillation learns the teacher's outputs as hard labels.
+            config = config.model_copy(update={"alpha": 0.0})
+            result = train_student(student_dir, data, config, out, None, on_step, should_stop)
+            result.method = "sequence"
+            result.teacher_parameters = count_parameters(teacher[1])
+            result.parameter_ratio = result.student_parameters / result.teacher_parameters
+        else:
+            result = train_student(student_dir, data, config, out, teacher, on_step, should_stop)
+    result.initialisation = init
+    result.teacher_generations = generated
+    (out / REPORT_FILE).write_text(json.dumps(result.model_dump(mode="json"), indent=1))
+    return result
+
+
+class ExactMatchScore(BaseModel):
+    """Held-out exact-match accuracy of greedy answers, with per-prompt latency."""
+
+    accuracy: float
+    correct: int
+    total: int
+    mean_latency_s: float
+    failures: list[dict[str, str]] = Field(default_factory=list)
+
+
+def score_exact_match(
+    model_dir: str | Path,
+    examples: Sequence[Messages],
+    adapter_dir: str | Path | None = None,
+    max_new_tokens: int = 16,
+    batch_size: int = 16,
+) -> ExactMatchScore:
+    """Greedy-decode each example's prompt and compare with its reference answer (case and surrounding blanks
+    ignored). This is the task score the distillation acceptance bar is stated in.
+    """
+    from .generation import generate_with
+
+    tokenizer, model = load_teacher(model_dir, adapter_dir)
+    gens = generate_with(tokenizer, model, [_prompt_part(m) for m in examples], max_new_tokens, batch_size)
+    correct = 0
+    failures: list[dict[str, str]] = []
+    for m, g in zip(examples, gens):
+        expected = m[-1]["content"].strip().lower()
+        if g.text.strip().lower() == expected:
+            correct += 1
+        elif len(failures) < 20:
+            failures.append({"prompt": m[-2]["content"] if len(m) > 1 else "", "expected": expected, "got": g.text})
+    total = len(examples)
+    return ExactMatchScore(
+        accuracy=correct / total if total else 0.0,
+        correct=correct,
+        total=total,
+        mean_latency_s=sum(g.latency_s for g in gens) / total if total else 0.0,
+        failures=failures,
+    )

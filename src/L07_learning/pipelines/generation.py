@@ -1,0 +1,135 @@
+"""Greedy, deterministic batched generation from a causal LM folder, optionally with a LoRA adapter on top.
+
+Used by the SFT evaluation, the validator, RLHF and distillation. Prompts are either plain strings (sent as one user
+turn through the chat template when the tokenizer has one) or lists of chat messages.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..models.error_codes import L07Error, L07ErrorCode
+
+Prompt = str | list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """One generated completion.
+
+    Attributes:
+        text: The decoded new tokens, special tokens removed, stripped.
+        latency_s: Wall time of the batch this prompt was in, divided by the batch size.
+        new_tokens: How many tokens were generated (up to and including the end-of-turn token).
+    """
+
+    text: str
+    latency_s: float
+    new_tokens: int
+
+
+def render_prompt(tokenizer: Any, prompt: Prompt) -> str:
+    """The text fed to the model: chat template with the generation prompt, or ``### Input:`` framing without one."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if messages and messages[-1].get("role") == "assistant":
+        messages = messages[:-1]  # the expected answer is never shown to the model
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    user = "\n".join(m["content"] for m in messages if m.get("role") != "assistant")
+    return f"### Input:\n{user}\n### Output:\n"
+
+
+def load_model(model_dir: str | Path, adapter_dir: str | Path | None = None, device: str | None = None) -> tuple[Any, Any]:
+    """Load tokenizer and model (plus adapter) for inference, in eval mode.
+
+    Raises:
+        L07Error: E7032 when the base cannot load, E7604 when the adapter cannot.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+    except Exception as exc:  # noqa: BLE001 - loader errors vary by format; all mean "base model unusable"
+        raise L07Error(L07ErrorCode.BASE_MODEL_LOADING_FAILURE, f"cannot load model from {model_dir}: {exc}") from exc
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        try:
+            model = PeftModel.from_pretrained(model, str(adapter_dir))
+        except Exception as exc:  # noqa: BLE001
+            raise L07Error(L07ErrorCode.ADAPTER_LOADING_FAILURE, f"cannot load adapter {adapter_dir}: {exc}") from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"  # decoder-only batching: new tokens must follow the prompt directly
+    model.to(device).eval()
+    return tokenizer, model
+
+
+def generate_with(
+    tokenizer: Any, model: Any, prompts: list[Prompt], max_new_tokens: int, batch_size: int = 8
+) -> list[GenerationResult]:
+    """Greedy generation with an already loaded model (see :func:`generate`)."""
+    import torch
+
+    results: list[GenerationResult] = []
+    device = next(model.parameters()).device
+    eos_ids = {tokenizer.eos_token_id}
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
+    if im_end is not None:
+        eos_ids.add(im_end)
+    for start in range(0, len(prompts), batch_size):
+        chunk = [render_prompt(tokenizer, p) for p in prompts[start:start + batch_size]]
+        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=sorted(i for i in eos_ids if i is not None),
+            )
+        per_item = (time.perf_counter() - t0) / len(chunk)
+        new = out[:, enc["input_ids"].shape[1]:]
+        for row in new:
+            ids = row.tolist()
+            n = len(ids)
+            for i, tok in enumerate(ids):
+                if tok in eos_ids:
+                    n = i + 1
+                    break
+            text = tokenizer.decode(ids[:n], skip_special_tokens=True).strip()
+            results.append(GenerationResult(text=text, latency_s=per_item, new_tokens=n))
+    return results
+
+
+def generate(
+    model_dir: str | Path,
+    prompts_or_messages: list[Prompt],
+    max_new_tokens: int,
+    adapter_dir: str | Path | None = None,
+    batch_size: int = 8,
+) -> list[GenerationResult]:
+    """Greedy, deterministic generation for a list of prompts.
+
+    Args:
+        model_dir: A Hugging Face model folder (e.g. from ``ModelRegistry.local_path``).
+        prompts_or_messages: Strings (one user turn each) or chat message lists; a trailing assistant message is
+            dropped, so training examples can be passed as they are.
+        max_new_tokens: Generation length cap.
+        adapter_dir: Optional LoRA adapter folder to apply on top of the model.
+        batch_size: Prompts per forward batch.
+
+    Returns:
+        One :class:`GenerationResult` per prompt, in input order.
+    """
+    tokenizer, model = load_model(model_dir, adapter_dir)
+    return generate_with(tokenizer, model, list(prompts_or_messages), max_new_tokens, batch_size)

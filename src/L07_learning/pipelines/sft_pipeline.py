@@ -1,0 +1,414 @@
+"""Supervised LoRA fine-tuning: chat examples -> tokenised prompt/completion pairs -> TRL SFTTrainer + peft -> adapter.
+
+``run_sft`` is a pure function of its inputs (base model folder, rows, ``JobConfig``, output folders, callbacks); it
+touches no database. The job runner calls it in a child process through :func:`entry`.
+
+Loss is computed on the assistant answer only: each example is split into a conversational *prompt* (every message
+but the last) and *completion* (the final assistant message), and TRL's ``completion_only_loss`` masks the prompt
+tokens. (TRL's ``assistant_only_loss`` would need ``{% generation %}`` markers that SmolLM2's template lacks.)
+Tokenizers without a chat template get the ``### Input:`` / ``### Output:`` framing (contract §1.10).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..models.error_codes import L07Error, L07ErrorCode
+from ..models.training_job import JobConfig
+
+log = logging.getLogger(__name__)
+
+Messages = list[dict[str, str]]
+CHECKPOINT_PREFIX = "checkpoint-"
+# Generation-based accuracy is measured on at most this many test examples (bounded time; enough to see learning).
+MAX_GENERATION_EVAL = 64
+
+
+@dataclass
+class SFTCallbacks:
+    """Hooks the caller uses to observe and steer a run. All optional; all called in the training process.
+
+    Attributes:
+        on_step: ``{"step", "total_steps", "epoch", "loss", "learning_rate", "tokens_seen", "elapsed_s"}`` per logged step.
+        on_eval: ``{"step", "epoch", "eval_loss", ...}`` after each evaluation.
+        on_checkpoint: ``(path, step)`` after a checkpoint is written.
+        should_cancel: Polled after every optimizer step; returning True stops training within that step.
+    """
+
+    on_step: Callable[[dict[str, Any]], None] | None = None
+    on_eval: Callable[[dict[str, Any]], None] | None = None
+    on_checkpoint: Callable[[str, int], None] | None = None
+    should_cancel: Callable[[], bool] | None = None
+
+
+@dataclass
+class SFTResult:
+    """What a run produced.
+
+    Attributes:
+        adapter_dir: Folder with ``adapter_config.json`` + ``adapter_model.safetensors`` (+ tokenizer); None when
+            cancelled.
+        metrics: ``train_loss``, ``eval_loss``, ``initial_eval_loss``, ``test_loss``, ``eval_accuracy``,
+            ``base_accuracy``, ``improvement_vs_baseline``, ``loss_curve``, ``tokens_seen``, ``tokens_per_second``,
+            ``examples_per_second``, ``duration_seconds``, ``global_step``, ``resumed_from_step``, ``stopped_early``.
+        cancelled: True when ``should_cancel`` stopped the run.
+    """
+
+    adapter_dir: str | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    cancelled: bool = False
+
+
+def to_prompt_completion(messages: Messages, has_chat_template: bool) -> dict[str, Any]:
+    """Split one chat example into the prompt/completion form TRL trains on with completion-only loss.
+
+    Raises:
+        L07Error: E7031 when the example does not end with a non-empty assistant message.
+    """
+    if not messages or messages[-1].get("role") != "assistant" or not messages[-1].get("content"):
+        raise L07Error(L07ErrorCode.DATASET_LOADING_FAILURE, "each example must end with a non-empty assistant message")
+    if has_chat_template:
+        return {"prompt": [dict(m) for m in messages[:-1]], "completion": [dict(messages[-1])]}
+    user = "\n".join(m["content"] for m in messages[:-1] if m.get("role") != "system")
+    return {"prompt": f"### Input:\n{user}\n### Output:\n", "completion": messages[-1]["content"]}
+
+
+def resolve_device(config: JobConfig) -> tuple[str, dict[str, bool]]:
+    """The device string and the Trainer precision flags (contract §8 #12: ``auto`` = bf16 > fp16 on CUDA, fp32 on CPU)."""
+    import torch
+
+    if torch.cuda.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        device = f"cuda:{local_rank}"
+        precision = config.precision
+        if precision == "auto":
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return device, {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+    if config.precision in ("fp16", "bf16"):
+        log.warning("precision %s requested without CUDA; training in fp32 on CPU", config.precision)
+    return "cpu", {"bf16": False, "fp16": False}
+
+
+def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
+    """The newest complete ``checkpoint-N`` folder (one with a trainer state), or None."""
+    root = Path(checkpoint_dir)
+    if not root.is_dir():
+        return None
+    found = [
+        p for p in root.iterdir()
+        if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and p.name[len(CHECKPOINT_PREFIX):].isdigit()
+        and (p / "trainer_state.json").is_file()
+    ]
+    return max(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]), default=None)
+
+
+def exact_match(predicted: str, expected: str) -> bool:
+    """Whitespace-normalised exact match."""
+    return " ".join(predicted.split()) == " ".join(expected.split())
+
+
+def _sft_config(config: JobConfig, checkpoint_dir: Path, precision: dict[str, bool], max_length: int,
+                has_eval: bool, use_cpu: bool) -> Any:
+    from trl import SFTConfig
+
+    eval_strategy = config.eval_strategy if has_eval else "no"
+    # load_best_model_at_end (needed by early stopping) requires saving on the same schedule as evaluating.
+    early = has_eval and eval_strategy != "no" and config.early_stopping_patience > 0
+    save_strategy = eval_strategy if early else config.save_strategy
+    return SFTConfig(
+        output_dir=str(checkpoint_dir),
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.validation_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.learning_rate_schedule,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        # transformers 5 takes a ratio as a float below 1 in warmup_steps.
+        warmup_steps=config.warmup_ratio if config.warmup_steps is None else config.warmup_steps,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        eval_strategy=eval_strategy,
+        eval_steps=config.compute_on_val_set_every_n_steps,
+        save_strategy=save_strategy,
+        save_steps=config.save_checkpoint_every_n_steps if save_strategy != "steps" or not early
+        else config.compute_on_val_set_every_n_steps,
+        save_total_limit=config.save_total_limit,
+        load_best_model_at_end=early,
+        metric_for_best_model=config.metric_for_best_model if early else None,
+        greater_is_better=False if early and "loss" in config.metric_for_best_model else None,
+        gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        bf16=precision["bf16"],
+        fp16=precision["fp16"],
+        use_cpu=use_cpu,
+        seed=config.seed,
+        data_seed=config.seed,
+        logging_steps=1,
+        logging_first_step=True,
+        report_to="none",
+        disable_tqdm=True,
+        max_length=max_length,
+        completion_only_loss=True,
+        packing=False,
+        include_num_input_tokens_seen="non_padding",
+        dataloader_num_workers=0,
+        ddp_backend="gloo" if use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+        ddp_find_unused_parameters=False,
+    )
+
+
+def _make_callback(callbacks: SFTCallbacks, started: float, max_duration_s: float, state: dict[str, Any]) -> Any:
+    from transformers import TrainerCallback
+
+    class _Bridge(TrainerCallback):
+        """Forwards Trainer events to the caller, stops on cancel, fails fast on NaN loss or a timeout."""
+
+        def on_log(self, args, st, control, logs=None, **kw):  # type: ignore[no-untyped-def]
+            logs = logs or {}
+            if "loss" in logs:
+                loss = float(logs["loss"])
+                if not math.isfinite(loss):
+                    raise L07Error(L07ErrorCode.TRAINING_DIVERGENCE, f"loss became {loss} at step {st.global_step}",
+                                   step=st.global_step)
+                point = {"step": st.global_step, "total_steps": st.max_steps, "epoch": float(st.epoch or 0.0),
+                         "loss": loss, "learning_rate": float(logs.get("learning_rate", 0.0)),
+                         "tokens_seen": int(st.num_input_tokens_seen or 0),
+                         "elapsed_s": time.monotonic() - started}
+                state["loss_curve"].append([st.global_step, round(loss, 6)])
+                if callbacks.on_step and st.is_world_process_zero:
+                    callbacks.on_step(point)
+            if "eval_loss" in logs:
+                point = {"step": st.global_step, "epoch": float(st.epoch or 0.0),
+                         **{k: float(v) for k, v in logs.items() if k.startswith("eval_")}}
+                state["evals"].append(point)
+                if callbacks.on_eval and st.is_world_process_zero:
+                    callbacks.on_eval(point)
+
+        def on_save(self, args, st, control, **kw):  # type: ignore[no-untyped-def]
+            path = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{st.global_step}"
+            if callbacks.on_checkpoint and st.is_world_process_zero:
+                callbacks.on_checkpoint(str(path), st.global_step)
+
+        def on_step_end(self, args, st, control, **kw):  # type: ignore[no-untyped-def]
+            if callbacks.should_cancel and callbacks.should_cancel():
+                state["cancelled"] = True
+                control.should_training_stop = True
+                control.should_save = False
+                control.should_evaluate = False
+            elif time.monotonic() - started > max_duration_s:
+                state["timed_out"] = True
+                control.should_training_stop = True
+                control.should_save = True
+
+    return _Bridge()
+
+
+def _generation_accuracy(model: Any, tokenizer: Any, rows: list[Messages], max_new_tokens: int,
+                         batch_size: int) -> tuple[float, list[str]]:
+    from .generation import generate_with
+
+    prompts = [r[:-1] for r in rows]
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        outs = generate_with(tokenizer, model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    finally:
+        tokenizer.padding_side = side
+    hits = sum(exact_match(o.text, r[-1]["content"]) for o, r in zip(outs, rows))
+    return hits / max(len(rows), 1), [o.text for o in outs]
+
+
+def run_sft(
+    base_model_dir: str | Path,
+    train_rows: list[Messages],
+    val_rows: list[Messages],
+    config: JobConfig,
+    output_dir: str | Path,
+    checkpoint_dir: str | Path,
+    *,
+    test_rows: list[Messages] | None = None,
+    target_modules: list[str] | None = None,
+    callbacks: SFTCallbacks | None = None,
+    measure_generation: bool = True,
+) -> SFTResult:
+    """Fine-tune a LoRA adapter on chat examples.
+
+    Resumes from the newest checkpoint in ``checkpoint_dir`` when there is one (a worker that died mid-job).
+
+    Args:
+        base_model_dir: Hugging Face model folder (verified by the caller through the registry).
+        train_rows: Training examples as chat messages, each ending with the assistant answer.
+        val_rows: Validation examples (eval loss each epoch, early stopping); may be empty.
+        config: Hyper-parameters (contract §3.4).
+        output_dir: Where the final adapter (and tokenizer) is saved.
+        checkpoint_dir: Trainer checkpoints (kept for resumption).
+        test_rows: Held-out examples: test loss, and exact-match accuracy by greedy generation for the tuned model
+            and the base model (adapter disabled), on at most ``MAX_GENERATION_EVAL`` of them.
+        target_modules: Already-resolved LoRA targets (see ``lora_targets.resolve_target_modules``).
+        callbacks: Progress hooks and cancellation.
+        measure_generation: Measure generation accuracy on ``test_rows``.
+
+    Raises:
+        L07Error: E7031 (bad rows), E7032 (base model), E7036 (LoRA config), E7037 (tokenisation), E7030 (out of
+            memory), E7033 (NaN loss), E7038 (timeout), E7034 (checkpoint write).
+    """
+    import torch
+    from datasets import Dataset as HFDataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback
+    from trl import SFTTrainer
+
+    from .lora_targets import resolve_target_modules
+
+    callbacks = callbacks or SFTCallbacks()
+    started = time.monotonic()
+    output_dir, checkpoint_dir = Path(output_dir), Path(checkpoint_dir)
+    if not train_rows:
+        raise L07Error(L07ErrorCode.DATASET_LOADING_FAILURE, "the train split is empty")
+    device, precision = resolve_device(config)
+    use_cpu = device == "cpu"
+    torch.manual_seed(config.seed)
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(base_model_dir))
+        dtype = torch.bfloat16 if precision["bf16"] else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(str(base_model_dir), dtype=dtype)
+    except Exception as exc:  # noqa: BLE001 - every loader failure is E7032 to the job
+        raise L07Error(L07ErrorCode.BASE_MODEL_LOADING_FAILURE, f"cannot load {base_model_dir}: {exc}") from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    max_pos = int(getattr(model.config, "max_position_embeddings", config.max_seq_length) or config.max_seq_length)
+    if config.max_seq_length > max_pos:
+        raise L07Error(L07ErrorCode.HYPERPARAMETER_CONFIG_INVALID,
+                       f"max_seq_length {config.max_seq_length} exceeds the model's {max_pos} positions")
+    targets = target_modules or resolve_target_modules(config.target_modules, base_model_dir)
+    try:
+        peft_config = LoraConfig(r=config.lora_rank, lora_alpha=int(config.lora_alpha), lora_dropout=config.lora_dropout,
+                                 target_modules=targets, bias="none", task_type="CAUSAL_LM")
+    except (ValueError, TypeError) as exc:
+        raise L07Error(L07ErrorCode.LORA_ADAPTER_CONFIG_INVALID, str(exc)) from exc
+
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    try:
+        train_ds = HFDataset.from_list([to_prompt_completion(r, has_template) for r in train_rows])
+        val_ds = HFDataset.from_list([to_prompt_completion(r, has_template) for r in val_rows]) if val_rows else None
+    except (KeyError, TypeError) as exc:
+        raise L07Error(L07ErrorCode.DATASET_LOADING_FAILURE, f"malformed example: {exc}") from exc
+
+    args = _sft_config(config, checkpoint_dir, precision, config.max_seq_length, val_ds is not None, use_cpu)
+    state: dict[str, Any] = {"loss_curve": [], "evals": [], "cancelled": False, "timed_out": False}
+    trainer_callbacks = [_make_callback(callbacks, started, config.max_training_duration_s, state)]
+    if args.load_best_model_at_end:
+        trainer_callbacks.append(EarlyStoppingCallback(config.early_stopping_patience, config.early_stopping_threshold))
+    try:
+        trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+                             processing_class=tokenizer, peft_config=peft_config, callbacks=trainer_callbacks)
+    except L07Error:
+        raise
+    except (ValueError, KeyError, TypeError) as exc:
+        raise L07Error(L07ErrorCode.TOKENIZATION_ERROR, f"cannot tokenise the dataset: {exc}") from exc
+
+    resume = latest_checkpoint(checkpoint_dir)
+    resumed_from = int(resume.name[len(CHECKPOINT_PREFIX):]) if resume else 0
+    initial_eval_loss = None
+    if val_ds is not None and resume is None:
+        initial_eval_loss = float(trainer.evaluate()["eval_loss"])
+    t_train = time.monotonic()
+    try:
+        train_out = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    except L07Error:
+        raise
+    except torch.OutOfMemoryError as exc:
+        raise L07Error(L07ErrorCode.GPU_OUT_OF_MEMORY, str(exc).splitlines()[0]) from exc
+    except RuntimeError as exc:
+        if "out of memory" in str(exc).lower():
+            raise L07Error(L07ErrorCode.GPU_OUT_OF_MEMORY, str(exc).splitlines()[0]) from exc
+        raise
+    except OSError as exc:
+        raise L07Error(L07ErrorCode.CHECKPOINT_SAVE_FAILURE, f"checkpoint I/O failed: {exc}") from exc
+    train_seconds = time.monotonic() - t_train
+    st = trainer.state
+    tokens_seen = int(st.num_input_tokens_seen or 0)
+    metrics: dict[str, Any] = {
+        "train_loss": float(train_out.training_loss),
+        "loss_curve": state["loss_curve"],
+        "evals": state["evals"],
+        "initial_eval_loss": initial_eval_loss,
+        "tokens_seen": tokens_seen,
+        "train_seconds": train_seconds,
+        "tokens_per_second": tokens_seen / train_seconds if train_seconds > 0 else 0.0,
+        "examples_per_second": float(train_out.metrics.get("train_samples_per_second", 0.0)),
+        "global_step": int(st.global_step),
+        "total_steps": int(st.max_steps),
+        "resumed_from_step": resumed_from,
+        "stopped_early": bool(st.global_step < st.max_steps and not state["cancelled"] and not state["timed_out"]),
+        "device": device,
+        "target_modules": targets,
+        "train_examples": len(train_rows),
+        "val_examples": len(val_rows),
+    }
+    if state["cancelled"]:
+        metrics["duration_seconds"] = time.monotonic() - started
+        return SFTResult(adapter_dir=None, metrics=metrics, cancelled=True)
+    if state["timed_out"]:
+        raise L07Error(L07ErrorCode.TRAINING_TIMEOUT,
+                       f"training exceeded {config.max_training_duration_s} s; last checkpoint kept",
+                       checkpoint=str(latest_checkpoint(checkpoint_dir) or ""))
+    if not math.isfinite(metrics["train_loss"]):
+        raise L07Error(L07ErrorCode.TRAINING_DIVERGENCE, "final training loss is not finite")
+
+    if val_ds is not None:
+        metrics["eval_loss"] = float(trainer.evaluate()["eval_loss"])
+    if test_rows:
+        test_ds = HFDataset.from_list([to_prompt_completion(r, has_template) for r in test_rows])
+        metrics["test_loss"] = float(trainer.evaluate(eval_dataset=test_ds, metric_key_prefix="test")["test_loss"])
+    if trainer.is_world_process_zero():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        trainer.model.save_pretrained(str(output_dir), safe_serialization=config.output_format == "safetensors")
+        tokenizer.save_pretrained(str(output_dir))
+        if test_rows and measure_generation:
+            rows = test_rows[:MAX_GENERATION_EVAL]
+            longest = max(len(tokenizer(r[-1]["content"], add_special_tokens=False)["input_ids"]) for r in rows)
+            peft_model = trainer.model
+            peft_model.eval()
+            acc, _ = _generation_accuracy(peft_model, tokenizer, rows, longest + 8, config.validation_batch_size)
+            with peft_model.disable_adapter():
+                base_acc, _ = _generation_accuracy(peft_model, tokenizer, rows, longest + 8, config.validation_batch_size)
+            metrics.update(eval_accuracy=acc, base_accuracy=base_acc, improvement_vs_baseline=acc - base_acc,
+                           generation_eval_examples=len(rows))
+    metrics["duration_seconds"] = time.monotonic() - started
+    return SFTResult(adapter_dir=str(output_dir), metrics=metrics)
+
+
+def entry(spec: dict[str, Any], emit: Callable[[str, dict[str, Any]], None], should_cancel: Callable[[], bool]) -> dict[str, Any]:
+    """Job-runner entry point for ``JobType.SFT`` (see ``services/job_runner.py``).
+
+    Args:
+        spec: ``base_model_dir``, ``train_rows``, ``val_rows``, ``test_rows``, ``config`` (JobConfig dict),
+            ``output_dir``, ``checkpoint_dir``, optional ``target_modules``.
+        emit: ``emit(kind, payload)`` with kinds ``step``, ``eval``, ``checkpoint``.
+        should_cancel: Cooperative cancellation check.
+
+    Returns:
+        ``{"adapter_dir", "metrics", "cancelled"}``.
+    """
+    result = run_sft(
+        spec["base_model_dir"], spec["train_rows"], spec.get("val_rows") or [], JobConfig(**spec["config"]),
+        spec["output_dir"], spec["checkpoint_dir"], test_rows=spec.get("test_rows") or None,
+        target_modules=spec.get("target_modules"),
+        callbacks=SFTCallbacks(
+            on_step=lambda p: emit("step", p),
+            on_eval=lambda p: emit("eval", p),
+            on_checkpoint=lambda path, step: emit("checkpoint", {"path": path, "step": step}),
+            should_cancel=should_cancel,
+        ),
+    )
+    return {"adapter_dir": result.adapter_dir, "metrics": result.metrics, "cancelled": result.cancelled}

@@ -1,0 +1,263 @@
+"""API keys, roles and permissions for the REST service (contract §7.4 "REST auth", "RBAC", "Approvals").
+
+A key is a random 256-bit token shown once at creation; the database keeps only its SHA-256. A slow password hash
+(bcrypt, argon2) is not used on purpose: it protects low-entropy secrets that people choose, whereas these tokens
+come from ``secrets`` and cannot be brute-forced from their hash whatever the hash speed; a slow hash would instead
+add tens of milliseconds to every request (event ingestion included) and force a lookup by a separate key id. A
+plain SHA-256 lets the service find the key by an indexed equality on the hash.
+
+Each key is bound to one role. Attributes (for example ``{"ml_manager": true}``) carry extra capacities that are
+not roles: STAGING -> PRODUCTION needs a ``deployer`` approval **and** an ``ml_manager`` approval.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from ..models.error_codes import L07Error, L07ErrorCode
+from ..settings import Settings, get_settings
+from ..store.db import Database, get_database
+from ..store.repositories.api_keys import ApiKeyRecord, ApiKeyRepository
+from ..store.repositories.audit import audit
+
+TOKEN_PREFIX = "l07_"
+# 32 random bytes = 256 bits: far beyond brute force, which is what makes a fast hash safe here.
+TOKEN_BYTES = 32
+
+
+class Role(str, Enum):
+    """The contract's roles, plus ``producer`` for layers that only post events."""
+
+    TRAINER = "trainer"
+    REVIEWER = "reviewer"
+    DEPLOYER = "deployer"
+    AUDITOR = "auditor"
+    ADMIN = "admin"
+    # Not in the contract's RBAC list: event producers (L02, L04-L06) need ingestion and nothing else,
+    # so they get a least-privilege role instead of trainer or admin rights.
+    PRODUCER = "producer"
+
+
+class Permission(str, Enum):
+    """Actions a key may be allowed to perform (names follow the contract's ``model.*`` vocabulary)."""
+
+    EVENTS_INGEST = "events.ingest"
+    MODEL_LIST = "model.list"
+    MODEL_GET = "model.get"
+    MODEL_CREATE = "model.create"  # submit training jobs that create models
+    MODEL_TRAIN_LOG = "model.train_log"  # cancel / follow one's training jobs
+    MODEL_GET_METRICS = "model.get_metrics"
+    MODEL_VALIDATE = "model.validate"
+    MODEL_APPROVE_FOR_STAGING = "model.approve_for_staging"
+    MODEL_DEPLOY_TO_STAGING = "model.deploy_to_staging"
+    MODEL_DEPLOY_TO_PRODUCTION = "model.deploy_to_production"
+    MODEL_ROLLBACK = "model.rollback"
+    MODEL_ARCHIVE = "model.archive"
+    JOB_GET = "job.get"
+    DATASET_LIST = "dataset.list"
+    DATASET_GET_TRAINING_DATA = "dataset.get_training_data"  # example texts, restricted
+    AUDIT_LOG = "audit_log"
+
+
+_READ = {Permission.MODEL_LIST, Permission.MODEL_GET, Permission.JOB_GET, Permission.DATASET_LIST}
+
+ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    Role.TRAINER: frozenset(_READ | {Permission.MODEL_CREATE, Permission.MODEL_TRAIN_LOG, Permission.MODEL_VALIDATE}),
+    Role.REVIEWER: frozenset(
+        _READ
+        | {
+            Permission.MODEL_GET_METRICS,
+            Permission.MODEL_APPROVE_FOR_STAGING,
+            Permission.DATASET_GET_TRAINING_DATA,
+            Permission.MODEL_VALIDATE,
+        }
+    ),
+    Role.DEPLOYER: frozenset(
+        _READ
+        | {
+            Permission.MODEL_DEPLOY_TO_STAGING,
+            Permission.MODEL_DEPLOY_TO_PRODUCTION,
+            Permission.MODEL_ROLLBACK,
+            Permission.MODEL_VALIDATE,
+        }
+    ),
+    Role.AUDITOR: frozenset(_READ | {Permission.AUDIT_LOG, Permission.MODEL_GET_METRICS}),
+    Role.ADMIN: frozenset(Permission),
+    Role.PRODUCER: frozenset({Permission.EVENTS_INGEST}),
+}
+
+
+class ApprovalCapacity(str, Enum):
+    """In which capacity an approval is given (contract §7.4 "Approvals")."""
+
+    REVIEWER = "reviewer"
+    DEPLOYER = "deployer"
+    ML_MANAGER = "ml_manager"
+
+
+# Approvals each target stage needs before a promotion may happen (contract §4.2, §7.4).
+REQUIRED_APPROVALS: dict[str, frozenset[ApprovalCapacity]] = {
+    "STAGING": frozenset({ApprovalCapacity.REVIEWER}),
+    "PRODUCTION": frozenset({ApprovalCapacity.DEPLOYER, ApprovalCapacity.ML_MANAGER}),
+}
+
+
+class AuthenticationError(L07Error):
+    """No key, or a key that is unknown or revoked (HTTP 401)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(L07ErrorCode.SERVICE_ACCOUNT_PERMISSION_ERROR, message, reason="unauthenticated")
+
+    @property
+    def http_status(self) -> int:
+        return 401
+
+
+class PermissionDenied(L07Error):
+    """A valid key whose role does not allow the action (HTTP 403, code E7904)."""
+
+    def __init__(self, principal: "Principal", permission: Permission | str) -> None:
+        name = permission.value if isinstance(permission, Permission) else permission
+        super().__init__(
+            L07ErrorCode.SERVICE_ACCOUNT_PERMISSION_ERROR,
+            f"role '{principal.role.value}' may not perform '{name}'",
+            reason="forbidden",
+            permission=name,
+            role=principal.role.value,
+            key_id=principal.key_id,
+        )
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller: key id, role and attributes."""
+
+    key_id: str
+    role: Role
+    name: str | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def actor(self) -> str:
+        """How this caller appears as ``actor`` in audit rows and stage history."""
+        return f"apikey:{self.key_id}"
+
+    @property
+    def permissions(self) -> frozenset[Permission]:
+        return ROLE_PERMISSIONS[self.role]
+
+    def can(self, permission: Permission) -> bool:
+        """True when the role grants ``permission``."""
+        return permission in self.permissions
+
+    def require(self, permission: Permission) -> None:
+        """Raise ``PermissionDenied`` unless the role grants ``permission``."""
+        if not self.can(permission):
+            raise PermissionDenied(self, permission)
+
+    @property
+    def capacities(self) -> frozenset[ApprovalCapacity]:
+        """Capacities this caller may approve in. ``ml_manager`` comes only from the attribute, never from a role,
+        so that the two PRODUCTION approvals stay two people's decisions."""
+        caps: set[ApprovalCapacity] = set()
+        if self.can(Permission.MODEL_APPROVE_FOR_STAGING):
+            caps.add(ApprovalCapacity.REVIEWER)
+        if self.can(Permission.MODEL_DEPLOY_TO_PRODUCTION):
+            caps.add(ApprovalCapacity.DEPLOYER)
+        if self.attributes.get("ml_manager") is True:
+            caps.add(ApprovalCapacity.ML_MANAGER)
+        return frozenset(caps)
+
+
+def hash_token(token: str) -> str:
+    """SHA-256 hex of a key token (what the database stores)."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def parse_role(role: str | Role) -> Role:
+    """A role from its name (any case); E7904 naming the allowed roles otherwise."""
+    if isinstance(role, Role):
+        return role
+    try:
+        return Role(str(role).strip().lower())
+    except ValueError:
+        raise L07Error(
+            L07ErrorCode.SERVICE_ACCOUNT_PERMISSION_ERROR,
+            f"unknown role '{role}'; allowed: {', '.join(r.value for r in Role)}",
+            role=str(role),
+        ) from None
+
+
+class AuthService:
+    """Creates, revokes and checks API keys.
+
+    Args:
+        db: Database to use; the configured one by default.
+        settings: Settings; ``get_settings()`` by default.
+    """
+
+    def __init__(self, db: Database | None = None, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.db = db or get_database(self.settings.database_url)
+
+    async def create_key(
+        self, role: str | Role, name: str | None = None, attributes: dict[str, Any] | None = None, actor: str = "cli"
+    ) -> tuple[ApiKeyRecord, str]:
+        """Create a key bound to ``role``.
+
+        Returns:
+            The stored record and the token. The token is not stored anywhere and cannot be shown again.
+
+        Raises:
+            L07Error: E7904 for an unknown role.
+        """
+        role = parse_role(role)
+        attributes = dict(attributes or {})
+        token = TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
+        key_id = "key-" + secrets.token_hex(6)
+        async with self.db.session() as session:
+            repo = ApiKeyRepository(session)
+            repo.add(key_id, hash_token(token), role.value, name, attributes)
+            await audit(
+                session, "api_key.create", "api_key", key_id, actor=actor, actor_type="user",
+                details={"role": role.value, "name": name, "attributes": attributes},
+            )
+            await session.flush()
+            record = await repo.get(key_id)
+        assert record is not None
+        return record, token
+
+    async def authenticate(self, token: str | None) -> Principal:
+        """The principal for a presented token.
+
+        Raises:
+            AuthenticationError: no token, an unknown token or a revoked key.
+        """
+        if not token:
+            raise AuthenticationError("an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key'")
+        async with self.db.session() as session:
+            record = await ApiKeyRepository(session).by_hash(hash_token(token))
+        if record is None:
+            raise AuthenticationError("unknown API key")
+        if not record.active:
+            raise AuthenticationError(f"API key {record.key_id} was revoked")
+        return Principal(key_id=record.key_id, role=Role(record.role), name=record.name, attributes=record.attributes)
+
+    async def list_keys(self, include_revoked: bool = False) -> list[ApiKeyRecord]:
+        """Stored keys (hashes only)."""
+        async with self.db.session() as session:
+            return await ApiKeyRepository(session).list(include_revoked=include_revoked)
+
+    async def revoke_key(self, key_id: str, actor: str = "cli") -> bool:
+        """Revoke a key; returns False when there was nothing to revoke. Audited either way."""
+        async with self.db.session() as session:
+            done = await ApiKeyRepository(session).revoke(key_id)
+            await audit(
+                session, "api_key.revoke", "api_key", key_id, result="success" if done else "noop",
+                actor=actor, actor_type="user",
+            )
+        return done

@@ -1,0 +1,151 @@
+"""Poisoning detectors (contract §5.2 rules 2 and 9): injection phrasing, backdoor triggers, chat-template control
+tokens, invisible or bidirectional Unicode, SQL injection, privilege escalation, malware signatures, and a batch-level
+check for rare tokens that co-occur with one output (the shape of a planted backdoor)."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+
+from .findings import Finding
+
+# (kind, reason, code, pattern); checked in this order, every hit is reported.
+_RULES: tuple[tuple[str, str, str, re.Pattern[str]], ...] = (
+    ("backdoor_trigger", "backdoor_trigger", "E7102", re.compile(r"\b(?:PWNED|INJECTION):")),
+    (
+        "control_token",
+        "control_tokens",
+        "E7102",
+        re.compile(
+            r"<\|(?:im_start|im_end|im_sep|endoftext|system|user|assistant|eot_id|eom_id|start_header_id|end_header_id|"
+            r"begin_of_text|end_of_text|fim_prefix|fim_middle|fim_suffix|pad|[a-z_]{2,20})\|>|\[/?INST\]|<</?SYS>>|"
+            r"<start_of_turn>|<end_of_turn>"
+        ),
+    ),
+    (
+        "invisible_unicode",
+        "invisible_unicode",
+        "E7100",
+        # zero-width and joiners, bidi embeddings/overrides/isolates, word joiner family, BOM, soft hyphen, tag chars
+        re.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\u00ad\U000e0000-\U000e007f]"),
+    ),
+    (
+        "prompt_injection",
+        "prompt_injection",
+        "E7100",
+        re.compile(
+            r"(?i)\b(?:ignore|disregard|forget|override|bypass)\s+(?:all\s+|any\s+|the\s+|every\s+)?"
+            r"(?:previous|prior|above|earlier|preceding|your|system|safety)\s+"
+            r"(?:instructions?|prompts?|rules|directions|guidelines|context|messages)\b"
+            r"|\byou\s+are\s+now\s+(?:in\s+)?(?:developer\s+mode|dan|jailbroken|unrestricted)\b"
+            r"|\bdo\s+anything\s+now\b"
+            r"|\b(?:reveal|print|output|leak|repeat)\s+(?:your|the)\s+(?:system\s+prompt|hidden\s+instructions|initial\s+prompt)\b"
+            r"|\bnew\s+instructions\s*:"
+        ),
+    ),
+    (
+        "sql_injection",
+        "sql_injection",
+        "E7100",
+        re.compile(r"(?i)\bdrop\s+table\b|'\s*;\s*--|'\s*or\s+'?1'?\s*=\s*'?1\b|\bunion\s+(?:all\s+)?select\b.*\bfrom\b"),
+    ),
+    (
+        "privilege_escalation",
+        "privilege_escalation",
+        "E7103",
+        re.compile(
+            r"(?i)\bsudo\s+(?:su\b|-i\b|-s\b|bash\b|sh\b)|\bchmod\s+(?:[ugoa]*\+s|[0-7]?[4-7]777|777)\s+/"
+            r"|/etc/(?:shadow|sudoers)\b|\bgrant\s+all\s+privileges\b|\busermod\s+-aG\s+(?:sudo|wheel|root)\b"
+            r"|\b(?:escalate|elevate)\s+(?:to\s+)?(?:root|admin(?:istrator)?)\s+privileges?\b"
+        ),
+    ),
+    (
+        "malware_signature",
+        "malware_signature",
+        "E7113",
+        re.compile(
+            r"X5O!P%@AP\[4\\PZX54\(P\^\)7CC\)7\}\$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!\$H\+H\*"
+            r"|(?i:\b(?:curl|wget)\s+[^|\n]{1,200}\|\s*(?:sudo\s+)?(?:ba|z)?sh\b)"
+            r"|(?i:\bpowershell(?:\.exe)?\s+[^\n]{0,40}-e(?:nc|ncodedcommand)?\s+[A-Za-z0-9+/=]{16,})"
+            r"|(?i:\bnc\s+(?:-\w+\s+)*-e\s+/bin/(?:ba)?sh\b)|(?i:\bbase64\s+(?:-d|--decode)\s*\|\s*(?:ba)?sh\b)"
+            r"|\brm\s+-rf\s+/(?:\s|$|\*)"
+        ),
+    ),
+)
+
+POISONING_REASONS = frozenset(r[1] for r in _RULES) | {"trigger_cooccurrence", "batch_poisoning"}
+
+
+class PoisoningScanner:
+    """Per-text poisoning rules.
+
+    Args:
+        extra_triggers: More literal backdoor triggers (matched case-sensitively) besides ``PWNED:``/``INJECTION:``.
+    """
+
+    def __init__(self, extra_triggers: list[str] | None = None) -> None:
+        extra = [t for t in (extra_triggers or []) if t]
+        self._extra = re.compile("|".join(re.escape(t) for t in extra)) if extra else None
+
+    def detect(self, text: str, field: str) -> list[Finding]:
+        """Every poisoning hit in ``text``."""
+        found = [
+            Finding("poisoning", kind, field, m.start(), m.end(), code, reason)
+            for kind, reason, code, pattern in _RULES
+            for m in pattern.finditer(text)
+        ]
+        if self._extra is not None:
+            found += [
+                Finding("poisoning", "backdoor_trigger", field, m.start(), m.end(), "E7102", "backdoor_trigger")
+                for m in self._extra.finditer(text)
+            ]
+        return found
+
+
+def rare_token_cooccurrence(
+    input_tokens: list[set[str]],
+    output_keys: list[str],
+    min_support: int,
+    max_doc_share: float,
+    output_share: float,
+) -> dict[int, str]:
+    """Batch check for planted triggers: a rare input token (or word bigram) that almost always comes with one output.
+
+    A token qualifies when it appears in at least ``min_support`` inputs but in no more than ``max_doc_share`` of the
+    batch, at least ``output_share`` of its examples share one output, and that output is rare without the token
+    (at most a fifth as frequent), i.e. the token, not the task, predicts the output.
+
+    Args:
+        input_tokens: Per example, the set of normalised input tokens and bigrams.
+        output_keys: Per example, a key of the normalised output (equal outputs, equal keys).
+
+    Returns:
+        ``{example index: token}`` for every example that carries a suspicious token with its associated output.
+    """
+    n = len(input_tokens)
+    if n < min_support:
+        return {}
+    df: Counter[str] = Counter()
+    for toks in input_tokens:
+        df.update(toks)
+    limit = max(min_support, int(max_doc_share * n))
+    candidates = {t for t, c in df.items() if min_support <= c <= limit}
+    if not candidates:
+        return {}
+    by_token: dict[str, list[int]] = defaultdict(list)
+    for i, toks in enumerate(input_tokens):
+        for t in toks & candidates:
+            by_token[t].append(i)
+    output_freq = Counter(output_keys)
+    flagged: dict[int, str] = {}
+    for token, idxs in by_token.items():
+        top, top_count = Counter(output_keys[i] for i in idxs).most_common(1)[0]
+        if top_count < min_support or top_count / len(idxs) < output_share:
+            continue
+        without = output_freq[top] - top_count
+        if without / max(n - len(idxs), 1) > 0.2 * top_count / len(idxs):
+            continue
+        for i in idxs:
+            if output_keys[i] == top:
+                flagged.setdefault(i, token)
+    return flagged

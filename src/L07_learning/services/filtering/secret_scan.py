@@ -1,0 +1,92 @@
+"""Secret detectors (contract §5.2 rule 2): cloud keys, tokens, private keys, JWTs, high-entropy credentials.
+
+A secret is never stored in clear (not even in quarantine): ``mask_token`` replaces it with its kind and a short
+sha256 prefix; the finding keeps the full sha256 so the leaked credential can be matched when it is rotated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections import Counter
+
+from .findings import Finding
+
+SECRET_CODE = "E7111"
+
+# (kind, pattern, group holding the secret value)
+_PATTERNS: tuple[tuple[str, re.Pattern[str], int], ...] = (
+    ("private_key", re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----[\s\S]*?(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----|\Z)"), 0),
+    ("aws_access_key_id", re.compile(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA)[0-9A-Z]{16}\b"), 0),
+    ("aws_secret_access_key", re.compile(r"(?i)aws_secret_access_key\s*[=:]\s*[\"']?([A-Za-z0-9/+=]{20,})"), 1),
+    ("jwt", re.compile(r"\beyJ[A-Za-z0-9_-]{6,}\.eyJ[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]{6,}"), 0),
+    ("github_token", re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{22,})\b"), 0),
+    ("slack_token", re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}\b"), 0),
+    ("api_key", re.compile(r"\b(?:sk-(?:proj-|live-|test-)?[A-Za-z0-9_-]{20,}|AIza[0-9A-Za-z_-]{35}|sk_live_[0-9A-Za-z]{20,})\b"), 0),
+    ("bearer_token", re.compile(r"(?i)\bbearer\s+([A-Za-z0-9._~+/-]{20,}=*)"), 1),
+    ("connection_string_password", re.compile(r"\b[a-z][a-z0-9+]*://[^\s:/@]+:([^\s@/]{4,})@"), 1),
+)
+# key=value credentials: flagged when the value looks random (entropy) rather than a placeholder word.
+_ASSIGNMENT = re.compile(
+    r"(?i)\b(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|client[_-]?secret|private[_-]?key)\b"
+    r"[\"']?\s*[=:]\s*[\"']?([^\s\"',;]{8,})"
+)
+# Long random-looking tokens with mixed classes (base64-ish); hex digests (max 4 bits/char) stay below the bar.
+_LONG_TOKEN = re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{32,}={0,2}(?![A-Za-z0-9+/_-])")
+_PLACEHOLDER_VALUE = re.compile(r"^(?:<[^>]+>|\*+|x+|\$\{?\w+\}?|changeme|password|example|redacted|none|null)$", re.I)
+
+
+def shannon_entropy(value: str) -> float:
+    """Bits per character of ``value``."""
+    if not value:
+        return 0.0
+    n = len(value)
+    return -sum(c / n * math.log2(c / n) for c in Counter(value).values())
+
+
+def sha256_hex(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def mask_token(kind: str, value: str) -> str:
+    """The stored replacement of a secret: kind plus a 12-hex sha256 prefix, never the value."""
+    return f"<SECRET:{kind}:sha256:{sha256_hex(value)[:12]}>"
+
+
+class SecretScanner:
+    """Finds secrets in text.
+
+    Args:
+        assignment_entropy: Minimum bits/char for a ``password=...``-style value to count as a credential.
+        token_entropy: Minimum bits/char for a bare 32+ character token to count as a credential.
+    """
+
+    def __init__(self, assignment_entropy: float = 3.0, token_entropy: float = 4.5) -> None:
+        self.assignment_entropy = assignment_entropy
+        self.token_entropy = token_entropy
+
+    def detect(self, text: str, field: str) -> list[Finding]:
+        """Every secret span in ``text`` (the span covers the value only, so masking keeps the context)."""
+        found: list[Finding] = []
+        taken: list[tuple[int, int]] = []
+
+        def add(kind: str, s: int, e: int) -> None:
+            if any(s < te and ts < e for ts, te in taken):
+                return
+            taken.append((s, e))
+            found.append(Finding("secret", kind, field, s, e, SECRET_CODE, "secret", sha256_hex(text[s:e])))
+
+        for kind, pattern, group in _PATTERNS:
+            for m in pattern.finditer(text):
+                add(kind, m.start(group), m.end(group))
+        for m in _ASSIGNMENT.finditer(text):
+            value = m.group(1)
+            if not _PLACEHOLDER_VALUE.match(value) and shannon_entropy(value) >= self.assignment_entropy:
+                add("credential_assignment", m.start(1), m.end(1))
+        for m in _LONG_TOKEN.finditer(text):
+            value = m.group()
+            mixed = sum(bool(re.search(p, value)) for p in (r"[a-z]", r"[A-Z]", r"\d")) == 3
+            if mixed and shannon_entropy(value) >= self.token_entropy:
+                add("high_entropy_token", m.start(), m.end())
+        return found

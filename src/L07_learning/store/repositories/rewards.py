@@ -1,0 +1,101 @@
+"""Reward signals (``l07_reward_signals``) and preference pairs (``l07_preference_pairs``), contract §3.6 / §5.5."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ...models.reward_signal import PreferencePair, RewardSignal
+from ..tables import SqlPreferencePair, SqlRewardSignal
+from ._upsert import chunks, insert_ignore
+
+
+class RewardRepository:
+    """Data access for reward signals and preference pairs."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add_signals(self, signals: list[tuple[RewardSignal, dict[str, Any] | None]]) -> None:
+        """Store signals (idempotent on ``signal_id``). The optional dict is the scored answer
+        ``{prompt_hash, prompt, example_id, output_text}`` used to pair executions of the same task later."""
+        rows = []
+        for sig, answer in signals:
+            data = sig.model_dump(mode="json")
+            if answer:
+                data["answer"] = {k: v for k, v in answer.items() if k != "prompt_hash"}
+            rows.append(
+                {
+                    "signal_id": sig.signal_id,
+                    "execution_id": sig.execution_id,
+                    "task_type": sig.task_type,
+                    "quality_score": sig.quality_score,
+                    "prompt_hash": answer.get("prompt_hash") if answer else None,
+                    "r_final": sig.r_final,
+                    "processed_by_learning": sig.processed_by_learning,
+                    "data": data,
+                    "created_at": sig.timestamp,
+                }
+            )
+        table = SqlRewardSignal.__table__
+        for part in chunks(rows):
+            await self.session.execute(insert_ignore(self.session, table), part)
+
+    async def answers_by_prompt(self, prompt_hashes: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """Stored scored answers grouped by prompt hash: ``{example_id, output_text, quality_score, prompt}``."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for part in chunks(sorted(set(prompt_hashes))):
+            stmt = select(SqlRewardSignal.prompt_hash, SqlRewardSignal.quality_score, SqlRewardSignal.data).where(
+                SqlRewardSignal.prompt_hash.in_(part)
+            )
+            for h, q, data in (await self.session.execute(stmt)).all():
+                answer = (data or {}).get("answer")
+                if answer:
+                    out.setdefault(h, []).append({**answer, "quality_score": q})
+        return out
+
+    async def list_signals(self, processed: bool | None = None, limit: int | None = None) -> list[RewardSignal]:
+        stmt = select(SqlRewardSignal).order_by(SqlRewardSignal.created_at)
+        if processed is not None:
+            stmt = stmt.where(SqlRewardSignal.processed_by_learning == processed)
+        if limit:
+            stmt = stmt.limit(limit)
+        return [RewardSignal.model_validate({k: v for k, v in r.data.items() if k != "answer"})
+                for r in (await self.session.scalars(stmt)).all()]
+
+    async def add_pairs(self, pairs: list[PreferencePair]) -> int:
+        """Store preference pairs (idempotent on ``pair_id``); returns how many were new."""
+        table = SqlPreferencePair.__table__
+        inserted = 0
+        for part in chunks(pairs):
+            rows = [
+                {
+                    "pair_id": p.pair_id,
+                    "task_type": p.task_type,
+                    "source": p.source,
+                    "chosen_example_id": p.chosen_example_id,
+                    "rejected_example_id": p.rejected_example_id,
+                    "data": p.model_dump(mode="json"),
+                    "created_at": p.created_at,
+                }
+                for p in part
+            ]
+            result = await self.session.execute(insert_ignore(self.session, table).returning(table.c.pair_id), rows)
+            inserted += len(result.all())
+        return inserted
+
+    async def list_pairs(self, task_type: str | None = None, limit: int | None = None) -> list[PreferencePair]:
+        stmt = select(SqlPreferencePair).order_by(SqlPreferencePair.created_at, SqlPreferencePair.pair_id)
+        if task_type:
+            stmt = stmt.where(SqlPreferencePair.task_type == task_type)
+        if limit:
+            stmt = stmt.limit(limit)
+        return [PreferencePair.model_validate(r.data) for r in (await self.session.scalars(stmt)).all()]
+
+    async def count_signals(self) -> int:
+        return int(await self.session.scalar(select(func.count()).select_from(SqlRewardSignal)) or 0)
+
+    async def count_pairs(self) -> int:
+        return int(await self.session.scalar(select(func.count()).select_from(SqlPreferencePair)) or 0)
