@@ -21,7 +21,6 @@ class ApiConfig(BaseSettings):
         default=500.0, gt=0, description="Sustained events per second per API key on ingestion; None turns it off"
     )
     rate_limit_burst: int = Field(default=5000, ge=1, description="Events a key may send at once before throttling")
-    audit_page_max: int = Field(default=1000, ge=1, description="Most audit rows one GET /api/v1/audit returns")
 
     @model_validator(mode="after")
     def _burst_fits_batch(self) -> "ApiConfig":

@@ -100,6 +100,8 @@ def _register_subcommands() -> None:
 
 # (module in cli/, command name). Modules with `register(app)` add top-level commands (e.g. `l07 ingest`).
 SUBCOMMANDS: list[tuple[str, str]] = [
+    ("keys", "keys"),
+    ("serve", "serve"),
 ]
 
 _register_subcommands()

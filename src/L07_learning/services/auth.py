@@ -142,11 +142,6 @@ class Principal:
     attributes: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def actor(self) -> str:
-        """How this caller appears as ``actor`` in audit rows and stage history."""
-        return f"apikey:{self.key_id}"
-
-    @property
     def permissions(self) -> frozenset[Permission]:
         return ROLE_PERMISSIONS[self.role]
 
@@ -226,10 +221,7 @@ class AuthService:
                 session, "api_key.create", "api_key", key_id, actor=actor, actor_type="user",
                 details={"role": role.value, "name": name, "attributes": attributes},
             )
-            await session.flush()
-            record = await repo.get(key_id)
-        assert record is not None
-        return record, token
+        return ApiKeyRecord(key_id=key_id, key_hash=hash_token(token), role=role.value, name=name, attributes=attributes), token
 
     async def authenticate(self, token: str | None) -> Principal:
         """The principal for a presented token.

@@ -1,0 +1,90 @@
+"""``l07 keys``: credentials. ``create``/``list-api``/``revoke-api`` manage REST API keys (stored only as hashes)."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from ._common import JsonOpt, emit_json, err_console, run, table
+
+app = typer.Typer(help="API keys for the REST service (and signing keys).", no_args_is_help=True)
+
+
+def _attributes(values: list[str]) -> dict:
+    attrs: dict = {}
+    for item in values:
+        name, sep, raw = item.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"'{item}' is not NAME=VALUE", param_hint="--attr")
+        try:
+            attrs[name] = json.loads(raw)
+        except ValueError:
+            attrs[name] = raw
+    return attrs
+
+
+@app.command("create")
+@run
+async def create(
+    role: str = typer.Option(..., "--role", help="trainer, reviewer, deployer, auditor, admin or producer."),
+    name: str | None = typer.Option(None, "--name", help="Who or what the key is for."),
+    attr: list[str] = typer.Option(
+        [], "--attr", help="Attribute NAME=VALUE (JSON value), e.g. --attr ml_manager=true. Repeatable."
+    ),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Create an API key bound to ROLE. The key is printed once; only its SHA-256 is stored."""
+    from ..services.auth import AuthService
+
+    service = AuthService()
+    try:
+        record, token = await service.create_key(role, name=name, attributes=_attributes(attr))
+    finally:
+        await service.db.dispose()
+    if json_out:
+        emit_json({"key_id": record.key_id, "role": record.role, "name": record.name,
+                   "attributes": record.attributes, "api_key": token})
+        return
+    typer.echo(token)
+    err_console.print(f"created {record.key_id} (role {record.role}); store the key now, it cannot be shown again")
+
+
+@app.command("list-api")
+@run
+async def list_api(
+    all_keys: bool = typer.Option(False, "--all", help="Include revoked keys."), json_out: bool = JsonOpt
+) -> None:
+    """List API keys (ids, roles, attributes; never the keys)."""
+    from ..services.auth import AuthService
+
+    service = AuthService()
+    records = await service.list_keys(include_revoked=all_keys)
+    await service.db.dispose()
+    rows = [
+        {"key_id": r.key_id, "role": r.role, "name": r.name, "attributes": r.attributes,
+         "created_at": r.created_at, "revoked_at": r.revoked_at}
+        for r in records
+    ]
+    if json_out:
+        emit_json(rows)
+        return
+    table("API keys", ["key_id", "role", "name", "attributes", "created_at", "revoked_at"],
+          [[r["key_id"], r["role"], r["name"], json.dumps(r["attributes"]), r["created_at"], r["revoked_at"]] for r in rows])
+
+
+@app.command("revoke-api")
+@run
+async def revoke_api(key_id: str = typer.Argument(..., help="Key id from `l07 keys list-api`."), json_out: bool = JsonOpt) -> None:
+    """Revoke an API key at once; requests with it get 401 from then on."""
+    from ..services.auth import AuthService
+
+    service = AuthService()
+    revoked = await service.revoke_key(key_id)
+    await service.db.dispose()
+    if json_out:
+        emit_json({"key_id": key_id, "revoked": revoked})
+    else:
+        typer.echo(f"{key_id}: {'revoked' if revoked else 'not found or already revoked'}")
+    if not revoked:
+        raise typer.Exit(code=1)
