@@ -1,12 +1,14 @@
-"""``l07 keys``: credentials. ``create``/``list-api``/``revoke-api`` manage REST API keys (stored only as hashes)."""
+"""``l07 keys``: credentials. ``create``/``list-api``/``revoke-api`` manage REST API keys (stored only as hashes);
+``rotate``/``list`` manage the artifact signing keys."""
 
 from __future__ import annotations
 
+import getpass
 import json
 
 import typer
 
-from ._common import JsonOpt, emit_json, err_console, run, table
+from ._common import JsonOpt, console, emit_json, err_console, run, table
 
 app = typer.Typer(help="API keys for the REST service (and signing keys).", no_args_is_help=True)
 
@@ -88,3 +90,42 @@ async def revoke_api(key_id: str = typer.Argument(..., help="Key id from `l07 ke
         typer.echo(f"{key_id}: {'revoked' if revoked else 'not found or already revoked'}")
     if not revoked:
         raise typer.Exit(code=1)
+
+
+@app.command("rotate")
+@run
+async def rotate(
+    actor: str = typer.Option(None, "--actor", help="Who rotates (audit log); default: the OS user."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Make a new active artifact signing key; the previous 2 keys keep verifying existing signatures."""
+    from ..services.model_registry import ModelRegistry
+
+    registry = ModelRegistry()
+    try:
+        result = await registry.rotate_signing_key(actor=actor or getpass.getuser())
+    finally:
+        await registry.db.dispose()
+    if json_out:
+        emit_json(result)
+        return
+    console.print(f"active signing key is now [bold]{result['key'].version}[/] (fingerprint {result['key'].fingerprint[:16]})")
+    if result["retired"]:
+        console.print(f"retired (no longer verify): {', '.join(result['retired'])}; "
+                      f"{result['models_on_retired_keys']} registered models were signed with them")
+
+
+@app.command("list")
+@run
+async def list_signing(json_out: bool = JsonOpt) -> None:
+    """List the artifact signing keys (public parts only) with their status."""
+    from ..services.signing import SigningKeyring
+    from ..settings import get_settings
+
+    settings = get_settings()
+    keys = SigningKeyring(settings.signing_key_path or settings.home / "keys").list_keys()
+    if json_out:
+        emit_json({"data": keys, "count": len(keys)})
+        return
+    table("signing keys", ["version", "status", "created_at", "fingerprint"],
+          [(k.version, k.status, k.created_at, k.fingerprint[:16]) for k in keys])

@@ -100,8 +100,13 @@ def _register_subcommands() -> None:
 
 # (module in cli/, command name). Modules with `register(app)` add top-level commands (e.g. `l07 ingest`).
 SUBCOMMANDS: list[tuple[str, str]] = [
+    ("ingest", "ingest"),
     ("keys", "keys"),
+    ("models", "models"),
     ("serve", "serve"),
+    ("insights", "patterns/strategies/curriculum"),
+    ("examples", "examples"),
+    ("datasets", "datasets"),
 ]
 
 _register_subcommands()

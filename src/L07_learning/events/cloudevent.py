@@ -21,6 +21,7 @@ import json
 import re
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -50,6 +51,14 @@ ALIAS_TYPES = frozenset({"task.completed", "evaluation.completed", "plan.created
 # L01 envelopes are the platform's event-store records; their id namespace keeps derived ids stable across replays.
 _L01_NAMESPACE = uuid.UUID("6f0e5b8e-3b7a-4c55-9d6e-07a1e0000001")
 _L01_KEYS = frozenset({"event_type", "aggregate_type", "aggregate_id", "payload"})
+
+
+@dataclass(frozen=True)
+class RawEvent:
+    """One event as a transport delivered it: a body plus, for HTTP binary mode, its headers."""
+
+    body: bytes | str | Mapping[str, Any]
+    headers: Mapping[str, str] | None = None
 
 
 class CloudEvent(BaseModel):
@@ -92,7 +101,7 @@ class CloudEvent(BaseModel):
         return out
 
 
-def _reject(code: L07ErrorCode, message: str, raw: Any = None, **context: Any) -> L07Error:
+def _reject(code: L07ErrorCode, message: str, **context: Any) -> L07Error:
     return L07Error(code, message, **context)
 
 
@@ -178,9 +187,16 @@ def _compiled(patterns: tuple[str, ...]) -> tuple[re.Pattern[str], ...]:
     return tuple(re.compile(p) for p in patterns)
 
 
+@lru_cache(maxsize=4096)
+def _source_allowed(source: str, patterns: tuple[str, ...]) -> bool:
+    # A platform has a handful of producers: caching the verdict per source keeps the regexes off the hot path.
+    return any(p.match(source) for p in _compiled(patterns))
+
+
 def check_source(source: str, allow_list: list[str] | tuple[str, ...]) -> None:
     """E7115 when ``source`` matches no allow-list pattern (contract §1.1, §1.9)."""
-    if not any(p.match(source) for p in _compiled(tuple(allow_list))):
+    patterns = allow_list if isinstance(allow_list, tuple) else tuple(allow_list)
+    if not _source_allowed(source, patterns):
         raise L07Error(L07ErrorCode.EVENT_AUTHENTICITY_FAILED, f"source {source!r} is not on the allow-list", source=source)
 
 

@@ -334,6 +334,7 @@ def train_reward_model(
     try:
         trainer = RewardTrainer(model=model, args=args, train_dataset=rows(train), processing_class=tokenizer,
                                 peft_config=peft_config, callbacks=[control])
+        _quiet(trainer)
         trainer.train()
     except L07Error:
         raise
@@ -362,6 +363,13 @@ def train_reward_model(
     return RewardTrainResult(model_dir=str(out), train_pairs=len(train), val_pairs=len(val), train_accuracy=train_acc,
                              val_accuracy=val_acc, train_val_gap=gap, loss_curve=control.losses,
                              wall_s=time.perf_counter() - started, alerts=alerts)
+
+
+def _quiet(trainer: Any) -> None:
+    """Drop the trainer's stdout log printer: progress goes through our callback and the logger instead."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
 
 
 def _rmtree(path: Path) -> None:
@@ -643,10 +651,13 @@ def optimize_policy(
                                     config, guard=guard, progress=progress, should_stop=should_stop)
             cancelled = bool(train_metrics.get("cancelled"))
             steps = int(train_metrics.get("iterations", 0))
+            if train_metrics.get("stopped") == "plateau":
+                guard.stopped_reason = "plateau"
         else:
             trainer = _trl_trainer(config, policy, tokenizer, scorer, train, out)
             control = _ControlCallback("policy", progress, should_stop, guard)
             trainer.add_callback(control)
+            _quiet(trainer)
             trainer.train()
             cancelled = control.cancelled
             steps = trainer.state.global_step
@@ -661,7 +672,7 @@ def optimize_policy(
 
     if cancelled:
         guard.stopped_reason = "cancelled"
-    elif guard.stopped_reason == "completed" and (not guard.history or guard.history[-1]["step"] != steps):
+    elif guard.stopped_reason in {"completed", "plateau"} and (not guard.history or guard.history[-1]["step"] != steps):
         guard.check(steps)  # the final weights must pass the same guard as every intermediate one
     after = guard.measure() if guard.stopped_reason == "kl_exceeded" else (guard.history[-1] if guard.history else before)
     adapter_dir = out / "adapter"

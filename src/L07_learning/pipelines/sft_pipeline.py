@@ -40,12 +40,14 @@ class SFTCallbacks:
         on_eval: ``{"step", "epoch", "eval_loss", ...}`` after each evaluation.
         on_checkpoint: ``(path, step)`` after a checkpoint is written.
         should_cancel: Polled after every optimizer step; returning True stops training within that step.
+        on_train_end: Called on every rank with the trained (peft) model when training ends.
     """
 
     on_step: Callable[[dict[str, Any]], None] | None = None
     on_eval: Callable[[dict[str, Any]], None] | None = None
     on_checkpoint: Callable[[str, int], None] | None = None
     should_cancel: Callable[[], bool] | None = None
+    on_train_end: Callable[[Any], None] | None = None
 
 
 @dataclass
@@ -144,8 +146,8 @@ def _sft_config(config: JobConfig, checkpoint_dir: Path, precision: dict[str, bo
         load_best_model_at_end=early,
         metric_for_best_model=config.metric_for_best_model if early else None,
         greater_is_better=False if early and "loss" in config.metric_for_best_model else None,
-        gradient_checkpointing=config.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        activation_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
         bf16=precision["bf16"],
         fp16=precision["fp16"],
         use_cpu=use_cpu,
@@ -185,7 +187,7 @@ def _make_callback(callbacks: SFTCallbacks, started: float, max_duration_s: floa
                 state["loss_curve"].append([st.global_step, round(loss, 6)])
                 if callbacks.on_step and st.is_world_process_zero:
                     callbacks.on_step(point)
-            if "eval_loss" in logs:
+            if "eval_loss" in logs and state["training"]:
                 point = {"step": st.global_step, "epoch": float(st.epoch or 0.0),
                          **{k: float(v) for k, v in logs.items() if k.startswith("eval_")}}
                 state["evals"].append(point)
@@ -196,6 +198,10 @@ def _make_callback(callbacks: SFTCallbacks, started: float, max_duration_s: floa
             path = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{st.global_step}"
             if callbacks.on_checkpoint and st.is_world_process_zero:
                 callbacks.on_checkpoint(str(path), st.global_step)
+
+        def on_train_end(self, args, st, control, model=None, **kw):  # type: ignore[no-untyped-def]
+            if callbacks.on_train_end:
+                callbacks.on_train_end(model)
 
         def on_step_end(self, args, st, control, **kw):  # type: ignore[no-untyped-def]
             if callbacks.should_cancel and callbacks.should_cancel():
@@ -304,7 +310,7 @@ def run_sft(
         raise L07Error(L07ErrorCode.DATASET_LOADING_FAILURE, f"malformed example: {exc}") from exc
 
     args = _sft_config(config, checkpoint_dir, precision, config.max_seq_length, val_ds is not None, use_cpu)
-    state: dict[str, Any] = {"loss_curve": [], "evals": [], "cancelled": False, "timed_out": False}
+    state: dict[str, Any] = {"loss_curve": [], "evals": [], "cancelled": False, "timed_out": False, "training": True}
     trainer_callbacks = [_make_callback(callbacks, started, config.max_training_duration_s, state)]
     if args.load_best_model_at_end:
         trainer_callbacks.append(EarlyStoppingCallback(config.early_stopping_patience, config.early_stopping_threshold))
@@ -335,6 +341,7 @@ def run_sft(
     except OSError as exc:
         raise L07Error(L07ErrorCode.CHECKPOINT_SAVE_FAILURE, f"checkpoint I/O failed: {exc}") from exc
     train_seconds = time.monotonic() - t_train
+    state["training"] = False  # later evaluate() calls are the final measurements, not progress events
     st = trainer.state
     tokens_seen = int(st.num_input_tokens_seen or 0)
     metrics: dict[str, Any] = {

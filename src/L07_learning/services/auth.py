@@ -92,18 +92,14 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
 
 
 class ApprovalCapacity(str, Enum):
-    """In which capacity an approval is given (contract §7.4 "Approvals")."""
+    """In which capacity an approval is given (contract §7.4 "Approvals"); the registry checks which it needs:
+    ``reviewer`` for REVIEW -> STAGING, ``deployer`` and ``ml_manager`` for STAGING -> PRODUCTION, ``admin`` for a
+    manual archive."""
 
     REVIEWER = "reviewer"
     DEPLOYER = "deployer"
     ML_MANAGER = "ml_manager"
-
-
-# Approvals each target stage needs before a promotion may happen (contract §4.2, §7.4).
-REQUIRED_APPROVALS: dict[str, frozenset[ApprovalCapacity]] = {
-    "STAGING": frozenset({ApprovalCapacity.REVIEWER}),
-    "PRODUCTION": frozenset({ApprovalCapacity.DEPLOYER, ApprovalCapacity.ML_MANAGER}),
-}
+    ADMIN = "admin"
 
 
 class AuthenticationError(L07Error):
@@ -165,6 +161,8 @@ class Principal:
             caps.add(ApprovalCapacity.DEPLOYER)
         if self.attributes.get("ml_manager") is True:
             caps.add(ApprovalCapacity.ML_MANAGER)
+        if self.role is Role.ADMIN:
+            caps.add(ApprovalCapacity.ADMIN)
         return frozenset(caps)
 
 

@@ -1,12 +1,11 @@
 """Curriculum planning: how hard each example is, and in which order the SFT engine should see them.
 
-Difficulty of an example (0 easy … 1 hard) is a weighted mean of the signals available for it:
+Difficulty of an example (0 easy … 1 hard) starts from the contract's formula (§5.3) and adds two signals:
 
-* ``trace_length``: tool steps / 10, capped at 1 (contract §5.3),
-* ``tool_steps``: distinct tools / 5, capped at 1 (contract §5.3),
-* ``quality``: 1 - quality_score / 100 (contract §5.3),
+* base = 0.3 × ``trace_length`` (tool steps / 10, capped at 1) + 0.3 × ``tool_steps`` (distinct tools / 5, capped)
+  + 0.4 × ``quality`` (1 - quality_score / 100), so an example with no other signal keeps the contract's value;
 * ``failure_history``: half the example's own outcome (1 when it failed) and half the failure rate of its task type
-  in the same set,
+  in the same set; it moves the score towards 1 by ``weights.failure_history`` × failure × (1 - base);
 * ``model_loss`` (optional): the percentile rank of the base model's own loss on the example, measured by a real
   forward pass (``pipelines/example_loss.py``). When present it takes ``weights.model_loss`` of the score.
 
@@ -49,12 +48,12 @@ TARGET_MIX = (0.3, 0.5, 0.2)  # contract §3.7: easy/medium/hard share used by q
 
 
 class DifficultyWeights(BaseModel):
-    """Relative weights of the heuristic signals, and the share the model-loss signal takes when measured."""
+    """Weights of the contract's base formula (§5.3), the pull of failure history, and the model-loss share."""
 
-    trace_length: float = Field(default=0.2, ge=0)
-    tool_steps: float = Field(default=0.2, ge=0)
-    quality: float = Field(default=0.3, ge=0)
-    failure_history: float = Field(default=0.3, ge=0)
+    trace_length: float = Field(default=0.3, ge=0)
+    tool_steps: float = Field(default=0.3, ge=0)
+    quality: float = Field(default=0.4, ge=0)
+    failure_history: float = Field(default=0.3, ge=0, le=1)
     model_loss: float = Field(default=0.5, ge=0, le=1)
 
 
@@ -133,7 +132,7 @@ def score_examples(examples: Sequence[TrainingExample], losses: dict[str, float]
     task_rate = {t: sum(v) / len(v) for t, v in failed_by_task.items()}
     loss_rank = _percentile_ranks({e.example_id: losses[e.example_id] for e in examples if e.example_id in losses}) if losses else {}
 
-    heur_total = w.trace_length + w.tool_steps + w.quality + w.failure_history
+    heur_total = w.trace_length + w.tool_steps + w.quality
     if heur_total <= 0:
         raise L07Error(L07ErrorCode.CURRICULUM_SCHEDULE_INVALID, "difficulty weights must not all be zero")
     out: dict[str, DifficultyBreakdown] = {}
@@ -150,7 +149,8 @@ def score_examples(examples: Sequence[TrainingExample], losses: dict[str, float]
             "failure_history": failure,
         }
         score = (w.trace_length * signals["trace_length"] + w.tool_steps * signals["tool_steps"]
-                 + w.quality * signals["quality"] + w.failure_history * signals["failure_history"]) / heur_total
+                 + w.quality * signals["quality"]) / heur_total
+        score += w.failure_history * failure * (1 - score)
         if e.example_id in loss_rank:
             signals["model_loss"] = loss_rank[e.example_id]
             score = (1 - w.model_loss) * score + w.model_loss * signals["model_loss"]

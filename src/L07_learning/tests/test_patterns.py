@@ -69,14 +69,23 @@ def test_planted_winning_and_losing_sequences_are_significant(seed: int) -> None
     assert lose.pattern_id not in result.recommended["planner-agent"]  # failure patterns are never recommended
 
 
-def test_no_pattern_reported_on_null_data_across_seeds() -> None:
-    """False-discovery check: without a planted effect, BH at 5 % must report nothing on any of ten data sets."""
+def test_false_discoveries_on_null_data_stay_within_the_fdr_level() -> None:
+    """False-discovery check over 20 data sets with no planted effect.
+
+    Under the complete null, Benjamini-Hochberg at 5 % reports anything at all on at most 5 % of data sets in
+    expectation (FDR equals the family-wise error rate there), i.e. about 1 of 20. Across 40 seeds the implementation
+    showed exactly 1 (seed 108 here). On these same 20 data sets an uncorrected 5 % test reports 3.5 spurious
+    patterns per data set (17 of 20 data sets with at least one), so the bound catches a missing correction.
+    """
     tested = 0
-    for seed in range(10):
+    datasets_with_findings = 0
+    for seed in range(20):
         result = analyse_traces(make_traces(100 + seed, planted=False))
         tested += result.patterns_tested
-        assert result.patterns == [], [(p.tool_sequence, p.q_value) for p in result.patterns]
-    assert tested > 500  # many hypotheses were really tested
+        datasets_with_findings += bool(result.patterns)
+        assert len(result.patterns) <= 1
+    assert datasets_with_findings <= 1
+    assert tested > 1000  # many hypotheses were really tested
 
 
 def test_groups_are_mined_per_task_type_with_their_own_base_rate() -> None:
@@ -148,3 +157,24 @@ async def test_nothing_published_on_null_data(db) -> None:
     assert result.patterns == [] and result.events_published == 0
     async with db.session() as session:
         assert await OutboxRepository(session).list() == []
+
+
+def test_cli_patterns_mine_from_a_file(tmp_path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    traces = tmp_path / "traces.jsonl"
+    traces.write_text("\n".join(t.model_dump_json() for t in make_traces(4)) + "\n{\"execution_id\": \"bad\"}\n")
+    env = {**os.environ, "L07_HOME": str(tmp_path / "home")}
+    env.pop("L07_DATABASE_URL", None)
+    out = subprocess.run([sys.executable, "-m", "L07_learning.cli.main", "patterns", "mine", "--input", str(traces), "--json"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    body = json.loads(out.stdout)
+    assert body["traces_used"] == 1000 and body["rejected"] == {"E7010": 1}
+    assert WINNING in [p["tool_sequence"] for p in body["patterns"]]
+    listed = subprocess.run([sys.executable, "-m", "L07_learning.cli.main", "patterns", "list", "--json", "--limit", "1000"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert json.loads(listed.stdout)["count"] == len(body["patterns"])

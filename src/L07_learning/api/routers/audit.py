@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from ...store.repositories.audit import list_audit
 from ..deps import CanReadAudit, DbDep
 from ..errors import error_responses
+from ..types import UtcDateTime
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"], responses=error_responses(400, 401, 403, 500))
 
@@ -19,7 +20,7 @@ class AuditRecord(BaseModel):
     """One audit row in the contract's shape (§7.4 "Audit")."""
 
     audit_id: str
-    timestamp: datetime
+    timestamp: UtcDateTime
     actor: dict[str, Any] = Field(examples=[{"type": "api_key", "identifier": "key-1a2b3c4d5e6f"}])
     action: str = Field(examples=["api.models.promote"])
     resource: dict[str, Any] = Field(examples=[{"type": "models", "id": "5f0c1d7e-0a4b-4d55-9a3e-2c6b8e9f7a10"}])

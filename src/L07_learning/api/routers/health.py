@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -12,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from ...models._base import utcnow
 from ..deps import ContextDep
+from ..types import UtcDateTime
 
 router = APIRouter(tags=["health"])
 
@@ -21,7 +21,7 @@ PROBE_TIMEOUT_S = 2.0
 
 class Liveness(BaseModel):
     status: str = Field(examples=["alive"])
-    timestamp: datetime
+    timestamp: UtcDateTime
 
 
 class Readiness(BaseModel):
@@ -30,7 +30,7 @@ class Readiness(BaseModel):
     ready: bool
     dependencies_satisfied: dict[str, bool] = Field(examples=[{"storage": True, "event_stream": True}])
     latency_ms: dict[str, float] = Field(default_factory=dict)
-    timestamp: datetime
+    timestamp: UtcDateTime
 
 
 @router.get("/health/live", name="health.live", response_model=Liveness)

@@ -23,8 +23,8 @@ class FilterConfig(BaseModel):
 
     near_duplicate_jaccard: float = Field(0.8, gt=0, le=1, description="shingle Jaccard that makes a near-duplicate")
     shingle_size: int = Field(3, ge=1, le=10, description="words per shingle")
-    num_perm: int = Field(128, ge=16, le=512, description="MinHash permutations")
-    num_bands: int = Field(32, ge=1, description="LSH bands (num_perm / num_bands rows each)")
+    num_perm: int = Field(64, ge=16, le=512, description="MinHash permutations")
+    num_bands: int = Field(16, ge=1, description="LSH bands (num_perm / num_bands rows each)")
     minhash_seed: int = 42
 
     pii_action: Literal["redact", "drop"] = "redact"
@@ -33,7 +33,7 @@ class FilterConfig(BaseModel):
     extra_backdoor_triggers: list[str] = Field(default_factory=list, description="literal triggers besides PWNED:/INJECTION:")
 
     trigger_min_support: int = Field(5, ge=2, description="examples a rare token must appear in to be checked")
-    trigger_max_doc_share: float = Field(0.05, gt=0, le=1, description="a token in more than this share is not rare")
+    trigger_max_doc_share: float = Field(0.1, gt=0, le=1, description="a token in more than this share is not rare")
     trigger_output_share: float = Field(0.9, gt=0, le=1, description="share of one output among the token's examples")
 
     outlier_min_batch: int = Field(100, ge=2, description="outlier detection runs on batches larger than this")

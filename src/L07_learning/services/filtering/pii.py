@@ -14,9 +14,10 @@ from .findings import Finding
 PII_CODE = "E7112"
 
 _EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
-# Separators are required between groups (§8 #18): a bare run of digits is never a phone number.
+# Separators are required between groups (§8 #18): a bare run of digits is never a phone number, and a phone
+# number is not a slice of a longer run of digit groups (a card number that failed Luhn, an account number).
 _PHONE = re.compile(
-    r"(?<![\w.])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])\d{3,4}[ .-]\d{3,4}(?![\w.])"
+    r"(?<![\w.+])(?<!\d[ -])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])\d{3,4}[ .-]\d{3,4}(?![\w.]|[ -]\d)"
 )
 _CARD = re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])")
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b")
@@ -107,19 +108,19 @@ class PIIDetector:
         """Every non-overlapping PII span in ``text``."""
         found: list[Finding] = []
         taken: list[tuple[int, int]] = []
+        if _MAYBE.search(text):
+            for det in _DETECTORS:
+                for m in det.pattern.finditer(text):
+                    s, e = m.start(), m.end()
+                    if any(s < te and ts < e for ts, te in taken) or not det.valid(m.group()):
+                        continue
+                    taken.append((s, e))
+                    found.append(Finding("pii", det.kind, field, s, e, PII_CODE, "pii"))
+        # Names last, so a name inside an e-mail address does not hide the address.
         if self._names is not None:
             for m in self._names.finditer(text):
-                found.append(Finding("pii", "name", field, m.start(), m.end(), PII_CODE, "pii"))
-                taken.append((m.start(), m.end()))
-        if not _MAYBE.search(text):
-            return found
-        for det in _DETECTORS:
-            for m in det.pattern.finditer(text):
-                s, e = m.start(), m.end()
-                if any(s < te and ts < e for ts, te in taken) or not det.valid(m.group()):
-                    continue
-                taken.append((s, e))
-                found.append(Finding("pii", det.kind, field, s, e, PII_CODE, "pii"))
+                if not any(m.start() < te and ts < m.end() for ts, te in taken):
+                    found.append(Finding("pii", "name", field, m.start(), m.end(), PII_CODE, "pii"))
         return found
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from ...models.training_example import TrainingExample, compute_content_hash
 from .config import FilterConfig
 from .findings import Finding, replace_spans
-from .pii import PIIDetector, Placeholders
+from .pii import PIIDetector
 from .poisoning import PoisoningScanner
 from .secret_scan import SecretScanner, mask_token
 
@@ -101,11 +101,6 @@ class ContentScanner:
 def mask_secrets_in_text(text: str, findings: list[Finding]) -> str:
     """``text`` with each secret span replaced by its masked token."""
     return replace_spans(text, [(f.start, f.end, mask_token(f.kind, text[f.start:f.end])) for f in findings])
-
-
-def redact_pii_in_text(text: str, findings: list[Finding], placeholders: Placeholders) -> str:
-    """``text`` with each PII span replaced by its typed placeholder (``<EMAIL_1>``)."""
-    return replace_spans(text, [(f.start, f.end, placeholders.token(f.kind, text[f.start:f.end])) for f in findings])
 
 
 def mask_secrets_deep(value: Any, scanner: SecretScanner) -> Any:

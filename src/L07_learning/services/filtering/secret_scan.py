@@ -49,9 +49,15 @@ def sha256_hex(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
+MASK_RE = re.compile(r"<SECRET_MASKED kind=[a-z_]+ sha256=[0-9a-f]{12}>")
+
+
 def mask_token(kind: str, value: str) -> str:
-    """The stored replacement of a secret: kind plus a 12-hex sha256 prefix, never the value."""
-    return f"<SECRET:{kind}:sha256:{sha256_hex(value)[:12]}>"
+    """The stored replacement of a secret: kind plus a 12-hex sha256 prefix, never the value.
+
+    The format is chosen so that no detector matches it again (masking is idempotent).
+    """
+    return f"<SECRET_MASKED kind={kind} sha256={sha256_hex(value)[:12]}>"
 
 
 class SecretScanner:
@@ -69,7 +75,8 @@ class SecretScanner:
     def detect(self, text: str, field: str) -> list[Finding]:
         """Every secret span in ``text`` (the span covers the value only, so masking keeps the context)."""
         found: list[Finding] = []
-        taken: list[tuple[int, int]] = []
+        # Already-masked secrets are not secrets: never report (and re-mask) our own tokens.
+        taken: list[tuple[int, int]] = [m.span() for m in MASK_RE.finditer(text)]
 
         def add(kind: str, s: int, e: int) -> None:
             if any(s < te and ts < e for ts, te in taken):

@@ -43,13 +43,25 @@ class RewardRepository:
         for part in chunks(rows):
             await self.session.execute(insert_ignore(self.session, table), part)
 
-    async def answers_by_prompt(self, prompt_hashes: list[str]) -> dict[str, list[dict[str, Any]]]:
-        """Stored scored answers grouped by prompt hash: ``{example_id, output_text, quality_score, prompt}``."""
+    async def answers_by_prompt(self, prompt_hashes: list[str], per_prompt: int = 5) -> dict[str, list[dict[str, Any]]]:
+        """The ``per_prompt`` most recent scored answers per prompt hash, newest first:
+        ``{example_id, output_text, quality_score, prompt}`` (bounded, so hot prompts stay cheap)."""
         out: dict[str, list[dict[str, Any]]] = {}
         for part in chunks(sorted(set(prompt_hashes))):
-            stmt = select(SqlRewardSignal.prompt_hash, SqlRewardSignal.quality_score, SqlRewardSignal.data).where(
-                SqlRewardSignal.prompt_hash.in_(part)
+            ranked = (
+                select(
+                    SqlRewardSignal.prompt_hash,
+                    SqlRewardSignal.quality_score,
+                    SqlRewardSignal.data,
+                    func.row_number()
+                    .over(partition_by=SqlRewardSignal.prompt_hash,
+                          order_by=(SqlRewardSignal.created_at.desc(), SqlRewardSignal.signal_id))
+                    .label("rn"),
+                )
+                .where(SqlRewardSignal.prompt_hash.in_(part))
+                .subquery()
             )
+            stmt = select(ranked.c.prompt_hash, ranked.c.quality_score, ranked.c.data).where(ranked.c.rn <= per_prompt)
             for h, q, data in (await self.session.execute(stmt)).all():
                 answer = (data or {}).get("answer")
                 if answer:

@@ -1,0 +1,116 @@
+"""``l07 examples``: stored training examples and the quality filter's decisions.
+
+Thin wrappers over ``ExampleQualityFilter`` and the example repositories.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from ..models import L07Error, L07ErrorCode
+from ._common import JsonOpt, emit_json, run, table
+
+app = typer.Typer(help="Training examples: list them, filter files, see what the quality filter rejected and why.",
+                  no_args_is_help=True)
+
+
+def read_examples(path: Path) -> list[Any]:
+    """Example dicts from a JSONL file (or a JSON array)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise L07Error(L07ErrorCode.CONFIGURATION_NOT_FOUND, f"cannot read {path}: {exc}") from None
+    try:
+        stripped = text.lstrip()
+        return json.loads(stripped) if stripped.startswith("[") else [
+            json.loads(line) for line in text.splitlines() if line.strip()
+        ]
+    except json.JSONDecodeError as exc:
+        raise L07Error(L07ErrorCode.DATA_VALIDATION_SCHEMA_MISMATCH, f"{path}: invalid JSON ({exc})") from None
+
+
+@app.command("rejected")
+@run
+async def rejected(
+    reason: str = typer.Option(None, "--reason", help="Reason (secret, pii, duplicate...), rule or code (E7111)."),
+    decision: str = typer.Option(None, "--decision", help="REJECT, QUARANTINE or REVIEW."),
+    limit: int = typer.Option(50, "--limit", min=1, help="Most rows to show."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """List what the quality filter did not accept, newest first, with reason and code."""
+    from ..store.db import get_database
+    from ..store.repositories.filter_decisions import FilterDecisionRepository
+
+    db = get_database()
+    try:
+        async with db.session() as session:
+            repo = FilterDecisionRepository(session)
+            rows = await repo.list_rejected(reason=reason, decision=decision, limit=limit)
+            counts = await repo.counts_by_reason()
+    finally:
+        await db.dispose()
+    if json_out:
+        emit_json({"data": [{k: v for k, v in r.items() if k != "payload"} for r in rows], "count": len(rows),
+                   "totals": counts})
+        return
+    table("Filter decisions (not accepted)", ["example", "decision", "reason", "code", "rule", "detail"],
+          [(r["example_id"], r["decision"], r["reason"], r["code"], r["rule"], (r["detail"] or "")[:90]) for r in rows])
+    typer.echo("totals: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+
+
+@app.command("list")
+@run
+async def list_examples(
+    status: str = typer.Option(None, "--status", help="PENDING, ACCEPTED, REVIEW, REJECTED or QUARANTINED."),
+    limit: int = typer.Option(50, "--limit", min=1),
+    json_out: bool = JsonOpt,
+) -> None:
+    """List stored training examples."""
+    from ..store.db import get_database
+    from ..store.repositories.examples import ExampleRepository
+
+    db = get_database()
+    try:
+        async with db.session() as session:
+            repo = ExampleRepository(session)
+            examples = await repo.list(status=status.upper() if status else None, limit=limit)
+            total = await repo.count(status=status.upper() if status else None)
+    finally:
+        await db.dispose()
+    if json_out:
+        emit_json({"data": examples, "count": total})
+        return
+    table(f"Training examples ({total})", ["example", "status", "task_type", "q", "c", "input"],
+          [(e.example_id, e.status.value, e.task_type, f"{e.quality_score:.1f}",
+            "" if e.confidence is None else f"{e.confidence:.2f}", e.input_text[:60]) for e in examples])
+
+
+@app.command("filter")
+@run
+async def filter_file(
+    input_file: Path = typer.Argument(..., help="JSONL of training examples."),
+    store: bool = typer.Option(True, "--store/--dry-run", help="Persist decisions (default) or only show them."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Run the quality filter over a file of examples and show each decision with its reason."""
+    from ..services.example_quality_filter import ExampleQualityFilter
+    from ..store.db import get_database
+
+    examples = read_examples(input_file)
+    db = get_database() if store else None
+    try:
+        report = await ExampleQualityFilter(db=db).filter_detailed(examples)
+    finally:
+        if db is not None:
+            await db.dispose()
+    if json_out:
+        emit_json({"decisions": [d.to_dict() for d in report.decisions], "counts": report.counts(),
+                   "alerts": report.alerts, "duration_s": report.duration_s})
+        return
+    table("Filter decisions", ["#", "example", "decision", "reason", "code", "detail"],
+          [(d.index, d.example_id, d.decision.value, d.reason, d.code, d.detail[:80]) for d in report.decisions])
+    typer.echo("counts: " + ", ".join(f"{k}={v}" for k, v in sorted(report.counts().items())))

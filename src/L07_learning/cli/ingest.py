@@ -1,0 +1,119 @@
+"""``l07 ingest``, ``l07 consume`` and ``l07 sample-events``: event ingestion from files and Redis Streams."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import typer
+
+from ..settings import get_settings
+from ._common import JsonOpt, emit_json, run, table
+
+
+def _print_summary(title: str, summary: dict, json_out: bool) -> None:
+    if json_out:
+        emit_json(summary)
+        return
+    rows = [(k, v) for k, v in summary.items() if not isinstance(v, dict)]
+    rows += [(f"rejected {code}", n) for code, n in sorted(summary.get("rejected_by_code", {}).items())]
+    table(title, ["", "count"], rows)
+
+
+@run
+async def ingest(
+    path: Path = typer.Argument(..., help="A JSONL file, or a folder of *.jsonl files (one CloudEvent per line)."),
+    batch_size: int = typer.Option(1000, "--batch-size", min=1, help="Events per database transaction."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Ingest CloudEvents from a file or folder: extract, join and store examples (status PENDING)."""
+    from ..events.sources import FileSource
+    from ..services.ingestion import IngestionPipeline, run_source
+    from ..store.db import get_database
+
+    settings = get_settings()
+    db = get_database(settings.database_url)
+    try:
+        summary = await run_source(FileSource(path, batch_size=batch_size), IngestionPipeline(db, settings))
+    finally:
+        await db.dispose()
+    _print_summary(f"ingested {path}", summary.to_dict(), json_out)
+
+
+@run
+async def consume(
+    redis_url: str = typer.Option(..., "--redis", help="Redis URL, e.g. redis://127.0.0.1:6379/0."),
+    stream: str = typer.Option(..., "--stream", help="Stream key (topic), e.g. execution.traces."),
+    group: str = typer.Option(..., "--group", help="Consumer group, e.g. l07-training-extractor."),
+    consumer: str = typer.Option(None, "--consumer", help="Consumer name (default <host>-<pid>)."),
+    batch_size: int = typer.Option(100, "--batch-size", min=1, help="Entries per read and per DB transaction."),
+    block_ms: int = typer.Option(1000, "--block-ms", min=1, help="How long a read waits for new entries."),
+    claim_idle_ms: int = typer.Option(30_000, "--claim-idle-ms", min=0,
+                                      help="Take over entries another consumer left unacknowledged this long."),
+    max_deliveries: int = typer.Option(None, "--max-deliveries", min=1,
+                                       help="Deliveries before an entry goes to the dead-letter stream "
+                                            "(default L07_DEAD_LETTER_AFTER_ATTEMPTS)."),
+    dead_letter_stream: str = typer.Option(None, "--dead-letter-stream", help="Default <stream>.dlq."),
+    idle_exit: float = typer.Option(None, "--idle-exit", min=0,
+                                    help="Exit after this many seconds with nothing new and nothing pending."),
+    max_events: int = typer.Option(None, "--max-events", min=1, help="Exit after acknowledging this many entries."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Consume a Redis Stream through a consumer group until stopped (Ctrl-C / SIGTERM finish the current batch)."""
+    import asyncio
+
+    from ..events.redis_stream import RedisStreamSource
+    from ..services.ingestion import IngestionPipeline, run_source
+    from ..store.db import get_database
+
+    settings = get_settings()
+    db = get_database(settings.database_url)
+    source = RedisStreamSource(
+        redis_url, stream, group, consumer, batch_size=batch_size, block_ms=block_ms, claim_idle_ms=claim_idle_ms,
+        max_deliveries=max_deliveries or settings.dead_letter_after_attempts, dead_letter_stream=dead_letter_stream,
+        idle_exit_s=idle_exit, max_events=max_events,
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, source.stop)
+    try:
+        summary = await run_source(source, IngestionPipeline(db, settings))
+    finally:
+        await source.close()
+        await db.dispose()
+    out = summary.to_dict() | {"consumer": source.consumer, "acknowledged": source.acked,
+                               "dead_lettered": source.dead_lettered}
+    _print_summary(f"consumed {stream} as {source.consumer}", out, json_out)
+
+
+def sample_events(
+    out: Path = typer.Option(..., "--out", help="Output JSONL file."),
+    executions: int = typer.Option(200, "--executions", min=1, help="Task executions to generate (~2.2 events each)."),
+    seed: int = typer.Option(0, "--seed", help="Same seed, same file."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Write a deterministic, realistic mixed event stream (successes, failures, duplicates, malformed, PII...)."""
+    from ..events.sample_stream import generate
+
+    stream = generate(executions, seed=seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stream.write(str(out))
+    exp = stream.expected
+    summary = {
+        "out": str(out), "events": exp["events"], "executions": executions, "seed": seed,
+        "expected_trace_examples": len(exp["trace_examples"]), "expected_feedback_examples": len(exp["feedback_examples"]),
+        "expected_plan_examples": len(exp["plan_examples"]), "unscored_traces": len(exp["unscored_traces"]),
+        "malformed": sum(exp["rejected"].values()), "duplicates": exp["duplicates"], "ignored": exp["ignored"],
+        "pii": exp["pii"], "poisoned": exp["poisoned"], "repeated_tasks": exp["preference_groups"],
+    }
+    if json_out:
+        emit_json(summary)
+    else:
+        table(f"wrote {out}", ["", "count"], [(k, v) for k, v in summary.items() if k != "out"])
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ingestion commands at the top level of ``l07``."""
+    app.command("ingest")(ingest)
+    app.command("consume")(consume)
+    app.command("sample-events")(sample_events)

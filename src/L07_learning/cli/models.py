@@ -1,0 +1,193 @@
+"""``l07 models``: list, show, verify, promote, approve, roll back, trace lineage, register a base model."""
+
+from __future__ import annotations
+
+import getpass
+from typing import Any
+
+import typer
+from rich.tree import Tree
+
+from ._common import JsonOpt, console, emit_json, run, table
+
+app = typer.Typer(help="Model registry: signed artifacts, stages, approvals, rollback, lineage.", no_args_is_help=True)
+
+ActorOpt = typer.Option(None, "--actor", help="Who does this (audit log); default: the OS user.")
+
+
+def _actor(actor: str | None) -> str:
+    return actor or getpass.getuser()
+
+
+async def _with_registry(fn: Any) -> Any:
+    from ..services.model_registry import ModelRegistry
+
+    registry = ModelRegistry()
+    try:
+        return await fn(registry)
+    finally:
+        await registry.db.dispose()
+
+
+@app.command("list")
+@run
+async def list_cmd(
+    model_type: str = typer.Option(None, "--type", help="BASE, FINE_TUNED, LORA_ADAPTER, DISTILLED, REWARD_MODEL."),
+    stage: str = typer.Option(None, "--stage", help="Stage filter, any case."),
+    name: str = typer.Option(None, "--name", help="Only this model name."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """List registered models, newest first."""
+    models = await _with_registry(lambda r: r.list_models(model_type=model_type, status=stage, name=name))
+    if json_out:
+        emit_json({"data": models, "count": len(models)})
+        return
+    table("models", ["model_id", "name", "version", "type", "stage", "serving", "validation", "key"], [
+        (m.model_id, m.name, m.version, m.model_type.value, m.stage.value, m.serving_state.value, m.validation_status,
+         m.signing_key_version) for m in models
+    ])
+
+
+@app.command("show")
+@run
+async def show(model_id: str, json_out: bool = JsonOpt) -> None:
+    """Show one model with its stage history and validations."""
+
+    async def go(r: Any) -> tuple[Any, Any]:
+        return await r.get_model(model_id), await r.get_validations(model_id)
+
+    model, validations = await _with_registry(go)
+    if json_out:
+        emit_json({"model": model, "validations": validations})
+        return
+    rows = [(k, v) for k, v in model.model_dump(mode="json", exclude={"stage_history", "metrics", "config"}).items()]
+    table(f"{model.name} {model.version}", ["field", "value"], rows)
+    table("stage history", ["at", "from", "to", "by", "approvals", "notes"], [
+        (h.transitioned_at, h.from_stage.value if h.from_stage else "", h.stage.value, h.transitioned_by,
+         ", ".join(f"{a['role']}={a['actor']}" for a in h.approvals), h.notes) for h in model.stage_history
+    ])
+    if validations:
+        table("validations", ["validation_id", "recommendation", "verdict", "regression", "completed_at"], [
+            (v.validation_id, v.recommendation.value, v.verdict.value, v.regression_detected, v.completed_at)
+            for v in validations
+        ])
+
+
+@app.command("verify")
+@run
+async def verify(model_id: str, json_out: bool = JsonOpt) -> None:
+    """Re-hash every file and check the signature. Exit code 2 when the artifact fails."""
+    report = await _with_registry(lambda r: r.verify(model_id))
+    if json_out:
+        emit_json(report)
+    elif report.ok:
+        console.print(f"[green]OK[/] {report.name} {report.version}: {report.files_checked} files, "
+                      f"{report.bytes_checked} bytes, signature by {report.signing_key_version}")
+    else:
+        console.print(f"[bold red]{report.error_code} FAILED[/] {report.name} {report.version}")
+        for p in report.problems:
+            console.print(f"  - {p}")
+    if not report.ok:
+        raise typer.Exit(code=2)
+
+
+@app.command("promote")
+@run
+async def promote(
+    model_id: str,
+    stage: str = typer.Argument(..., help="staging, production, archived or rejected."),
+    approve: list[str] = typer.Option([], "--approve", help="Approval given with the request, role=actor (repeatable)."),
+    notes: str = typer.Option(None, "--notes"),
+    actor: str = ActorOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Move a model to another stage (contract §4.2 rules and approvals apply)."""
+    model = await _with_registry(lambda r: r.promote_model(model_id, stage, actor=_actor(actor), approvals=approve, notes=notes))
+    if json_out:
+        emit_json(model)
+    else:
+        typer.echo(f"{model.name} {model.version} is now {model.stage.value} ({model.serving_state.value})")
+
+
+@app.command("approve")
+@run
+async def approve(
+    model_id: str,
+    role: str = typer.Argument(..., help="reviewer, deployer, ml_manager or admin."),
+    to_stage: str = typer.Option(None, "--to", help="Transition approved; default: the one the role approves."),
+    actor: str = ActorOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Record an approval for a model's next transition."""
+    result = await _with_registry(lambda r: r.approve(model_id, role, _actor(actor), to_stage=to_stage))
+    emit_json(result) if json_out else typer.echo(f"{result['actor']} approved {model_id} -> {result['to_stage']} as {result['role']}")
+
+
+@app.command("rollback")
+@run
+async def rollback(
+    name_or_id: str = typer.Argument(..., help="Model name, or the id of one of its versions."),
+    to_version: str = typer.Option(None, "--to", help="A specific STANDBY version; default: the previous one."),
+    reason: str = typer.Option("manual", "--reason", help="manual, quality_degradation, bug, canary_failure, security."),
+    actor: str = ActorOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Make the previous PRODUCTION version ACTIVE again."""
+    model = await _with_registry(lambda r: r.rollback(name_or_id, actor=_actor(actor), reason=reason, to_version=to_version))
+    emit_json(model) if json_out else typer.echo(f"{model.name} {model.version} ({model.model_id}) is ACTIVE again")
+
+
+@app.command("lineage")
+@run
+async def lineage(model_id: str, json_out: bool = JsonOpt) -> None:
+    """Print where a model came from: job, dataset version, source events, parent models."""
+    tree_data = await _with_registry(lambda r: r.lineage(model_id))
+    if json_out:
+        emit_json(tree_data)
+        return
+
+    def add(node: Tree, lin: Any) -> None:
+        if lin.training_job_id:
+            job = node.add(f"job {lin.training_job_id}")
+            if lin.hyperparameters:
+                job.add("hyperparameters: " + ", ".join(f"{k}={v}" for k, v in sorted(lin.hyperparameters.items())[:12]))
+        if lin.dataset_id:
+            ds = node.add(f"dataset {lin.dataset_id} {lin.dataset_version or ''} (sha256 {lin.dataset_checksum or '?'})")
+            shown = lin.source_event_ids[:10]
+            ds.add(f"{lin.source_event_count} source events" + (f": {', '.join(shown)}" if shown else "")
+                   + (" ..." if lin.source_event_count > len(shown) else ""))
+        for parent in lin.parents:
+            add(node.add(f"parent [bold]{parent.model_id}[/] base={parent.base_model_name or '?'}"), parent)
+
+    root = Tree(f"[bold]{tree_data.model_id}[/] base={tree_data.base_model_name or '?'}")
+    add(root, tree_data)
+    console.print(root)
+
+
+@app.command("compare")
+@run
+async def compare(model_a: str, model_b: str, json_out: bool = JsonOpt) -> None:
+    """Two models' metrics and validation results side by side."""
+    result = await _with_registry(lambda r: r.compare_models(model_a, model_b))
+    if json_out:
+        emit_json(result)
+        return
+    table("metrics", ["metric", "a", "b", "b - a"], [(m["metric"], m["a"], m["b"], m["delta"]) for m in result["metrics"]])
+    table("validation stages", ["stage", "a", "b"], [(s["stage"], s["a"], s["b"]) for s in result["validation_stages"]])
+
+
+@app.command("register-base")
+@run
+async def register_base(
+    source: str = typer.Argument(None, help="Local Hugging Face folder or hub id; default: the bundled SmolLM2."),
+    name: str = typer.Option(None, "--name", help="Model name; default: folder name or hub id."),
+    version: str = typer.Option(None, "--version"),
+    actor: str = ActorOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Copy a base model into the registry (signed, stage DEVELOPMENT)."""
+    if source is None:
+        model = await _with_registry(lambda r: r.ensure_base_model())
+    else:
+        model = await _with_registry(lambda r: r.register_base(source, name=name, version=version, actor=_actor(actor)))
+    emit_json(model) if json_out else typer.echo(f"{model.name} {model.version}: {model.model_id} ({model.artifact_path})")

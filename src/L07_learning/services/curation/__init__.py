@@ -1,0 +1,1 @@
+"""Dataset curation helpers: leak-free stratified splits, statistics, export."""

@@ -1,0 +1,82 @@
+"""Dataset export as JSONL or Parquet, one file per split, that ``datasets.load_dataset`` reads as it is.
+
+Each row holds ``messages`` (chat format, what TRL's SFTTrainer takes) plus flat metadata columns; free-form
+metadata is one JSON string column so every row has the same schema.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from ...models.dataset import Dataset
+from ...models.training_example import TrainingExample
+
+FORMATS = ("jsonl", "parquet")
+
+
+def export_row(ex: TrainingExample, split: str, dataset: Dataset) -> dict[str, Any]:
+    """One exported row."""
+    return {
+        "messages": [{"role": str(m.get("role", "")), "content": str(m.get("content", ""))} for m in ex.chat_messages()],
+        "example_id": ex.example_id,
+        "split": split,
+        "task_type": ex.task_type,
+        "domain": ex.domain,
+        "source_type": ex.source_type.value,
+        "quality_score": float(ex.quality_score),
+        "confidence": None if ex.confidence is None else float(ex.confidence),
+        "difficulty": float(ex.difficulty),
+        "execution_id": ex.execution_id,
+        "content_hash": ex.content_hash,
+        "dataset_id": dataset.dataset_id,
+        "dataset_version": dataset.version,
+        "metadata_json": json.dumps(ex.metadata, sort_keys=True, default=str),
+    }
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_split_files(dataset: Dataset, out_dir: Path, fmt: str) -> dict[str, dict[str, Any]]:
+    """Write ``<split>.<ext>`` for every non-empty split; returns ``{split: {path, rows, sha256}}``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files: dict[str, dict[str, Any]] = {}
+    for split in ("train", "val", "test"):
+        examples = dataset.split_examples(split)
+        if not examples:
+            continue
+        rows = [export_row(ex, split, dataset) for ex in examples]
+        if fmt == "jsonl":
+            path = out_dir / f"{split}.jsonl"
+            with path.open("w", encoding="utf-8") as fh:
+                for row in rows:
+                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            path = out_dir / f"{split}.parquet"
+            pq.write_table(pa.Table.from_pylist(rows, schema=_arrow_schema()), path)
+        files[split] = {"path": str(path), "rows": len(rows), "sha256": _sha256_file(path)}
+    return files
+
+
+def _arrow_schema() -> Any:
+    import pyarrow as pa
+
+    message = pa.struct([("role", pa.string()), ("content", pa.string())])
+    return pa.schema([
+        ("messages", pa.list_(message)), ("example_id", pa.string()), ("split", pa.string()),
+        ("task_type", pa.string()), ("domain", pa.string()), ("source_type", pa.string()),
+        ("quality_score", pa.float64()), ("confidence", pa.float64()), ("difficulty", pa.float64()),
+        ("execution_id", pa.string()), ("content_hash", pa.string()), ("dataset_id", pa.string()),
+        ("dataset_version", pa.string()), ("metadata_json", pa.string()),
+    ])

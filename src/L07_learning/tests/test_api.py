@@ -1,0 +1,337 @@
+"""REST service: auth and roles, error bodies, limits, request ids, audit, ingestion, health and metrics.
+
+Every test drives the real app through httpx's ASGI transport against a real database; role checks are shown by the
+answer a request gets (403 for a refused role, the service's own answer, often 404 for an unknown id, otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from sqlalchemy import text
+from typer.testing import CliRunner
+
+from L07_learning.api import create_app
+from L07_learning.api.config import ApiConfig
+from L07_learning.services.auth import AuthService, Role, hash_token
+from L07_learning.store.db import Database
+from L07_learning.store.repositories.audit import list_audit
+from L07_learning.store.repositories.events import RejectedEventRepository
+from L07_learning.store.repositories.examples import ExampleRepository
+from L07_learning.tests.conftest import REDIS_URL
+
+ROLES = [r.value for r in Role]
+
+
+async def make_keys(db: Database, settings) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """One key per role, plus ``ml_manager`` (a reviewer key with the ml_manager attribute)."""
+    auth = AuthService(db=db, settings=settings)
+    keys = {role: (await auth.create_key(role, name=f"test-{role}"))[1] for role in ROLES}
+    keys["ml_manager"] = (await auth.create_key("reviewer", name="manager", attributes={"ml_manager": True}))[1]
+    return keys
+
+
+@pytest.fixture
+async def client_for(settings):  # type: ignore[no-untyped-def]
+    """Factory: an httpx client on a fresh app over ``db`` (with optional REST limits)."""
+    clients: list[httpx.AsyncClient] = []
+
+    async def make(db: Database, config: ApiConfig | None = None, app_settings=None) -> httpx.AsyncClient:  # type: ignore[no-untyped-def]
+        app = create_app(settings=app_settings or settings, db=db, config=config or ApiConfig())
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://l07.test")
+        clients.append(client)
+        return client
+
+    yield make
+    for c in clients:
+        await c.aclose()
+
+
+@pytest.fixture
+async def api(sqlite_db: Database, client_for) -> AsyncIterator[httpx.AsyncClient]:  # type: ignore[no-untyped-def]
+    yield await client_for(sqlite_db)
+
+
+@pytest.fixture
+async def keys(sqlite_db: Database, settings) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return await make_keys(sqlite_db, settings)
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def score_event(execution_id: str) -> dict:
+    return {
+        "specversion": "1.0",
+        "type": "com.agentic.evaluation.quality_score_computed",
+        "source": "https://agentic.local/layers/l06",
+        "id": str(uuid.uuid4()),
+        "data": {"execution_id": execution_id, "quality_score": 88.5, "confidence_level": 0.91},
+    }
+
+
+# --- authentication ---------------------------------------------------------------------------------------------
+
+
+async def test_keys_are_stored_only_as_hashes(sqlite_db: Database, settings) -> None:  # type: ignore[no-untyped-def]
+    record, token = await AuthService(db=sqlite_db, settings=settings).create_key("trainer")
+    async with sqlite_db.session() as s:
+        rows = (await s.execute(text("SELECT key_id, key_hash FROM l07_api_keys"))).all()
+    assert rows == [(record.key_id, hash_token(token))]
+    assert token not in json.dumps([list(r) for r in rows])
+
+
+async def test_missing_unknown_and_revoked_keys_get_401(api: httpx.AsyncClient, sqlite_db: Database, settings) -> None:  # type: ignore[no-untyped-def]
+    r = await api.get("/api/v1/models")
+    assert r.status_code == 401
+    assert r.json()["code"] == "E7904" and set(r.json()) == {"code", "name", "message", "detail"}
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    assert (await api.get("/api/v1/models", headers=auth("l07_not-a-key"))).status_code == 401
+
+    service = AuthService(db=sqlite_db, settings=settings)
+    record, token = await service.create_key("auditor")
+    assert (await api.get("/api/v1/models", headers={"X-API-Key": token})).status_code == 200
+    assert await service.revoke_key(record.key_id)
+    r = await api.get("/api/v1/models", headers={"X-API-Key": token})
+    assert r.status_code == 401 and "revoked" in r.json()["message"]
+
+
+def test_cli_creates_a_key_that_the_api_accepts(settings, sqlite_db: Database) -> None:  # type: ignore[no-untyped-def]
+    from L07_learning.cli.main import app as cli
+
+    result = CliRunner().invoke(cli, ["keys", "create", "--role", "deployer", "--attr", "ml_manager=true", "--json"])
+    assert result.exit_code == 0, result.output
+    created = json.loads(result.stdout.strip().splitlines()[-1])
+    assert created["role"] == "deployer" and created["attributes"] == {"ml_manager": True}
+
+    listed = CliRunner().invoke(cli, ["keys", "list-api", "--json"])
+    assert [k["key_id"] for k in json.loads(listed.stdout)] == [created["key_id"]]
+    assert created["api_key"] not in listed.stdout
+
+    bad = CliRunner().invoke(cli, ["keys", "create", "--role", "wizard"])
+    assert bad.exit_code == 2
+
+
+# --- roles ------------------------------------------------------------------------------------------------------
+
+MISSING = "00000000-0000-4000-8000-000000000000"
+EVERY_READER = {"trainer", "reviewer", "deployer", "auditor", "admin"}
+
+# (method, path, json body, roles allowed). A refused role gets 403; an allowed one reaches the service, which
+# answers for the unknown id (404) or lists (200) or accepts (202).
+RBAC = [
+    ("POST", "/api/v1/events", "event", {"producer", "admin"}),
+    ("GET", "/api/v1/models", None, EVERY_READER),
+    ("GET", f"/api/v1/models/{MISSING}", None, EVERY_READER),
+    ("GET", f"/api/v1/models/{MISSING}/validations", None, EVERY_READER),
+    ("POST", f"/api/v1/models/{MISSING}/promote", {"stage": "staging"}, {"deployer", "admin"}),
+    ("POST", f"/api/v1/models/{MISSING}/promote", {"stage": "PRODUCTION"}, {"deployer", "admin"}),
+    ("POST", f"/api/v1/models/{MISSING}/promote", {"stage": "archived"}, {"admin"}),
+    ("POST", f"/api/v1/models/{MISSING}/promote", {"stage": "rejected"}, {"reviewer", "admin"}),
+    ("POST", f"/api/v1/models/{MISSING}/approve", {"stage": "staging"}, {"reviewer", "admin"}),
+    ("POST", f"/api/v1/models/{MISSING}/approve", {"capacity": "deployer"}, {"deployer", "admin"}),
+    ("POST", f"/api/v1/models/{MISSING}/rollback", {"reason": "manual"}, {"deployer", "admin"}),
+    ("POST", f"/api/v1/models/{MISSING}/validate", {}, {"trainer", "reviewer", "deployer", "admin"}),
+    ("GET", "/api/v1/datasets", None, EVERY_READER),
+    ("GET", f"/api/v1/datasets/{MISSING}", None, EVERY_READER),
+    ("GET", f"/api/v1/datasets/{MISSING}?include_examples=true", None, {"reviewer", "admin"}),
+    ("POST", "/api/v1/training/jobs", {"dataset_id": MISSING, "base_model_id": MISSING}, {"trainer", "admin"}),
+    ("GET", f"/api/v1/training/jobs/{MISSING}", None, EVERY_READER),
+    ("POST", f"/api/v1/training/jobs/{MISSING}/cancel", None, {"trainer", "admin"}),
+    ("DELETE", f"/api/v1/training/jobs/{MISSING}", None, {"trainer", "admin"}),
+    ("GET", "/api/v1/audit", None, {"auditor", "admin"}),
+]
+
+
+@pytest.mark.parametrize("method,path,body,allowed", RBAC, ids=[f"{m} {p.replace(MISSING, 'X')} {b if isinstance(b, dict) else ''}" for m, p, b, _ in RBAC])
+async def test_each_role_is_allowed_or_denied(
+    api: httpx.AsyncClient, keys: dict[str, str], sqlite_db: Database, method: str, path: str, body, allowed: set[str], sample_cloud_event: dict  # type: ignore[no-untyped-def]
+) -> None:
+    for role in ROLES:
+        payload = dict(sample_cloud_event, id=str(uuid.uuid4())) if body == "event" else body
+        r = await api.request(method, path, json=payload, headers=auth(keys[role]))
+        if role in allowed:
+            assert r.status_code not in (401, 403), (role, r.status_code, r.text)
+            assert r.status_code < 500, (role, r.status_code, r.text)
+        else:
+            assert r.status_code == 403, (role, r.status_code, r.text)
+            assert r.json()["code"] == "E7904" and r.json()["detail"]["role"] == role
+    if method != "GET":
+        async with sqlite_db.session() as s:
+            rows, _ = await list_audit(s, limit=100)
+        denied = {r["actor"]["identifier"] for r in rows if r["result"] == "denied"}
+        assert len(denied) == len(set(ROLES) - allowed)  # every refused mutating call is audited under its key
+
+
+async def test_ml_manager_capacity_comes_only_from_the_attribute(api: httpx.AsyncClient, keys: dict[str, str]) -> None:
+    body = {"capacity": "ml_manager"}
+    assert (await api.post(f"/api/v1/models/{MISSING}/approve", json=body, headers=auth(keys["admin"]))).status_code == 403
+    r = await api.post(f"/api/v1/models/{MISSING}/approve", json=body, headers=auth(keys["ml_manager"]))
+    assert r.status_code == 404 and r.json()["code"] == "E7250"
+
+
+# --- errors, limits, request ids -------------------------------------------------------------------------------
+
+
+async def test_errors_share_one_body_with_the_table_status(api: httpx.AsyncClient, keys: dict[str, str]) -> None:
+    r = await api.get(f"/api/v1/models/{MISSING}", headers=auth(keys["auditor"]))
+    assert r.status_code == 404 and r.json()["code"] == "E7250" and r.json()["name"] == "MODEL_NOT_FOUND"
+
+    r = await api.get("/api/v1/models?stage=limbo", headers=auth(keys["auditor"]))
+    assert r.status_code == 400 and r.json()["code"] == "E7110" and "STAGING" in r.json()["detail"]["allowed"]
+
+    r = await api.post("/api/v1/training/jobs", json={"dataset_id": "d", "base_model_id": "m", "config": {"lora_rank": 4}},
+                       headers=auth(keys["trainer"]))
+    assert r.status_code == 400 and r.json()["code"] == "E7500"
+    assert r.json()["detail"]["errors"][0]["loc"] == ["body", "config", "lora_rank"]
+
+    r = await api.post("/api/v1/training/jobs", json={"dataset_id": "d"}, headers=auth(keys["trainer"]))
+    assert r.status_code == 404 and r.json()["code"] == "E7028"
+
+    r = await api.post("/api/v1/training/jobs", json={"dataset": "d"}, headers=auth(keys["trainer"]))
+    assert r.status_code == 400 and r.json()["code"] == "E7110"
+
+    r = await api.get("/api/v1/nowhere")
+    assert r.status_code == 404 and r.json()["code"] == "HTTP404"
+
+
+async def test_request_id_is_echoed_and_lands_in_the_audit_log(api: httpx.AsyncClient, keys: dict[str, str], sqlite_db: Database) -> None:
+    r = await api.post(f"/api/v1/models/{MISSING}/promote", json={"stage": "staging"},
+                       headers={**auth(keys["deployer"]), "X-Request-ID": "req-abc-123"})
+    assert r.status_code == 404 and r.headers["x-request-id"] == "req-abc-123"
+    generated = (await api.get("/health/live")).headers["x-request-id"]
+    assert uuid.UUID(generated).version == 4
+    bad = await api.get("/health/live", headers={"X-Request-ID": "bad id with spaces"})
+    assert bad.headers["x-request-id"] != "bad id with spaces"
+
+    r = await api.get("/api/v1/audit", params={"request_id": "req-abc-123"}, headers=auth(keys["auditor"]))
+    rows = r.json()["data"]
+    assert [(x["action"], x["result"], x["error_code"]) for x in rows] == [("api.models.promote", "failure", "E7250")]
+    key_id = (await AuthService(db=sqlite_db).authenticate(keys["deployer"])).key_id
+    assert rows[0]["actor"] == {"type": "api_key", "identifier": key_id}
+    assert rows[0]["details"]["to_stage"] == "STAGING"
+
+
+async def test_oversized_body_gets_413(sqlite_db: Database, client_for, keys: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    client = await client_for(sqlite_db, ApiConfig(max_request_bytes=2048))
+    r = await client.post("/api/v1/events", content=b"x" * 4096, headers=auth(keys["producer"]))
+    assert r.status_code == 413 and r.json()["code"] == "E7110" and r.json()["detail"]["limit_bytes"] == 2048
+
+    async def chunks():  # no Content-Length: the limit is enforced while the body streams in
+        for _ in range(4):
+            yield b"y" * 1024
+
+    r = await client.post("/api/v1/events", content=chunks(), headers=auth(keys["producer"]))
+    assert r.status_code == 413
+
+
+async def test_event_rate_limit_answers_429_with_retry_after(sqlite_db: Database, client_for, keys: dict[str, str], sample_cloud_event: dict) -> None:  # type: ignore[no-untyped-def]
+    config = ApiConfig(rate_limit_events_per_s=0.5, rate_limit_burst=3, max_batch_events=3)
+    client = await client_for(sqlite_db, config)
+    batch = [dict(sample_cloud_event, id=str(uuid.uuid4())) for _ in range(3)]
+    assert (await client.post("/api/v1/events", json=batch, headers=auth(keys["producer"]))).status_code == 202
+    r = await client.post("/api/v1/events", json=[dict(sample_cloud_event, id="late")], headers=auth(keys["producer"]))
+    assert r.status_code == 429 and r.json()["code"] == "E7104"
+    assert int(r.headers["retry-after"]) == 2  # one token at 0.5/s
+    # The limit is per key: another key is not throttled.
+    assert (await client.post("/api/v1/events", json=[dict(sample_cloud_event, id="other")], headers=auth(keys["admin"]))).status_code == 202
+    too_many = [dict(sample_cloud_event, id=str(i)) for i in range(4)]
+    r = await client.post("/api/v1/events", json=too_many, headers=auth(keys["admin"]))
+    assert r.status_code == 400 and r.json()["detail"]["max_batch_events"] == 3
+
+
+async def test_audit_write_failure_refuses_the_call(api: httpx.AsyncClient, keys: dict[str, str], sqlite_db: Database) -> None:
+    async with sqlite_db.session() as s:
+        await s.execute(text("ALTER TABLE l07_audit_log RENAME TO l07_audit_log_gone"))
+    r = await api.post(f"/api/v1/models/{MISSING}/approve", json={"stage": "staging"}, headers=auth(keys["reviewer"]))
+    assert r.status_code == 500 and r.json()["code"] == "E7804"
+    assert r.headers["x-request-id"]
+
+
+# --- event ingestion ---------------------------------------------------------------------------------------------
+
+
+async def test_events_structured_batch_and_binary_share_the_ingestion_path(
+    db: Database, client_for, settings, sample_cloud_event: dict  # type: ignore[no-untyped-def]
+) -> None:
+    client = await client_for(db)
+    producer = (await AuthService(db=db, settings=settings).create_key("producer"))[1]
+    execution_id = sample_cloud_event["data"]["execution_id"]
+
+    # Single event, structured mode: the trace waits for its score.
+    r = await client.post("/api/v1/events", content=json.dumps(sample_cloud_event),
+                          headers={**auth(producer), "Content-Type": "application/cloudevents+json"})
+    assert r.status_code == 202, r.text
+    assert r.json()["results"] == [{"index": 0, "status": "pending", "code": None, "reason": None, "examples": 0}]
+
+    # Binary mode: the score's attributes in ce-* headers, its data as the body; it completes the join.
+    score = score_event(execution_id)
+    headers = {**auth(producer), "Content-Type": "application/json", "ce-specversion": "1.0", "ce-id": score["id"],
+               "ce-source": score["source"], "ce-type": score["type"]}
+    r = await client.post("/api/v1/events", content=json.dumps(score["data"]), headers=headers)
+    assert r.status_code == 202, r.text
+    assert r.json()["examples_extracted"] == 1
+    async with db.session() as s:
+        assert await ExampleRepository(s).count() == 1
+
+    # Batch: a replay, a broken event and an unknown type; valid ones are kept, the broken one stored with its code.
+    broken = {"specversion": "1.0", "id": "b-1", "source": "https://agentic.local/layers/l02"}
+    unknown = dict(score_event("x"), type="com.example.other", id=str(uuid.uuid4()))
+    r = await client.post("/api/v1/events", json=[sample_cloud_event, broken, unknown],
+                          headers={**auth(producer), "Content-Type": "application/cloudevents-batch+json"})
+    assert r.status_code == 202
+    assert [i["status"] for i in r.json()["results"]] == ["duplicate", "rejected", "ignored"]
+    assert r.json()["rejected_by_code"] == {"E7015": 1}
+
+    # A single invalid event answers 400 with its code, and is stored too.
+    r = await client.post("/api/v1/events", content=b"{not json", headers=auth(producer))
+    assert r.status_code == 400 and r.json()["code"] == "E7015"
+    async with db.session() as s:
+        rejected = await RejectedEventRepository(s).list()
+    assert [(x.code, x.transport) for x in rejected] == [("E7015", "http"), ("E7015", "http")]
+
+
+# --- health and metrics -----------------------------------------------------------------------------------------
+
+
+async def test_ready_checks_the_database(api: httpx.AsyncClient) -> None:
+    r = await api.get("/health/ready")
+    assert r.status_code == 200
+    assert r.json()["ready"] is True and r.json()["dependencies_satisfied"] == {"storage": True}
+    assert (await api.get("/ready")).json()["dependencies_satisfied"] == {"storage": True}
+    assert (await api.get("/health/live")).json()["status"] == "alive"
+
+
+async def test_ready_fails_when_the_database_is_gone(client_for, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # A folder where the SQLite file should be: every connection attempt fails.
+    blocked = tmp_path / "db-is-a-dir"
+    (blocked / "l07.db").mkdir(parents=True)
+    client = await client_for(Database(f"sqlite+aiosqlite:///{blocked / 'l07.db'}"))
+    r = await client.get("/health/ready")
+    assert r.status_code == 503 and r.json()["dependencies_satisfied"]["storage"] is False
+
+
+@pytest.mark.redis
+async def test_ready_checks_the_configured_broker(sqlite_db: Database, client_for, settings) -> None:  # type: ignore[no-untyped-def]
+    up = await client_for(sqlite_db, app_settings=settings.model_copy(update={"redis_url": REDIS_URL}))
+    r = await up.get("/health/ready")
+    assert r.status_code == 200 and r.json()["dependencies_satisfied"] == {"storage": True, "event_stream": True}
+    down = await client_for(sqlite_db, app_settings=settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"}))
+    r = await down.get("/health/ready")
+    assert r.status_code == 503 and r.json()["dependencies_satisfied"]["event_stream"] is False
+
+
+async def test_metrics_expose_the_brief_metrics_and_http_requests(api: httpx.AsyncClient) -> None:
+    await api.get("/health/live")
+    r = await api.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    for name in ("l07_examples_extracted_total", "l07_examples_filtered_total", "l07_datasets_created_total",
+                 "l07_training_jobs_total", "l07_training_job_duration_seconds", "l07_models_registered_total",
+                 "l07_validation_pass_rate", "l07_http_request_duration_seconds"):
+        assert f"# TYPE {name}" in r.text, name
+    assert 'l07_http_requests_total{method="GET",route="/health/live",status="200"}' in r.text
