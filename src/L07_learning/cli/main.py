@@ -107,6 +107,7 @@ SUBCOMMANDS: list[tuple[str, str]] = [
     ("insights", "patterns/strategies/curriculum"),
     ("examples", "examples"),
     ("datasets", "datasets"),
+    ("demo", "demo"),
 ]
 
 _register_subcommands()

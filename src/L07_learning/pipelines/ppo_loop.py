@@ -173,7 +173,7 @@ def run_ppo(
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(policy_params + list(value_head.parameters()), MAX_GRAD_NORM)
                 opt.step()
-                losses.append(float(loss))
+                losses.append(loss.item())
         mean_reward = float(scores.mean())
         mean_kl = float(kl_tok.sum() / mask.sum().clamp(min=1))
         curves["loss_curve"].append(sum(losses) / len(losses))

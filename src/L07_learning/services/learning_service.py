@@ -119,12 +119,14 @@ class LearningService:
             The ingestion summary plus ``examples_accepted``.
         """
         await self._ensure()
-        from ..events.ingest import IngestionPipeline
+        from .ingestion import ingest_events
 
-        summary = await IngestionPipeline(self.db, self.settings).ingest(events, transport=transport)
-        examples: list[TrainingExample] = list(summary.get("examples", []))
+        # Examples are stored PENDING in the ingestion transaction (nothing is lost if filtering fails), then the
+        # filter records each one's decision.
+        result = await ingest_events(events, transport, db=self.db, settings=self.settings)
+        examples = result.examples
         accepted = await self.filter.filter(examples) if examples else []
-        out = {k: v for k, v in summary.items() if k != "examples"}
+        out = result.summary.to_dict()
         out["examples_accepted"] = len(accepted)
         return out
 

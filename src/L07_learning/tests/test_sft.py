@@ -50,21 +50,24 @@ def test_loss_is_computed_on_the_assistant_answer_only(tiny_model: Path, tmp_pat
     from L07_learning.pipelines.sft_pipeline import to_prompt_completion
 
     tok = AutoTokenizer.from_pretrained(str(tiny_model))
-    row = tool_rows(1, seed=5)[0]
-    ds = Dataset.from_list([to_prompt_completion(row, has_chat_template=True)])
+    rows = tool_rows(2, seed=5)
+    ds = Dataset.from_list([to_prompt_completion(r, has_chat_template=True) for r in rows])
     trainer = SFTTrainer(
         model=AutoModelForCausalLM.from_pretrained(str(tiny_model)), processing_class=tok, train_dataset=ds,
         args=SFTConfig(output_dir=str(tmp_path), completion_only_loss=True, report_to="none", use_cpu=True,
                        max_length=256, bf16=False))
-    item = trainer.train_dataset[0]
-    ids, mask = item["input_ids"], item["completion_mask"]
-    answer = tok.decode([i for i, m in zip(ids, mask) if m], skip_special_tokens=True).strip()
-    prompt = tok.decode([i for i, m in zip(ids, mask) if not m])
-    assert answer == row[-1]["content"]
-    assert row[1]["content"] in prompt and row[-1]["content"] not in prompt
-    labels = trainer.data_collator([item])["labels"][0].tolist()
-    assert all(lab == -100 for lab, m in zip(labels, mask) if not m)
-    assert [lab for lab, m in zip(labels, mask) if m] == [i for i, m in zip(ids, mask) if m]
+    items = [trainer.train_dataset[i] for i in range(2)]
+    for row, item in zip(rows, items):
+        ids, labels = item["input_ids"], item["labels"]
+        trained = [i for i, lab in zip(ids, labels) if lab != -100]
+        # Exactly the answer and its end-of-turn marker carry loss; the system prompt and question do not.
+        assert tok.decode(trained) == row[-1]["content"] + "<|im_end|>\n"
+        assert row[1]["content"] in tok.decode([i for i, lab in zip(ids, labels) if lab == -100])
+    batch = trainer.data_collator(items)
+    for b, item in enumerate(items):
+        n = len(item["input_ids"])
+        row_labels = batch["labels"][b].tolist()
+        assert row_labels[:n] == item["labels"] and all(x == -100 for x in row_labels[n:])  # padding never trains
 
 
 def test_target_modules_resolve_per_architecture(tiny_model: Path, tmp_path: Path) -> None:

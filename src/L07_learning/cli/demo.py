@@ -1,0 +1,80 @@
+"""``l07 demo``: the main job, with progress bars, a summary table and a report file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..settings import get_settings
+from ._common import JsonOpt, console, emit_json, run, table
+
+
+def register(app: typer.Typer) -> None:
+    """Add the top-level ``demo`` command."""
+    app.command(name="demo")(demo)
+
+
+@run
+async def demo(
+    home: Path = typer.Option(None, help="Folder for the demo's database and artifacts (default: <L07_HOME>/demo)."),
+    executions: int = typer.Option(420, min=50, help="Sample executions to generate."),
+    seed: int = typer.Option(7, help="Seed for events, splits and training."),
+    epochs: int = typer.Option(2, min=1, max=10, help="Training epochs."),
+    keep: bool = typer.Option(False, help="Keep the previous demo state instead of starting fresh."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Run the whole loop on the embedded default: events -> dataset -> LoRA fine-tune -> validate -> release."""
+    from ..services.demo import run_demo
+
+    settings = get_settings()
+    home = home or settings.home / "demo"
+    show = not json_out
+    bars = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                    TimeElapsedColumn(), console=console, disable=not show)
+    tasks: dict[str, Any] = {}
+
+    def step(name: str, total: float | None = None) -> Any:
+        if name not in tasks:
+            tasks[name] = bars.add_task(name, total=total, info="")
+        return tasks[name]
+
+    def progress(stage: str, info: dict[str, Any]) -> None:
+        if stage == "events":
+            bars.update(step("generate events", 1), completed=1, info=f"{info['events']} events")
+        elif stage == "ingest":
+            bars.update(step("ingest + extract", info["total"]), completed=info["done"], total=info["total"])
+        elif stage == "filter":
+            bars.update(step("quality filter", 1), completed=1,
+                        info=f"{info['accepted']} accepted, {sum(info['rejected'].values())} rejected/held")
+        elif stage == "dataset":
+            bars.update(step("dataset", 1), completed=1, info=f"v{info['version']} {info['splits']}")
+        elif stage == "base_model":
+            bars.update(step("base model", 1), completed=1, info=info["name"])
+        elif stage == "training_step":
+            payload = info.get("payload", {})
+            total = payload.get("max_steps") or payload.get("total_steps")
+            bars.update(step("fine-tune (LoRA)", total), completed=info.get("step") or 0, total=total,
+                        info=f"loss {payload.get('loss', float('nan')):.3f}")
+        elif stage == "training_done":
+            bars.update(step("fine-tune (LoRA)", 1), completed=bars.tasks[step("fine-tune (LoRA)")].total or 1,
+                        info="done")
+        elif stage == "validated":
+            bars.update(step("validate + release", 1), completed=1, info=f"{info['recommendation']} -> {info['stage']}")
+        elif stage == "rejected":
+            bars.update(step("validate + release", 1), completed=1, info=f"{info['code']}: {info['message'][:60]}")
+
+    with bars:
+        summary = await run_demo(home, executions=executions, seed=seed, reset=not keep,
+                                 model_cache_dir=settings.model_cache_dir, progress=progress,
+                                 training_overrides={"epochs": epochs})
+    if json_out:
+        emit_json(summary)
+        return
+    rows = [(k, v) for k, v in summary.items() if k not in ("dataset_splits", "failing_stages")]
+    rows.append(("dataset_splits", summary["dataset_splits"]))
+    rows.append(("failing_stages", ", ".join(summary["failing_stages"]) or "none"))
+    table("L07 demo", ["", "value"], rows)
+    console.print(f"report: {summary['report']}")
