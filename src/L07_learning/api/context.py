@@ -75,7 +75,9 @@ class AppContext:
         if "validator" not in self._services:
             from ..services.model_validator import ModelValidator
 
-            self._services["validator"] = ModelValidator(db=self.db, registry=self.registry, settings=self.settings)
+            self._services["validator"] = ModelValidator(
+                db=self.db, registry=self.registry, curator=self.curator, settings=self.settings
+            )
         return self._services["validator"]
 
     async def close(self) -> None:

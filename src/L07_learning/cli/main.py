@@ -108,6 +108,9 @@ SUBCOMMANDS: list[tuple[str, str]] = [
     ("examples", "examples"),
     ("datasets", "datasets"),
     ("demo", "demo"),
+    ("rlhf", "rlhf"),
+    ("distill", "distill"),
+    ("train", "jobs"),
 ]
 
 _register_subcommands()

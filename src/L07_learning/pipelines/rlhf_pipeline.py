@@ -728,3 +728,51 @@ def _trl_trainer(config: RLHFConfig, policy: Any, tokenizer: Any, scorer: Reward
         return RLOOTrainer(model=policy, reward_funcs=[reward_fn], args=RLOOConfig(**online), train_dataset=data,
                            processing_class=tokenizer)
     raise L07Error(L07ErrorCode.HYPERPARAMETER_CONFIG_INVALID, f"unknown algorithm {config.algorithm!r}")
+
+
+def entry(spec: dict[str, Any], emit: Callable[[str, dict[str, Any]], None], should_cancel: StopFn) -> dict[str, Any]:
+    """Job-runner entry point for ``JobType.RLHF`` (see ``services/job_runner.py``).
+
+    Args:
+        spec: ``base_model_dir``, ``reward_model_dir`` (None: train one first), ``sft_adapter_dir``, ``train_pairs``,
+            ``val_pairs``, ``rlhf`` (RLHFConfig dict), ``output_dir``.
+        emit: ``emit(kind, payload)``; ``step`` events carry the phase (``reward_model`` / ``policy``).
+        should_cancel: Cooperative cancellation check.
+
+    Returns:
+        ``{"adapter_dir", "metrics", "cancelled", "reward_model", "policy"}`` (the last two as plain dicts).
+    """
+    config = RLHFConfig.model_validate(spec["rlhf"])
+    out = Path(spec["output_dir"])
+    train, val = as_triplets(spec["train_pairs"]), as_triplets(spec["val_pairs"])
+    step = lambda payload: emit("step", payload)  # noqa: E731 - adapter from our progress dict to the runner's kinds
+    reward_dict = None
+    reward_dir = spec.get("reward_model_dir")
+    if reward_dir is None:
+        try:
+            rm = train_reward_model(spec["base_model_dir"], train + val, out / "reward_model",
+                                    epochs=config.reward_training_epochs, learning_rate=config.reward_learning_rate,
+                                    validation_split=config.reward_validation_split,
+                                    batch_size=config.reward_batch_size, lora_rank=config.reward_lora_rank,
+                                    max_length=config.max_length, seed=config.seed, progress=step,
+                                    should_stop=should_cancel)
+        except L07Error as exc:
+            if exc.details.get("cancelled"):
+                return {"adapter_dir": None, "metrics": {}, "cancelled": True, "reward_model": None, "policy": None}
+            raise
+        emit("eval", {"phase": "reward_model", "val_pairwise_accuracy": rm.val_accuracy,
+                      "train_pairwise_accuracy": rm.train_accuracy})
+        reward_dict, reward_dir = rm.to_dict(), rm.model_dir
+    result = optimize_policy(spec["base_model_dir"], reward_dir, train, val, out / "policy", config,
+                             sft_adapter_dir=spec.get("sft_adapter_dir"), progress=step, should_stop=should_cancel)
+    emit("eval", {"phase": "policy", **{f"after_{k}": v for k, v in result.after.items()},
+                  "reward_gain": result.reward_gain})
+    metrics = {"reward_before": result.before["mean_reward"], "reward_after": result.after["mean_reward"],
+               "reward_gain": result.reward_gain, "eval_accuracy": result.after["validation_accuracy"],
+               "kl": result.after["kl"], "stopped_reason": result.stopped_reason, "steps": result.steps,
+               "global_step": result.steps,
+               # The runner's sanity check needs a finite loss: the last policy loss (E7303 earlier if not finite).
+               "train_loss": losses[-1] if (losses := result.train_metrics.get("loss_curve")) else None,
+               "base_accuracy": result.before["validation_accuracy"]}
+    return {"adapter_dir": result.merged_dir or result.adapter_dir, "metrics": metrics,
+            "cancelled": result.stopped_reason == "cancelled", "reward_model": reward_dict, "policy": result.to_dict()}

@@ -298,7 +298,7 @@ def run_sft(
     targets = target_modules or resolve_target_modules(config.target_modules, base_model_dir)
     try:
         peft_config = LoraConfig(r=config.lora_rank, lora_alpha=int(config.lora_alpha), lora_dropout=config.lora_dropout,
-                                 target_modules=targets, bias="none", task_type="CAUSAL_LM")
+                                 target_modules="all-linear" if targets == ["all-linear"] else targets, bias="none", task_type="CAUSAL_LM")
     except (ValueError, TypeError) as exc:
         raise L07Error(L07ErrorCode.LORA_ADAPTER_CONFIG_INVALID, str(exc)) from exc
 
@@ -320,6 +320,8 @@ def run_sft(
     except L07Error:
         raise
     except (ValueError, KeyError, TypeError) as exc:
+        if "target module" in str(exc).lower():
+            raise L07Error(L07ErrorCode.LORA_ADAPTER_CONFIG_INVALID, str(exc)) from exc
         raise L07Error(L07ErrorCode.TOKENIZATION_ERROR, f"cannot tokenise the dataset: {exc}") from exc
 
     resume = latest_checkpoint(checkpoint_dir)

@@ -7,6 +7,7 @@ every non-accept decision is stored (``l07 examples rejected``). Secrets are mas
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -20,7 +21,7 @@ from pydantic import ValidationError
 
 from ..models._base import new_id
 from ..models.error_codes import L07ErrorCode
-from ..models.training_example import ExampleStatus, TrainingExample, compute_content_hash, normalise_text
+from ..models.training_example import ExampleStatus, TrainingExample, normalise_text
 from ..observability.metrics import DATA_POISONING_DETECTED, ERRORS, EXAMPLES_FILTERED
 from ..settings import Settings, get_settings
 from ..store.db import Database
@@ -34,6 +35,9 @@ from .filtering.scan import ContentScanner, ScanReport, mask_secrets_deep
 from .filtering.secret_scan import mask_token
 
 log = logging.getLogger(__name__)
+
+CONTENT_HASH_SEPARATOR = "\u241f"
+"""The separator ``models.training_example.compute_content_hash`` puts between input and output (a test pins it)."""
 
 POOL_STATUSES = (ExampleStatus.ACCEPTED.value, ExampleStatus.REVIEW.value)
 _TEXT_FIELDS = ("input_text", "output_text", "final_answer", "reasoning")
@@ -122,6 +126,11 @@ class _Item:
     updates: dict[str, Any] = field(default_factory=dict)
 
 
+def _hash_normalised(input_norm: str, output_norm: str) -> str:
+    """``compute_content_hash`` from already normalised text (the filter normalises once for hash and shingles)."""
+    return hashlib.sha256((input_norm + CONTENT_HASH_SEPARATOR + output_norm).encode("utf-8")).hexdigest()
+
+
 def difficulty_of(steps: int, unique_tools: int, quality: float) -> float:
     """Contract §5.3: ``0.3 min(steps/10,1) + 0.3 min(tools/5,1) + 0.4 (1 - q/100)``."""
     return 0.3 * min(steps / 10, 1) + 0.3 * min(unique_tools / 5, 1) + 0.4 * (1 - quality / 100)
@@ -155,6 +164,7 @@ class ExampleQualityFilter:
         self._pool_task: Counter[str] = Counter()
         self._pool_domain: Counter[str] = Counter()
         self._pool_size = 0
+        self._pool_members: dict[str, tuple[str, str]] = {}
         self._pool_known: set[str] = set()
         # In-memory mode only: what this instance has seen (the database answers these when there is one).
         self._seen_hashes: dict[str, str] = {}
@@ -247,7 +257,9 @@ class ExampleQualityFilter:
     def _scan(self, items: list[_Item]) -> None:
         for item in items:
             ex = item.example
-            item.content_hash = compute_content_hash(ex.input_text, ex.output_text)
+            item.input_norm = normalise_text(ex.input_text)
+            item.output_norm = normalise_text(ex.output_text)
+            item.content_hash = _hash_normalised(item.input_norm, item.output_norm)
             item.scan = self.scanner.cached_or_scan(ex, item.content_hash)
             self._rewrite(item)
         triggers = self._trigger_check(items)
@@ -276,8 +288,9 @@ class ExampleQualityFilter:
 
     def _trigger_check(self, items: list[_Item]) -> dict[int, str]:
         cfg = self.config
-        if len(items) < cfg.trigger_min_support:
-            return {}
+        outputs = Counter(item.output_norm for item in items)
+        if len(items) < cfg.trigger_min_support or outputs.most_common(1)[0][1] < cfg.trigger_min_support:
+            return {}  # no output repeats often enough to be a planted target: skip building token sets
         token_sets = []
         for item in items:
             words = item.input_norm.split()
@@ -300,8 +313,6 @@ class ExampleQualityFilter:
         if self.config.pii_action == "drop":
             self._decide(item, Decision.REJECT, "pii", code, "pii:drop", f"PII dropped by configuration ({summary})")
             return
-        log.warning("%s PII redacted in example %s (%s)", code, item.example.example_id, summary,
-                    extra={"error_code": code, "example_id": item.example.example_id})
         item.updates.setdefault("metadata", dict(item.example.metadata))["pii_redacted"] = True
         item.updates["metadata"]["pii_kinds"] = sorted(kinds)
 
@@ -321,12 +332,10 @@ class ExampleQualityFilter:
                 by_field.setdefault(f.field, []).append((f.start, f.end, placeholders.token(f.kind, text[f.start:f.end])))
             for name, spans in by_field.items():
                 item.updates[name] = replace_spans(getattr(ex, name), spans)
-        inp = item.updates.get("input_text", ex.input_text)
-        out = item.updates.get("output_text", ex.output_text)
-        if inp is not ex.input_text or out is not ex.output_text:
-            item.content_hash = compute_content_hash(inp, out)
-        item.input_norm = normalise_text(inp)
-        item.output_norm = normalise_text(out)
+        if "input_text" in item.updates or "output_text" in item.updates:
+            item.input_norm = normalise_text(item.updates.get("input_text", ex.input_text))
+            item.output_norm = normalise_text(item.updates.get("output_text", ex.output_text))
+            item.content_hash = _hash_normalised(item.input_norm, item.output_norm)
 
     # --- rule 4: duplicates --------------------------------------------------------------------------------------
 
@@ -405,10 +414,16 @@ class ExampleQualityFilter:
                              f"composite {it.composite:.1f} in review band")
 
     def _diversity(self, ex: TrainingExample) -> float:
-        if self._pool_size == 0:
-            return 0.5
         same = self._pool_task[ex.task_type] + self._pool_domain[ex.domain]
-        return 1 - same / (2 * self._pool_size)
+        size = self._pool_size
+        own = self._pool_members.get(ex.example_id)
+        if own is not None:
+            # Re-filtering a stored example (a replay) must not compare it with itself.
+            size -= 1
+            same -= (own[0] == ex.task_type) + (own[1] == ex.domain)
+        if size <= 0:
+            return 0.5
+        return 1 - same / (2 * size)
 
     # --- rule 8: outliers ------------------------------------------------------------------------------------------
 
@@ -481,6 +496,16 @@ class ExampleQualityFilter:
                 {"example_ids": [it.example.example_id for it in secrets][:50],
                  "kinds": sorted({f.kind for it in secrets for f in (it.scan.secrets if it.scan else [])})},
             ))
+        redacted = [it for it in items if it.updates.get("metadata", {}).get("pii_redacted")]
+        if redacted:
+            pcode = L07ErrorCode.PII_DETECTED_IN_TRAINING_DATA.value
+            kinds = Counter(k for it in redacted for k in it.updates["metadata"].get("pii_kinds", []))
+            log.warning("%s PII redacted in %d example(s): %s", pcode, len(redacted), dict(kinds),
+                        extra={"error_code": pcode})
+            alerts.append(self._alert("pii_in_training_data", "warning", pcode,
+                                      f"PII redacted in {len(redacted)} example(s)",
+                                      {"example_ids": [it.example.example_id for it in redacted][:50],
+                                       "kinds": dict(kinds)}))
         self._share_cap(items)
         return alerts
 
@@ -573,11 +598,12 @@ class ExampleQualityFilter:
                 self._pool_known.add(ex.example_id)
                 keep.append(ex.example_id)
                 if d.decision is Decision.ACCEPT:
-                    self._add_to_pool_counts(ex.task_type, ex.domain)
+                    self._add_to_pool_counts(ex.example_id, ex.task_type, ex.domain)
         # The batch was indexed provisionally by the near-duplicate check; keep what joins the pool.
         self._index.keep(keep)
 
-    def _add_to_pool_counts(self, task_type: str, domain: str) -> None:
+    def _add_to_pool_counts(self, example_id: str, task_type: str, domain: str) -> None:
+        self._pool_members[example_id] = (task_type, domain)
         self._pool_task[task_type] += 1
         self._pool_domain[domain] += 1
         self._pool_size += 1
@@ -599,7 +625,7 @@ class ExampleQualityFilter:
             ids.append(eid)
             docs.append(shingles(normalise_text(inp), normalise_text(out), size))
             if status == ExampleStatus.ACCEPTED.value:
-                self._add_to_pool_counts(task_type, domain)
+                self._add_to_pool_counts(eid, task_type, domain)
         self._index.add(ids, docs)
 
     @staticmethod

@@ -47,6 +47,31 @@ def coerce_config(config: JobConfig | dict[str, Any] | None) -> JobConfig:
                        "; ".join(f"{p['field']}: {p['error']}" for p in problems), problems=problems) from exc
 
 
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def list_presets() -> list[str]:
+    """Names of the shipped JobConfig presets (``configs/sft-<name>.yaml``)."""
+    return sorted(p.stem[len("sft-"):] for p in PRESETS_DIR.glob("sft-*.yaml"))
+
+
+def load_preset(name: str, overrides: dict[str, Any] | None = None) -> JobConfig:
+    """A ``JobConfig`` from a shipped preset (e.g. ``cpu-small``) or a YAML file path, plus overrides.
+
+    Raises:
+        L07Error: E7905 unknown preset, E7500 out-of-range values.
+    """
+    import yaml
+
+    path = Path(name)
+    if not path.is_file():
+        path = PRESETS_DIR / f"sft-{name}.yaml"
+    if not path.is_file():
+        raise L07Error(L07ErrorCode.CONFIGURATION_NOT_FOUND, f"no preset {name!r}; known: {list_presets()}")
+    values = yaml.safe_load(path.read_text()) or {}
+    return coerce_config({**values, **(overrides or {})})
+
+
 class FineTuningEngine:
     """Durable LoRA fine-tuning jobs.
 

@@ -21,9 +21,11 @@ transaction back and the batch is retried; the second attempt sees the winner's 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -147,6 +149,32 @@ def _check_storable(value: Any, path: str = "data") -> None:
             _check_storable(v, f"{path}[{i}]")
 
 
+@contextmanager
+def _paused_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector for one batch.
+
+    A 10,000-event batch allocates hundreds of thousands of small dicts that all stay alive until the batch ends, so
+    the collector runs repeated full passes over them for nothing (measured here: parsing 5x slower with it on).
+    Reference counting still frees everything as usual; only cycles wait until the batch ends (the previous state is
+    restored on exit, and nested or concurrent batches leave it to the outermost one).
+    """
+    global _gc_pauses
+    if _gc_pauses == 0 and not gc.isenabled():
+        yield  # the application manages the collector itself
+        return
+    _gc_pauses += 1
+    gc.disable()
+    try:
+        yield
+    finally:
+        _gc_pauses -= 1
+        if _gc_pauses == 0:
+            gc.enable()
+
+
+_gc_pauses = 0
+
+
 def _may_hold_unstorable(body: Any) -> bool:
     """Cheap pre-check on JSON text: NUL and lone surrogates can only come from a ``\\u0000``/``\\ud8..`` escape or a
     raw NUL, so text without a ``\\u`` escape or NUL needs no walk over the parsed record."""
@@ -222,6 +250,11 @@ class IngestionPipeline:
                 runs instead of the default storage when given.
             sweep: Also expire joins past their window / TTL (contract §1.7).
         """
+        with _paused_gc():
+            return await self._ingest(raw_events, transport, store_examples, on_examples, sweep)
+
+    async def _ingest(self, raw_events: Sequence[Any], transport: str, store_examples: bool,
+                      on_examples: ExamplesHook | None, sweep: bool) -> BatchResult:
         started = time.perf_counter()
         parsed = [self.parse(i, raw) for i, raw in enumerate(raw_events)]
         for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -452,7 +485,7 @@ class IngestionPipeline:
         # Two scored executions of the same task (§5.5): each new answer is paired with the most recent earlier
         # answer to the same normalised prompt (stored, or earlier in this batch) that differs by >= 10 points.
         # One partner per answer keeps hot prompts linear instead of quadratic.
-        hashes = [build.prompt_hash(ex.input_text) for ex in st.new_answers]
+        hashes = [a["prompt_hash"] for a in st.new_answer_keys]
         recent = await repo.answers_by_prompt(hashes) if hashes else {}
         for h, ex in zip(hashes, st.new_answers):
             earlier = recent.setdefault(h, [])
@@ -533,6 +566,7 @@ class _BatchState:
     signals: list[tuple[RewardSignal, dict[str, Any] | None]] = field(default_factory=list)
     pairs: list[PreferencePair] = field(default_factory=list)
     new_answers: list[TrainingExample] = field(default_factory=list)
+    new_answer_keys: list[dict[str, Any]] = field(default_factory=list)
 
     def row(self, key: str) -> JoinRow:
         row = self.rows.get(key)
@@ -545,6 +579,7 @@ class _BatchState:
                   "example_id": ex.example_id, "output_text": ex.output_text}
         self.signals.append((build.reward_signal(score, outcome, ex.task_type, processed=True), answer))
         self.new_answers.append(ex)
+        self.new_answer_keys.append(answer)
 
 
 async def ingest_events(

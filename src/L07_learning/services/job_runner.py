@@ -172,7 +172,9 @@ def _load_job_kind(job_type: JobType) -> JobKind:
         module = {JobType.RLHF: "rlhf_engine", JobType.DISTILLATION: "distillation_engine"}.get(job_type)
         if module:
             with contextlib.suppress(ModuleNotFoundError):
-                importlib.import_module(f"..{module}", __package__)
+                importlib.import_module(f".{module}", __package__)
+            # In the child (``python -m``) this module is ``__main__``; kinds register on the package's job_runner.
+            JOB_KINDS.update(importlib.import_module(f"{__package__}.job_runner").JOB_KINDS)
     if job_type not in JOB_KINDS:
         raise L07Error(L07ErrorCode.CONFIGURATION_NOT_FOUND, f"no pipeline registered for job type {job_type.value}")
     return JOB_KINDS[job_type]

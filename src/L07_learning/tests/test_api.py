@@ -217,6 +217,28 @@ async def test_request_id_is_echoed_and_lands_in_the_audit_log(api: httpx.AsyncC
     assert rows[0]["details"]["to_stage"] == "STAGING"
 
 
+async def test_access_log_is_json_with_the_request_id(api: httpx.AsyncClient, keys: dict[str, str]) -> None:
+    import io
+    import logging
+
+    from L07_learning.observability.logging import JsonFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("L07_learning.api.access")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        await api.get(f"/api/v1/models/{MISSING}", headers={**auth(keys["auditor"]), "X-Request-ID": "req-log-1"})
+    finally:
+        logger.removeHandler(handler)
+    line = json.loads(stream.getvalue().strip().splitlines()[-1])
+    assert line["request_id"] == "req-log-1"
+    assert (line["route"], line["status"], line["error_code"]) == ("/api/v1/models/{model_id}", 404, "E7250")
+    assert line["key_id"].startswith("key-") and line["duration_ms"] >= 0
+
+
 async def test_oversized_body_gets_413(sqlite_db: Database, client_for, keys: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
     client = await client_for(sqlite_db, ApiConfig(max_request_bytes=2048))
     r = await client.post("/api/v1/events", content=b"x" * 4096, headers=auth(keys["producer"]))
@@ -251,6 +273,15 @@ async def test_audit_write_failure_refuses_the_call(api: httpx.AsyncClient, keys
     r = await api.post(f"/api/v1/models/{MISSING}/approve", json={"stage": "staging"}, headers=auth(keys["reviewer"]))
     assert r.status_code == 500 and r.json()["code"] == "E7804"
     assert r.headers["x-request-id"]
+
+
+async def test_unexpected_failure_is_e7910_not_a_bare_500(api: httpx.AsyncClient, keys: dict[str, str], sqlite_db: Database) -> None:
+    async with sqlite_db.session() as s:
+        await s.execute(text("ALTER TABLE l07_models RENAME TO l07_models_gone"))
+    r = await api.get("/api/v1/models", headers={**auth(keys["auditor"]), "X-Request-ID": "req-broken"})
+    assert r.status_code == 500 and r.json()["code"] == "E7910"
+    assert r.headers["x-request-id"] == "req-broken"
+    assert "l07_models" not in r.text  # no internals in the answer; the traceback goes to the log
 
 
 # --- event ingestion ---------------------------------------------------------------------------------------------
@@ -335,3 +366,79 @@ async def test_metrics_expose_the_brief_metrics_and_http_requests(api: httpx.Asy
                  "l07_validation_pass_rate", "l07_http_request_duration_seconds"):
         assert f"# TYPE {name}" in r.text, name
     assert 'l07_http_requests_total{method="GET",route="/health/live",status="200"}' in r.text
+
+
+# --- the approval rule end to end (real model, real validation) --------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_production_promotion_needs_deployer_and_ml_manager_and_a_refusal_changes_nothing(
+    sqlite_db: Database, client_for, settings, tmp_path  # type: ignore[no-untyped-def]
+) -> None:
+    from L07_learning.models import ModelArtifact, ModelType
+    from L07_learning.pipelines.base_model import build_tiny_model
+    from L07_learning.pipelines.evaluation_pipeline import EvalCase, evaluate_model
+    from L07_learning.services.model_registry import ModelRegistry
+    from L07_learning.services.model_validator import ValidationConfig
+    from L07_learning.store.repositories.golden import GoldenCaseRepository
+    from L07_learning.store.repositories.outbox import OutboxRepository
+
+    keys = await make_keys(sqlite_db, settings)
+    client = await client_for(sqlite_db)
+    model_dir = build_tiny_model(tmp_path / "tiny", seed=0)
+    model_id = await ModelRegistry(db=sqlite_db, settings=settings).register_model(
+        ModelArtifact(name="api-e2e", version="1.0.0", model_type=ModelType.FINE_TUNED), source_dir=str(model_dir)
+    )
+    # Golden suite = this model's own greedy answers, recorded now (as a team records the current model's answers
+    # before a release), so re-running the same weights must pass every case.
+    cfg = ValidationConfig()
+    cases = [EvalCase(case_id=f"g{i}", messages=[{"role": "user", "content": f"Route request {i} to a tool."}], expected="")
+             for i in range(4)]
+    recorded = evaluate_model(model_dir, cases, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                              latency_requests=0, latency_warmup=0, safety_prompts=0)
+    async with sqlite_db.session() as s:
+        await GoldenCaseRepository(s).add_many(
+            "api-e2e", [{"case_id": c.case_id, "messages": c.messages, "expected": r.got} for c, r in zip(cases, recorded.cases)]
+        )
+    url = f"/api/v1/models/{model_id}"
+
+    r = await client.post(f"{url}/validate", json={}, headers=auth(keys["reviewer"]))
+    assert r.status_code == 200, r.text
+    assert r.json()["recommendation"] == "DEPLOY", r.json()
+    r = await client.post(f"{url}/promote", json={"stage": "staging"}, headers=auth(keys["deployer"]))
+    assert r.status_code == 200 and r.json()["stage"] == "STAGING", r.text
+    before = (await client.get(url, headers=auth(keys["auditor"]))).json()
+
+    # No approvals: refused with E7252, and nothing changes.
+    r = await client.post(f"{url}/promote", json={"stage": "production"}, headers=auth(keys["deployer"]))
+    assert r.status_code == 409 and r.json()["code"] == "E7252"
+    assert set(r.json()["detail"]["missing"]) == {"deployer", "ml_manager"}
+    assert (await client.get(url, headers=auth(keys["auditor"]))).json() == before
+
+    # The deployer's approval alone is not enough; the ml_manager's (another key) completes it.
+    r = await client.post(f"{url}/approve", json={"stage": "production"}, headers=auth(keys["deployer"]))
+    assert r.status_code == 201 and r.json()["role"] == "deployer"
+    r = await client.post(f"{url}/promote", json={"stage": "production"}, headers=auth(keys["deployer"]))
+    assert r.status_code == 409 and r.json()["detail"]["missing"] == ["ml_manager"]
+    assert (await client.get(url, headers=auth(keys["auditor"]))).json() == before
+    r = await client.post(f"{url}/approve", json={"stage": "production"}, headers=auth(keys["ml_manager"]))
+    assert r.status_code == 201 and r.json()["role"] == "ml_manager"
+
+    r = await client.post(f"{url}/promote", json={"stage": "production"},
+                          headers={**auth(keys["deployer"]), "X-Request-ID": "req-promote-1"})
+    assert r.status_code == 200, r.text
+    assert (r.json()["stage"], r.json()["serving_state"]) == ("PRODUCTION", "ACTIVE")
+    chain = r.json()["stage_history"][-1]["approvals"]
+    assert sorted(a["role"] for a in chain) == ["deployer", "ml_manager"]
+
+    # The request id reaches the published event and the audit rows of the change.
+    async with sqlite_db.session() as s:
+        published = await OutboxRepository(s).list("com.agentic.learning.model_deployment_approved")
+        rows, _ = await list_audit(s, request_id="req-promote-1")
+    assert published[0]["event"]["data"]["to_stage"] == "PRODUCTION"
+    assert published[0]["event"]["l07requestid"] == "req-promote-1"
+    assert {x["action"] for x in rows} == {"model.promote", "api.models.promote"}
+
+    # Nothing to roll back to yet: refused, the ACTIVE model stays.
+    r = await client.post(f"{url}/rollback", json={"reason": "manual"}, headers=auth(keys["deployer"]))
+    assert r.status_code == 409 and r.json()["code"] == "E7251"

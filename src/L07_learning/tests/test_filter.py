@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from L07_learning.models import ExampleStatus, TrainingExample
 from L07_learning.observability.metrics import EXAMPLES_FILTERED, REGISTRY
-from L07_learning.services.example_quality_filter import Decision, ExampleQualityFilter
+from L07_learning.services.example_quality_filter import Decision, ExampleQualityFilter, composite_score, difficulty_of
 from L07_learning.services.filtering import ContentScanner, FilterConfig
 from L07_learning.services.filtering.pii import PIIDetector
 from L07_learning.services.filtering.secret_scan import SecretScanner
@@ -148,9 +148,12 @@ async def test_score_example_follows_the_contract_and_has_no_side_effects(db, sa
     dump = await _dump_tables(db, ("l07_training_examples", "l07_rejected_examples"))
     assert dump == "[]\n[]"
     # Diversity falls once the pool holds the same task type and domain.
-    await flt.filter([make_example(1, task_type="summarization", domain="general",
-                                   metadata={"agent_id": "a", "task_type": "summarization"})])
+    [stored] = await flt.filter([make_example(1, task_type="summarization", domain="general",
+                                              metadata={"agent_id": "a", "task_type": "summarization"})])
     assert await flt.score_example(sample_example) == pytest.approx(69.3, abs=0.01)
+    # A stored example scored again (a replay) is not compared with itself: its pool is empty, diversity 0.5.
+    assert await flt.score_example(stored) == pytest.approx(
+        composite_score(92.0, 0.95, 0.5, difficulty_of(2, 2, 92.0), 2), abs=1e-9)
 
 
 async def test_missing_confidence_goes_to_review_and_bad_input_is_rejected_and_counted():
@@ -221,6 +224,15 @@ async def test_one_agent_cannot_dominate_a_batch():
     capped = [d for d in report.decisions if d.reason == "source_share_cap"]
     assert len(capped) == 15 and all(d.decision is Decision.REVIEW for d in capped)  # cap = 50% of 60 accepts
     assert [d.example_id for d in capped] == [e.example_id for e in mine[30:]]
+
+
+def test_filter_content_hash_is_the_models_content_hash():
+    from L07_learning.models import compute_content_hash
+    from L07_learning.models.training_example import normalise_text
+    from L07_learning.services.example_quality_filter import _hash_normalised
+
+    a, b = "  Hello\u00a0World ", "ＡＢＣ  def"
+    assert _hash_normalised(normalise_text(a), normalise_text(b)) == compute_content_hash(a, b)
 
 
 async def test_cached_scan_is_used_only_while_the_text_is_unchanged():

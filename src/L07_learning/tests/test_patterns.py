@@ -178,3 +178,24 @@ def test_cli_patterns_mine_from_a_file(tmp_path) -> None:
     listed = subprocess.run([sys.executable, "-m", "L07_learning.cli.main", "patterns", "list", "--json", "--limit", "1000"],
                             capture_output=True, text=True, env=env, timeout=120)
     assert json.loads(listed.stdout)["count"] == len(body["patterns"])
+
+
+async def test_mine_reads_stored_examples_when_no_traces_are_given(db) -> None:
+    from L07_learning.store.repositories.examples import ExampleRepository
+
+    examples = [
+        TrainingExample(
+            source_type=ExampleSource.EXECUTION_TRACE, input_text=f"request {t.execution_id}", output_text="answer",
+            quality_score=90, execution_id=t.execution_id, labels=[f"outcome:{'SUCCESS' if t.success else 'FAILURE'}"],
+            expected_actions=[{"step": i + 1, "action": tool} for i, tool in enumerate(t.tools)],
+            metadata={"agent_id": "agent-9", "task_type": "booking"},
+        )
+        for t in make_traces(21, n=600)
+    ]
+    async with db.session() as session:
+        assert await ExampleRepository(session).add_many(examples) == 600
+    result = await PatternExtractor(db=db).mine(agent_type="agent-9", publish=False)
+    assert result.traces_used == 600 and result.groups == {"agent-9/booking": 600}
+    found = {tuple(p.tool_sequence): p.polarity for p in result.patterns}
+    assert found[tuple(WINNING)] == "success" and found[tuple(LOSING)] == "failure"
+    assert (await PatternExtractor(db=db).mine(agent_type="someone-else")).traces_used == 0

@@ -117,7 +117,7 @@ def test_cancel_callback_stops_within_one_step(tiny_model: Path, tmp_path: Path)
                      callbacks=SFTCallbacks(on_step=steps.append, should_cancel=lambda: len(steps) >= 2),
                      measure_generation=False)
     assert result.cancelled and result.adapter_dir is None
-    assert result.metrics["global_step"] == 2
+    assert result.metrics["global_step"] <= 3 < result.metrics["total_steps"]  # requested after step 2
 
 
 def test_generation_is_greedy_deterministic_and_applies_the_adapter(tiny_model: Path, tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ def shingles(input_norm: str, output_norm: str, size: int) -> list[str]:
     words = input_norm.split() + [SEPARATOR] + output_norm.split()
     if len(words) <= size:
         return [" ".join(words)]
-    return [" ".join(words[i:i + size]) for i in range(len(words) - size + 1)]
+    return list(map(" ".join, zip(*(words[i:] for i in range(size)))))
 
 
 def jaccard(a: frozenset[str], b: frozenset[str]) -> float:

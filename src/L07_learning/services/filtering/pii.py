@@ -25,8 +25,8 @@ _SSN = re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?
 _NINO = re.compile(r"\b[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b")
 _IPV4 = re.compile(r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w.])")
 _IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}(?![\w:])")
-# Cheap pre-check: every detector above needs a digit or an '@'.
-_MAYBE = re.compile(r"[\d@]")
+# Cheap pre-checks: numeric ids need a run of digits with at most separators between them, e-mails an '@'.
+_MAYBE_NUMBER = re.compile(r"\d[\d ().+-]{5,}\d|\d{1,3}\.\d{1,3}\.|[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}:")
 
 
 def luhn_ok(digits: str) -> bool:
@@ -108,8 +108,12 @@ class PIIDetector:
         """Every non-overlapping PII span in ``text``."""
         found: list[Finding] = []
         taken: list[tuple[int, int]] = []
-        if _MAYBE.search(text):
+        maybe_number = _MAYBE_NUMBER.search(text) is not None
+        maybe_email = "@" in text
+        if maybe_number or maybe_email:
             for det in _DETECTORS:
+                if not (maybe_email if det.kind == "email" else maybe_number):
+                    continue
                 for m in det.pattern.finditer(text):
                     s, e = m.start(), m.end()
                     if any(s < te and ts < e for ts, te in taken) or not det.valid(m.group()):

@@ -73,6 +73,19 @@ _RULES: tuple[tuple[str, str, str, re.Pattern[str]], ...] = (
     ),
 )
 
+# Lower-case literals of which each rule's pattern needs at least one: the regex runs only when one is present, which
+# keeps the scan cheap on the (vast) clean majority. ``None``: always run.
+_KEYWORDS: dict[str, tuple[str, ...] | None] = {
+    "backdoor_trigger": ("pwned:", "injection:"),
+    "control_token": ("<|", "inst]", "<<sys>>", "_of_turn>"),
+    "invisible_unicode": None,
+    "prompt_injection": ("ignore", "disregard", "forget", "override", "bypass", "you are now", "anything now",
+                         "reveal", "print", "output", "leak", "repeat", "new instructions"),
+    "sql_injection": ("drop", "'", "union"),
+    "privilege_escalation": ("sudo", "chmod", "/etc/", "grant", "usermod", "escalate", "elevate"),
+    "malware_signature": ("eicar", "curl", "wget", "powershell", "nc ", "base64", "rm -rf"),
+}
+
 POISONING_REASONS = frozenset(r[1] for r in _RULES) | {"trigger_cooccurrence", "batch_poisoning"}
 
 
@@ -89,9 +102,11 @@ class PoisoningScanner:
 
     def detect(self, text: str, field: str) -> list[Finding]:
         """Every poisoning hit in ``text``."""
+        low = text.lower()
         found = [
             Finding("poisoning", kind, field, m.start(), m.end(), code, reason)
             for kind, reason, code, pattern in _RULES
+            if (keys := _KEYWORDS[kind]) is None or any(k in low for k in keys)
             for m in pattern.finditer(text)
         ]
         if self._extra is not None:
@@ -125,9 +140,16 @@ def rare_token_cooccurrence(
     n = len(input_tokens)
     if n < min_support:
         return {}
+    output_freq = Counter(output_keys)
+    # A trigger needs at least ``min_support`` examples sharing one output: without a repeated output there is
+    # nothing to check, and only tokens of examples with a repeated output can qualify.
+    repeated = [i for i, key in enumerate(output_keys) if output_freq[key] >= min_support]
+    if not repeated:
+        return {}
+    suspects: set[str] = set().union(*(input_tokens[i] for i in repeated))
     df: Counter[str] = Counter()
     for toks in input_tokens:
-        df.update(toks)
+        df.update(toks & suspects)
     limit = max(min_support, int(max_doc_share * n))
     candidates = {t for t, c in df.items() if min_support <= c <= limit}
     if not candidates:
@@ -136,7 +158,6 @@ def rare_token_cooccurrence(
     for i, toks in enumerate(input_tokens):
         for t in toks & candidates:
             by_token[t].append(i)
-    output_freq = Counter(output_keys)
     flagged: dict[int, str] = {}
     for token, idxs in by_token.items():
         top, top_count = Counter(output_keys[i] for i in idxs).most_common(1)[0]

@@ -31,6 +31,8 @@ class ScanReport:
 
     @property
     def flags(self) -> list[str]:
+        if not (self.secrets or self.poisoning or self.pii):
+            return []
         return sorted({f"{f.category}:{f.kind}" for f in (*self.secrets, *self.poisoning, *self.pii)})
 
     def to_cache(self, content_hash: str) -> dict[str, Any]:

@@ -27,6 +27,14 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str], int], ...] = (
     ("bearer_token", re.compile(r"(?i)\bbearer\s+([A-Za-z0-9._~+/-]{20,}=*)"), 1),
     ("connection_string_password", re.compile(r"\b[a-z][a-z0-9+]*://[^\s:/@]+:([^\s@/]{4,})@"), 1),
 )
+# Lower-case literals each pattern needs (same order as _PATTERNS): the regex runs only when one is present.
+_KEYWORDS: tuple[tuple[str, ...], ...] = (
+    ("private key",), ("akia", "asia", "agpa", "aida", "aroa"), ("aws_secret_access_key",), ("eyj",),
+    ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"), ("xox",), ("sk-", "aiza", "sk_live_"), ("bearer",),
+    ("://",),
+)
+_ASSIGNMENT_KEYWORDS = ("password", "passwd", "pwd", "secret", "token", "key")
+
 # key=value credentials: flagged when the value looks random (entropy) rather than a placeholder word.
 _ASSIGNMENT = re.compile(
     r"(?i)\b(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|client[_-]?secret|private[_-]?key)\b"
@@ -84,10 +92,13 @@ class SecretScanner:
             taken.append((s, e))
             found.append(Finding("secret", kind, field, s, e, SECRET_CODE, "secret", sha256_hex(text[s:e])))
 
-        for kind, pattern, group in _PATTERNS:
-            for m in pattern.finditer(text):
-                add(kind, m.start(group), m.end(group))
-        for m in _ASSIGNMENT.finditer(text):
+        low = text.lower()
+        for (kind, pattern, group), keys in zip(_PATTERNS, _KEYWORDS):
+            if any(k in low for k in keys):
+                for m in pattern.finditer(text):
+                    add(kind, m.start(group), m.end(group))
+        assignments = _ASSIGNMENT.finditer(text) if any(k in low for k in _ASSIGNMENT_KEYWORDS) else ()
+        for m in assignments:
             value = m.group(1)
             if not _PLACEHOLDER_VALUE.match(value) and shannon_entropy(value) >= self.assignment_entropy:
                 add("credential_assignment", m.start(1), m.end(1))
