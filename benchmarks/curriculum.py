@@ -100,7 +100,9 @@ def train_arm(stream: list[TrainingExample], val: list[TrainingExample], tok: Ch
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+    # linear warm-up then linear decay: JobConfig's default schedule, and a smooth end of the validation curve
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup)))
     val_batches = [batch_tensors(tok, val[i:i + 100], device) for i in range(0, len(val), 100)]
 
     def evaluate() -> float:

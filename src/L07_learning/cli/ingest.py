@@ -112,8 +112,68 @@ def sample_events(
         table(f"wrote {out}", ["", "count"], [(k, v) for k, v in summary.items() if k != "out"])
 
 
+@run
+async def joins(
+    status: str = typer.Option(None, "--status",
+                               help="waiting | joined | pending_evaluation | expired | orphan_score (default: counts)."),
+    limit: int = typer.Option(50, "--limit", min=1),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Show the pending-join store (after applying the join window and TTL): counts per status, or one status."""
+    from ..services.ingestion import IngestionPipeline
+    from ..store.db import get_database
+    from ..store.repositories.joins import JoinRepository
+
+    settings = get_settings()
+    db = get_database(settings.database_url)
+    try:
+        await IngestionPipeline(db, settings).sweep()
+        async with db.session() as s:
+            repo = JoinRepository(s)
+            if status is None:
+                counts = await repo.count_by_status()
+                rows = None
+            else:
+                rows = [{"execution_id": r.key, "status": r.status, "has_trace": r.trace is not None,
+                         "scores": len(r.scores), "first_seen_at": r.first_seen_at} for r in await repo.list(status, limit)]
+    finally:
+        await db.dispose()
+    if rows is None:
+        emit_json(counts) if json_out else table("pending joins", ["status", "rows"], sorted(counts.items()))
+    elif json_out:
+        emit_json(rows)
+    else:
+        table(f"joins in {status}", ["execution_id", "trace", "scores", "first seen"],
+              [(r["execution_id"], r["has_trace"], r["scores"], r["first_seen_at"]) for r in rows])
+
+
+@run
+async def rejected_events(
+    code: str = typer.Option(None, "--code", help="Only this E70xx code."),
+    limit: int = typer.Option(50, "--limit", min=1),
+    json_out: bool = JsonOpt,
+) -> None:
+    """List rejected events with their code, reason and raw payload (contract §1.9)."""
+    from ..store.db import get_database
+    from ..store.repositories.events import RejectedEventRepository
+
+    db = get_database(get_settings().database_url)
+    try:
+        async with db.session() as s:
+            rows = await RejectedEventRepository(s).list(code=code, limit=limit)
+    finally:
+        await db.dispose()
+    if json_out:
+        emit_json([r.__dict__ for r in rows])
+    else:
+        table("rejected events", ["code", "event id", "transport", "reason"],
+              [(r.code, r.event_id, r.transport, r.reason[:80]) for r in rows])
+
+
 def register(app: typer.Typer) -> None:
     """Add the ingestion commands at the top level of ``l07``."""
     app.command("ingest")(ingest)
     app.command("consume")(consume)
     app.command("sample-events")(sample_events)
+    app.command("joins")(joins)
+    app.command("rejected-events")(rejected_events)

@@ -16,7 +16,6 @@ contract's type strings (short, prefixed and the seed's aliases) onto the four c
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import uuid
@@ -258,7 +257,3 @@ def raw_text(raw: Any) -> str:
     except (TypeError, ValueError, RecursionError):
         return repr(raw)
 
-
-def payload_digest(raw: Any) -> str:
-    """sha256 of the raw payload, used to key rejected events that have no usable id."""
-    return hashlib.sha256(raw_text(raw).encode("utf-8", errors="replace")).hexdigest()

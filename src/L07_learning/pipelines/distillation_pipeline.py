@@ -573,6 +573,32 @@ def train_student(
     return result
 
 
+def answer_kl(teacher: tuple[Any, Any], student: Any, rows: Sequence[Messages], temperature: float = 1.0,
+              max_seq_length: int = 512, batch_size: int = 16) -> float:
+    """Mean per-token KL(teacher || student) on the answers of ``rows``: how far the student is from its teacher.
+
+    Args:
+        teacher: ``(tokenizer, model)`` from :func:`load_teacher`.
+        student: A loaded student model (same vocabulary) or a student folder.
+        rows: Chat examples ending with an assistant answer.
+        temperature: Softening applied to both distributions before comparing.
+    """
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
+    tokenizer, t_model = teacher
+    if isinstance(student, (str, Path)):
+        student = AutoModelForCausalLM.from_pretrained(str(student), dtype=torch.float32)
+    student = student.to(next(t_model.parameters()).device).eval()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = [tokenize_example(tokenizer, m, max_seq_length) for m in rows]
+    t_logits = _teacher_logits(t_model, encoded, pad_id, batch_size, concat=True)
+    s_logits = _teacher_logits(student, encoded, pad_id, batch_size, concat=True)
+    return float(F.kl_div(F.log_softmax(s_logits / temperature, -1), F.log_softmax(t_logits / temperature, -1),
+                          log_target=True, reduction="batchmean"))
+
+
 def _cancelled_result(student_dir: str | Path, config: DistillationConfig, examples: int, curve: list[LossPoint],
                       duration_s: float) -> DistillationResult:
     last = curve[-1].loss if curve else float("nan")
@@ -718,9 +744,15 @@ def score_exact_match(
     """Greedy-decode each example's prompt and compare with its reference answer (case and surrounding blanks
     ignored). This is the task score the distillation acceptance bar is stated in.
     """
+    tokenizer, model = load_teacher(model_dir, adapter_dir)
+    return score_exact_match_with(tokenizer, model, examples, max_new_tokens, batch_size)
+
+
+def score_exact_match_with(tokenizer: Any, model: Any, examples: Sequence[Messages], max_new_tokens: int = 16,
+                           batch_size: int = 16) -> ExactMatchScore:
+    """:func:`score_exact_match` with an already loaded (left-padding) tokenizer and model."""
     from .generation import generate_with
 
-    tokenizer, model = load_teacher(model_dir, adapter_dir)
     gens = generate_with(tokenizer, model, [_prompt_part(m) for m in examples], max_new_tokens, batch_size)
     correct = 0
     failures: list[dict[str, str]] = []
@@ -799,7 +831,8 @@ def entry(spec: dict[str, Any], emit: Callable[[str, dict[str, Any]], None], sho
     test_rows = (spec.get("test_rows") or [])[:MAX_SCORED_EXAMPLES]
     if test_rows:
         max_new = int(spec.get("max_new_tokens_eval") or 32)
-        teacher_score = score_exact_match(spec["teacher_dir"], test_rows, spec.get("teacher_adapter_dir"), max_new)
+        teacher = load_teacher(spec["teacher_dir"], spec.get("teacher_adapter_dir"))
+        teacher_score = score_exact_match_with(*teacher, test_rows, max_new)
         student_score = score_exact_match(spec["output_dir"], test_rows, None, max_new)
         ratio = student_score.accuracy / teacher_score.accuracy if teacher_score.accuracy else None
         metrics.update(
@@ -811,6 +844,7 @@ def entry(spec: dict[str, Any], emit: Callable[[str, dict[str, Any]], None], sho
             generation_eval_examples=len(test_rows),
             improvement_vs_baseline=student_score.accuracy - teacher_score.accuracy,
         )
+        metrics["teacher_student_kl"] = answer_kl(teacher, spec["output_dir"], test_rows, 1.0, config.max_seq_length)
         if ratio is not None and ratio < TARGET_SCORE_RATIO:
             # E7600 is a warning (contract §6): the student is registered, the shortfall is on record.
             metrics["warnings"] = [{

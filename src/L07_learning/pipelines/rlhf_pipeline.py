@@ -227,6 +227,7 @@ class _ControlCallback:
             def on_step_end(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
                 if self.progress is not None:
                     self.progress({"phase": self.phase, "step": state.global_step, "max_steps": state.max_steps,
+                                   "epoch": float(state.epoch or 0.0),
                                    "loss": self.losses[-1] if self.losses else None})
                 if self.should_stop is not None and self.should_stop():
                     self.cancelled = True
@@ -745,7 +746,13 @@ def entry(spec: dict[str, Any], emit: Callable[[str, dict[str, Any]], None], sho
     config = RLHFConfig.model_validate(spec["rlhf"])
     out = Path(spec["output_dir"])
     train, val = as_triplets(spec["train_pairs"]), as_triplets(spec["val_pairs"])
-    step = lambda payload: emit("step", payload)  # noqa: E731 - adapter from our progress dict to the runner's kinds
+    def step(payload: dict[str, Any]) -> None:
+        # The runner's step events carry step, total_steps, epoch and a finite loss; other reports go as evals.
+        if payload.get("loss") is None:
+            emit("eval", payload)
+            return
+        emit("step", {**payload, "total_steps": payload.get("max_steps") or 0, "epoch": payload.get("epoch", 0.0)})
+
     reward_dict = None
     reward_dir = spec.get("reward_model_dir")
     if reward_dir is None:

@@ -159,6 +159,34 @@ class DatasetCurator:
             created_by="l07", new_dataset=False, started=started,
         )
 
+    async def remove_examples(self, dataset_id: str, example_ids: list[str], reason: str,
+                              min_examples: int = 1000) -> Dataset:
+        """A new MINOR version without ``example_ids`` (quarantine, purge, PII); the other members stay put.
+
+        Raises:
+            L07Error: E7028 for an unknown dataset, E7110 without a reason or when no id is a member, E7020 when
+                nothing would remain.
+        """
+        started = time.perf_counter()
+        if not reason or not reason.strip():
+            raise L07Error(L07ErrorCode.DATA_VALIDATION_SCHEMA_MISMATCH, "removing examples needs a reason (§4.3)")
+        current = await self.get_dataset(dataset_id)
+        drop = set(example_ids) & {e.example_id for e in current.examples}
+        if not drop:
+            raise L07Error(L07ErrorCode.DATA_VALIDATION_SCHEMA_MISMATCH,
+                           f"none of the {len(example_ids)} ids is a member of {current.name!r} {current.version}",
+                           dataset_id=current.dataset_id)
+        kept = [e for e in current.examples if e.example_id not in drop]
+        if not kept:
+            raise L07Error(L07ErrorCode.INSUFFICIENT_EXAMPLES, f"removing {len(drop)} examples would empty "
+                           f"{current.name!r}", dataset_id=current.dataset_id)
+        split_of = {eid: split for split, ids in current.splits.items() for eid in ids if eid not in drop}
+        return await self._store(
+            current.dataset_id, current.name, bump_version(current.version, "MINOR"), current.version,
+            ChangeType.MINOR, kept, split_of, current.split_ratios, current.split_seed, min_examples,
+            added=[], removed=sorted(drop), reason=reason, created_by="l07", new_dataset=False, started=started,
+        )
+
     # --- read ------------------------------------------------------------------------------------------------------
 
     async def get_dataset(self, dataset_id: str, version: str | None = None, verify: bool = True) -> Dataset:
@@ -423,8 +451,21 @@ class DatasetCurator:
         try:
             async with self.db.session() as session:
                 repo = DatasetRepository(session)
-                # Examples given directly (not from the filter's pool) are stored so the version can be loaded.
-                await ExampleRepository(session).add_many(examples)
+                # Examples given directly (not from the filter's pool) are stored so the version can be loaded; an
+                # id already stored must hold the same content (e.g. the filter's redacted text, not the original).
+                examples_repo = ExampleRepository(session)
+                await examples_repo.add_many(examples)
+                stored_hashes = {e.example_id: member_hash(e) for e in await examples_repo.get_many(list(hashes))}
+                missing = sorted(set(hashes) - set(stored_hashes))
+                if missing:
+                    raise L07Error(L07ErrorCode.DATASET_TABLE_WRITE_ERROR,
+                                   f"{len(missing)} example(s) could not be stored: another stored example holds "
+                                   "their (source_type, execution_id)", example_ids=missing[:20])
+                differing = sorted(eid for eid, h in stored_hashes.items() if h != hashes[eid])
+                if differing:
+                    raise L07Error(L07ErrorCode.DATA_VALIDATION_SCHEMA_MISMATCH,
+                                   f"{len(differing)} example(s) differ from the stored example with the same id; "
+                                   "use the stored (filtered) examples", example_ids=differing[:20])
                 if new_dataset:
                     repo.add_dataset(dataset_id, name, version, created_at)
                 else:
@@ -450,12 +491,6 @@ class DatasetCurator:
                            f"dataset {name!r} version {version} was written concurrently; retry", name=name,
                            version=version) from exc
         stored = await self.get_dataset(dataset_id, version)
-        missing = set(split_of) - {e.example_id for e in stored.examples}
-        if missing:
-            # add_many skips an example whose (source_type, execution_id) another stored example already holds.
-            raise L07Error(L07ErrorCode.DATASET_TABLE_WRITE_ERROR,
-                           f"{len(missing)} example(s) could not be stored: another example holds their execution id",
-                           example_ids=sorted(missing)[:20])
         DATASETS_CREATED.labels(change.value).inc()
         for domain, count in stats.examples_by_domain.items():
             DATASET_SIZE.labels(domain).set(count)
@@ -477,7 +512,7 @@ class DatasetCurator:
             code = L07ErrorCode.INSUFFICIENT_EXAMPLES.value
             notes.append(f"{code}: {n} examples below the minimum of {min_examples}")
             log.warning("%s dataset below the minimum: %d < %d", code, n, min_examples, extra={"error_code": code})
-        if stats.max_class_share > 0.9 and len(stats.examples_by_task_type) > 1:
+        if stats.max_class_share > 0.9:
             code = L07ErrorCode.CLASS_IMBALANCE_SEVERE.value
             notes.append(f"{code}: one task type holds {stats.max_class_share:.0%} of the examples")
             log.warning("%s class imbalance %.2f", code, stats.max_class_share, extra={"error_code": code})

@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..models._base import new_id
-from ..models.error_codes import L07ErrorCode
+from ..models.error_codes import L07Error, L07ErrorCode
 from ..models.training_example import ExampleStatus, TrainingExample, normalise_text
 from ..observability.metrics import DATA_POISONING_DETECTED, ERRORS, EXAMPLES_FILTERED
 from ..settings import Settings, get_settings
@@ -202,7 +203,14 @@ class ExampleQualityFilter:
             decisions[item.index] = self._finish(item)
         report = FilterReport(decisions=[d for d in decisions if d is not None], alerts=alerts)
         if self.db is not None:
-            await self._persist(report)
+            try:
+                await self._persist(report)
+            except SQLAlchemyError as exc:
+                # Nothing of the batch is stored (one transaction); a retry re-decides it, and an example another
+                # worker stored meanwhile then shows up as a duplicate.
+                raise L07Error(L07ErrorCode.STORAGE_WRITE_FAILURE,
+                               f"storing {len(report.decisions)} filter decisions failed: {exc.__class__.__name__}",
+                               examples=len(report.decisions)) from exc
         self._remember(report)
         self._count(report)
         report.duration_s = time.perf_counter() - started

@@ -402,7 +402,11 @@ class IngestionPipeline:
             row = st.row(ex_id)
             row.scores.append(rec)
             row.score_at, row.dirty = st.now, True
-            if row.trace is not None and row.status == "joined":
+            if row.trace is not None and row.status == "expired":
+                # Past the late-join TTL the trace no longer takes scores: the score is kept as an unprocessed signal.
+                task_type = row.trace.get("task_type") or rec.get("task_type") or "general"
+                st.signals.append((build.reward_signal(rec, row.trace["outcome"], task_type, processed=False), None))
+            elif row.trace is not None and row.status == "joined":
                 item.examples += self._late_score(st, row, rec)
             elif row.trace is not None:
                 item.examples += self._complete_trace(st, row)
@@ -501,6 +505,17 @@ class IngestionPipeline:
         return signals, pairs
 
     # ---- window and TTL ----------------------------------------------------------------------------------------
+
+    async def sweep(self) -> IngestSummary:
+        """Apply the join window and TTL now (every ``ingest`` also does this); returns the counts it changed."""
+        summary = IngestSummary()
+        with _paused_gc():
+            async with self.db.session() as session:
+                await self._sweep(session, summary)
+                summary.pending_join = await JoinRepository(session).count_open()
+        EVENTS_PENDING_JOIN.set(summary.pending_join)
+        PENDING_JOINS.set(summary.pending_join)
+        return summary
 
     async def _sweep(self, session: AsyncSession, summary: IngestSummary) -> None:
         """Apply the join window and the late-join TTL (contract §1.7 rule 2)."""

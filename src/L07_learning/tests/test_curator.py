@@ -79,6 +79,21 @@ async def test_add_examples_makes_a_minor_version_and_leaves_the_old_one_unchang
     assert err.value.code.value == "E7020"
 
 
+async def test_removing_examples_needs_a_reason_and_keeps_the_other_members_in_place(db):
+    curator = DatasetCurator(db=db)
+    v1 = await curator.create_dataset("purge", clean_examples(30))
+    gone = [v1.splits["train"][0], v1.splits["test"][0]]
+    with pytest.raises(L07Error) as err:
+        await curator.remove_examples(v1.dataset_id, gone, reason=" ")
+    assert err.value.code.value == "E7110"
+    v2 = await curator.remove_examples(v1.dataset_id, gone, reason="PII found after release")
+    assert v2.version == "1.1.0" and v2.notes == "PII found after release"
+    old, new = _split_of(v1), _split_of(v2)
+    assert set(new) == set(old) - set(gone) and all(new[e] == old[e] for e in new)
+    assert (await curator.get_version(v1.dataset_id, "1.1.0")).removed_example_ids == sorted(gone)
+    assert (await curator.diff(v1.dataset_id, "1.0.0", "1.1.0"))["removed"] == sorted(gone)
+
+
 async def test_rebuild_under_an_existing_name_is_the_next_major(db):
     curator = DatasetCurator(db=db)
     v1 = await curator.create_dataset("rebuild", clean_examples(30))
@@ -136,9 +151,17 @@ async def test_errors_have_codes_and_store_nothing(db):
             await coro
         assert err.value.code.value == code
     assert await curator.list_datasets() == []
-    await curator.create_dataset("x", clean_examples(5))
+    # An example whose stored row (e.g. the filter's redacted text) differs from the one given is refused, and the
+    # failed create leaves nothing behind.
+    stored = clean_examples(3)
+    await curator.create_dataset("first", stored)
+    changed = stored[0].model_copy(update={"output_text": "the unredacted original"})
     with pytest.raises(L07Error) as err:
-        await curator.get_dataset("x", "9.9.9")
+        await curator.create_dataset("second", [changed, *clean_examples(3, start=50)])
+    assert err.value.code.value == "E7110"
+    assert [d["name"] for d in await curator.list_datasets()] == ["first"]
+    with pytest.raises(L07Error) as err:
+        await curator.get_dataset("first", "9.9.9")
     assert err.value.code.value == "E7028"
 
 

@@ -171,6 +171,10 @@ async def test_window_then_late_join_then_expiry(db: Database, tmp_path):
         assert counts == {"joined": 1, "expired": 1, "orphan_score": 1}
         unprocessed = await RewardRepository(s).list_signals(processed=False)
     assert [r.execution_id for r in unprocessed] == ["exec-orphan"], "a score without trace is kept as a reward signal"
+    assert await no_ttl.extract_from_event(score_event("exec-never")) is None, "an expired trace takes no more scores"
+    async with db.session() as s:
+        assert sorted(r.execution_id for r in await RewardRepository(s).list_signals(processed=False)) == [
+            "exec-never", "exec-orphan"]
 
 
 async def test_duplicates_are_noops_within_and_across_batches(db: Database, cfg: Settings):
@@ -406,3 +410,27 @@ def test_cloud_event_model_keeps_extensions():
     with pytest.raises(L07Error) as info:
         parse_event({"specversion": "1.0", "id": "1", "source": "evil", "type": "x"}, allow_list=[r"^l0\d$"])
     assert info.value.code is L07ErrorCode.EVENT_AUTHENTICITY_FAILED
+
+
+def test_cli_sample_events_then_ingest_json(l07_home, tmp_path):
+    from typer.testing import CliRunner
+
+    from L07_learning.cli.main import app
+
+    runner = CliRunner()
+    out = tmp_path / "events.jsonl"
+    made = runner.invoke(app, ["sample-events", "--out", str(out), "--executions", "60", "--seed", "4", "--json"])
+    assert made.exit_code == 0, made.output
+    plan = json.loads(made.stdout.strip().splitlines()[-1])
+    first = runner.invoke(app, ["ingest", str(out), "--batch-size", "50", "--json"])
+    assert first.exit_code == 0, first.output
+    summary = json.loads(first.stdout.strip().splitlines()[-1])
+    assert summary["events_read"] == plan["events"]
+    assert summary["examples_extracted"] == summary["examples_stored"] == (
+        plan["expected_trace_examples"] + plan["expected_feedback_examples"] + plan["expected_plan_examples"])
+    assert summary["events_rejected"] == plan["malformed"] and summary["duplicates"] == plan["duplicates"]
+    assert summary["pending_join"] >= plan["unscored_traces"]
+    again = json.loads(runner.invoke(app, ["ingest", str(out), "--json"]).stdout.strip().splitlines()[-1])
+    assert again["examples_extracted"] == 0
+    joins = json.loads(runner.invoke(app, ["joins", "--json"]).stdout.strip().splitlines()[-1])
+    assert joins["joined"] >= plan["expected_trace_examples"]

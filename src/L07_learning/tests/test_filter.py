@@ -10,10 +10,11 @@ import pytest
 from sqlalchemy import text
 
 from L07_learning.models import ExampleStatus, TrainingExample
-from L07_learning.observability.metrics import EXAMPLES_FILTERED, REGISTRY
+from L07_learning.observability.metrics import REGISTRY
 from L07_learning.services.example_quality_filter import Decision, ExampleQualityFilter, composite_score, difficulty_of
 from L07_learning.services.filtering import ContentScanner, FilterConfig
 from L07_learning.services.filtering.pii import PIIDetector
+from L07_learning.services.filtering.scan import _mac as _scan_mac
 from L07_learning.services.filtering.secret_scan import SecretScanner
 from L07_learning.store.repositories.filter_decisions import FilterDecisionRepository
 from L07_learning.tests.curation_data import AWS_KEY, JWT, PEM, clean_examples, make_example, near_duplicate_of, planted_set
@@ -171,7 +172,6 @@ async def test_missing_confidence_goes_to_review_and_bad_input_is_rejected_and_c
     assert [(d.decision.value, d.reason, d.code) for d in report.decisions] == [
         ("REVIEW", "low_confidence", "E7021"), ("REJECT", "incomplete", "E7110"), ("REJECT", "incomplete", "E7110")]
     assert count("reject", "incomplete") == before + 2
-    assert EXAMPLES_FILTERED is not None
 
 
 async def test_batch_poisoning_quarantines_the_agents_batch_and_alerts(db):
@@ -242,3 +242,33 @@ async def test_cached_scan_is_used_only_while_the_text_is_unchanged():
     tampered = TrainingExample.model_validate({**ex.model_dump(), "output_text": f"use {AWS_KEY}", "content_hash": ""})
     report = await ExampleQualityFilter().filter_detailed([ex, tampered])
     assert [d.reason for d in report.decisions] == ["accepted", "secret"]
+    # A cache forged by the caller (right hash, no findings, wrong MAC) is not trusted either.
+    leaky = make_example(2, output_text=f"use {AWS_KEY}")
+    forged_cache = {**ex.metadata["scan"], "content_hash": leaky.content_hash}
+    forged = leaky.model_copy(update={"metadata": {**leaky.metadata, "scan": forged_cache}})
+    assert [d.reason for d in (await ExampleQualityFilter().filter_detailed([forged])).decisions] == ["secret"]
+    # A cache is trusted only under the key that wrote it: another process's key means a rescan.
+    key = b"k" * 32
+    clean = ContentScanner(cache_key=key).annotate(make_example(3))
+    swapped = leaky.model_copy(update={"metadata": {**leaky.metadata, "scan": {
+        **clean.metadata["scan"], "content_hash": leaky.content_hash,
+        "mac": _scan_mac(key, leaky.content_hash, [])}}})
+    assert ContentScanner(cache_key=key).cached_or_scan(swapped, leaky.content_hash).secrets == []  # trusted (same key)
+    assert ContentScanner().cached_or_scan(swapped, leaky.content_hash).secrets  # other key: rescanned
+
+
+async def test_pending_examples_stored_by_the_extractor_are_decided_in_place(db):
+    from L07_learning.store.repositories.examples import ExampleRepository
+
+    pending = [make_example(1, input_text="Reply to carol@example.net about the invoice"), make_example(2)]
+    async with db.session() as s:
+        await ExampleRepository(s).add_many(pending)
+    other_id_same_execution = make_example(3, execution_id=pending[1].execution_id)
+    report = await ExampleQualityFilter(db=db).filter_detailed([*pending, other_id_same_execution])
+    assert [(d.decision.value, d.rule) for d in report.decisions] == [
+        ("ACCEPT", None), ("ACCEPT", None), ("REJECT", "execution_duplicate")]
+    async with db.session() as s:
+        repo = ExampleRepository(s)
+        assert await repo.count() == 2 and await repo.count(status="ACCEPTED") == 2
+        [stored] = await repo.get_many(["ex-00001"])
+    assert stored.input_text == "Reply to <EMAIL_1> about the invoice" and stored.status is ExampleStatus.ACCEPTED

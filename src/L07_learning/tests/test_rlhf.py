@@ -6,6 +6,7 @@ helpful answers are preferred over dismissive ones; held-out pairs use topics ne
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -287,10 +288,32 @@ async def test_reward_hacking_is_detected_and_the_policy_quarantined(engine, tin
     assert [a["code"] for a in alerts] == ["E7305"]
 
 
+async def test_falling_quality_across_rlhf_models_opens_the_training_breaker(engine, tmp_path):
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "adapter_config.json").write_text("{}")
+    ids = []
+    for after in (0.97, 0.9, 0.92, 0.93):
+        ids.append(await engine.registry.register_model(ModelArtifact(
+            name="support-rlhf", model_type=ModelType.LORA_ADAPTER, tags=["rlhf", "dpo"],
+            metrics={"training_metrics": {"validation_accuracy_before": 1.0, "validation_accuracy_after": after}},
+        ), source_dir=str(files)))
+    with pytest.raises(L07Error) as err:
+        await engine.check_feedback_loop("support-rlhf")
+    assert err.value.code.value == "E7402"
+    assert err.value.details["reasons"] == ["low_model_run"] and err.value.details["last_good_model_id"] == ids[0]
+    with pytest.raises(L07Error) as blocked:
+        await engine.optimize_policy(None, "any", RLHFConfig())
+    assert blocked.value.code.value == "E7402"
+    engine.reset_feedback_breaker()
+    assert engine.training_blocked is None
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Durable job (job_type=RLHF) through the fine-tuning engine's runner
 
 
+@pytest.mark.slow  # a worker subprocess imports torch and trains twice: about a minute on a shared 2-core machine
 async def test_rlhf_job_trains_reward_model_and_policy_in_a_worker(sqlite_db, settings, tiny):
     from L07_learning.models import JobConfig, JobStatus, JobType
     from L07_learning.services.dataset_curator import DatasetCurator
@@ -324,3 +347,46 @@ async def test_rlhf_job_trains_reward_model_and_policy_in_a_worker(sqlite_db, se
     assert policy.config["reward_model_id"] == reward_models[0].model_id
     steps = await engine.job_events(job.job_id, kinds=["step"])
     assert {e["payload"].get("phase") for e in steps} >= {"reward_model", "policy"}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def _l07(*args: str, home: Path) -> "subprocess.CompletedProcess":
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "L07_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    env.pop("L07_DATABASE_URL", None)
+    return subprocess.run([sys.executable, "-m", "L07_learning.cli.main", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_cli_rejects_a_malformed_pairs_file(tmp_path):
+    bad = tmp_path / "pairs.jsonl"
+    bad.write_text('{"prompt": "hi", "chosen": "hello"}\n')
+    res = _l07("rlhf", "reward", "--pairs", str(bad), "--json", home=tmp_path / "home")
+    assert res.returncode == 2
+    assert json.loads(res.stdout)["error"]["code"] == "E7110"
+
+
+@pytest.mark.slow  # three CLI processes, each importing torch
+def test_cli_trains_a_reward_model_then_optimises_a_policy(tiny, tmp_path):
+    home = tmp_path / "home"
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(p.model_dump_json() + "\n" for p in tiny["train"] + tiny["held"]))
+    base = _l07("models", "register-base", str(tiny["sft"]), "--name", "word-tiny-sft", "--json", home=home)
+    assert base.returncode == 0, base.stderr
+    base_id = json.loads(base.stdout)["model_id"]
+    rm = _l07("rlhf", "reward", "--pairs", str(pairs), "--base-model-id", base_id, "--full", "--epochs", "3",
+              "--lr", "3e-3", "--json", home=home)
+    assert rm.returncode == 0, rm.stderr[-2000:]
+    reward = json.loads(rm.stdout)
+    assert reward["val_pairwise_accuracy"] >= 0.8
+    pol = _l07("rlhf", "optimize", "--reward-model-id", reward["reward_model_id"], "--base-model-id", base_id,
+               "--pairs", str(pairs), "--lr", "5e-3", "--epochs", "2", "--max-kl", "5", "--json", home=home)
+    assert pol.returncode == 0, pol.stderr[-2000:]
+    tm = json.loads(pol.stdout)["metrics"]["training_metrics"]
+    assert tm["reward_after"] > tm["reward_before"]

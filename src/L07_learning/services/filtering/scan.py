@@ -1,12 +1,17 @@
 """Content scan of one example: secrets, poisoning and PII findings, with a cache in ``metadata["scan"]``.
 
 Contract §8 #17: the scans run at extraction and are cached on the example, so ``filter()``'s 100 ms budget covers
-gating, dedup and scoring. The cache is trusted only while it names the example's current content hash; an example
-whose text changed after scanning, or one without a cache, is scanned again by the filter.
+gating, dedup and scoring. The cache is trusted only while it names the example's current content hash and carries a
+valid HMAC under the scanner's key (by default a key made fresh in each process, so a cache written by a caller, or
+by anyone outside this process, is never trusted); otherwise the filter scans again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,12 +40,10 @@ class ScanReport:
             return []
         return sorted({f"{f.category}:{f.kind}" for f in (*self.secrets, *self.poisoning, *self.pii)})
 
-    def to_cache(self, content_hash: str) -> dict[str, Any]:
-        return {
-            "version": SCAN_VERSION,
-            "content_hash": content_hash,
-            "findings": [f.to_dict() for f in (*self.secrets, *self.poisoning, *self.pii)],
-        }
+    def to_cache(self, content_hash: str, key: bytes) -> dict[str, Any]:
+        findings = [f.to_dict() for f in (*self.secrets, *self.poisoning, *self.pii)]
+        return {"version": SCAN_VERSION, "content_hash": content_hash, "findings": findings,
+                "mac": _mac(key, content_hash, findings)}
 
     @classmethod
     def from_cache(cls, cache: dict[str, Any]) -> "ScanReport":
@@ -51,14 +54,25 @@ class ScanReport:
         return report
 
 
+_PROCESS_KEY = secrets.token_bytes(32)
+
+
+def _mac(key: bytes, content_hash: str, findings: list[dict[str, Any]]) -> str:
+    payload = SCAN_VERSION + content_hash + json.dumps(findings, sort_keys=True)
+    return hmac.new(key, payload.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
 class ContentScanner:
     """Runs the secret, poisoning and PII detectors over an example's text fields.
 
     Args:
         config: Filter configuration (custom PII names, extra triggers).
+        cache_key: HMAC key that authenticates scan caches. Default: this process's random key, so caches are
+            trusted only when this process wrote them; pass a shared key to trust an extractor in another process.
     """
 
-    def __init__(self, config: FilterConfig | None = None) -> None:
+    def __init__(self, config: FilterConfig | None = None, cache_key: bytes | None = None) -> None:
+        self._key = cache_key or _PROCESS_KEY
         cfg = config or FilterConfig()
         self.secrets = SecretScanner()
         self.poisoning = PoisoningScanner(cfg.extra_backdoor_triggers)
@@ -81,8 +95,9 @@ class ContentScanner:
         cache = example.metadata.get("scan")
         if isinstance(cache, dict) and cache.get("version") == SCAN_VERSION and cache.get("content_hash") == content_hash:
             try:
-                return ScanReport.from_cache(cache)
-            except (KeyError, TypeError):
+                if hmac.compare_digest(str(cache.get("mac", "")), _mac(self._key, content_hash, cache["findings"])):
+                    return ScanReport.from_cache(cache)
+            except (KeyError, TypeError, ValueError):
                 pass  # malformed cache: scan again rather than trust it
         return self.scan(example)
 
@@ -95,7 +110,7 @@ class ContentScanner:
         content_hash = compute_content_hash(example.input_text, example.output_text)
         report = self.scan(example)
         metadata = dict(example.metadata)
-        metadata["scan"] = report.to_cache(content_hash)
+        metadata["scan"] = report.to_cache(content_hash, self._key)
         metadata["scan_flags"] = report.flags
         return example.model_copy(update={"metadata": metadata})
 

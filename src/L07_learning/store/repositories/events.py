@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, tuple_
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ...models._base import utcnow
@@ -51,16 +51,6 @@ class ProcessedEventRepository:
             result = await self.session.execute(stmt, rows)
             claimed.update((row[0], row[1]) for row in result.all())
         return claimed
-
-    async def seen(self, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
-        """Which of the ``(source, event_id)`` keys are already stored."""
-        found: set[tuple[str, str]] = set()
-        for part in chunks(keys):
-            stmt = select(SqlProcessedEvent.source, SqlProcessedEvent.event_id).where(
-                tuple_(SqlProcessedEvent.source, SqlProcessedEvent.event_id).in_(part)
-            )
-            found.update((r[0], r[1]) for r in (await self.session.execute(stmt)).all())
-        return found
 
     async def count(self, result: str | None = None) -> int:
         stmt = select(func.count()).select_from(SqlProcessedEvent)

@@ -166,7 +166,7 @@ class JobRepository:
             ``(job, previous_status)`` or None when nothing is claimable. The job keeps its status; the runner moves it.
         """
         claimable = or_(
-            SqlTrainingJob.status == JobStatus.PENDING.value,
+            and_(SqlTrainingJob.status == JobStatus.PENDING.value, SqlTrainingJob.worker_id.is_(None)),
             and_(SqlTrainingJob.status.in_([s.value for s in ACTIVE_STATES]),
                  or_(SqlTrainingJob.heartbeat_at.is_(None), SqlTrainingJob.heartbeat_at < stale_before)),
         )
@@ -184,12 +184,18 @@ class JobRepository:
             await self.session.flush()
             return _to_domain(row), previous
         candidates = (await self.session.execute(
-            select(SqlTrainingJob.job_id, SqlTrainingJob.status).where(claimable)
-            .order_by(SqlTrainingJob.created_at).limit(10))).all()
-        for job_id, status in candidates:
+            select(SqlTrainingJob.job_id, SqlTrainingJob.status, SqlTrainingJob.worker_id, SqlTrainingJob.heartbeat_at)
+            .where(claimable).order_by(SqlTrainingJob.created_at).limit(10))).all()
+        for job_id, status, seen_worker, seen_beat in candidates:
+            # Compare-and-swap: only succeeds if nobody claimed or heart-beat the row since we read it.
+            same_owner = (SqlTrainingJob.worker_id.is_(None) if seen_worker is None
+                          else SqlTrainingJob.worker_id == seen_worker)
+            same_beat = (SqlTrainingJob.heartbeat_at.is_(None) if seen_beat is None
+                         else SqlTrainingJob.heartbeat_at == seen_beat)
             result = await self.session.execute(
                 update(SqlTrainingJob)
-                .where(and_(SqlTrainingJob.job_id == job_id, SqlTrainingJob.status == status, claimable))
+                .where(and_(SqlTrainingJob.job_id == job_id, SqlTrainingJob.status == status, same_owner, same_beat,
+                            claimable))
                 .values(worker_id=worker_id, worker_pid=worker_pid, heartbeat_at=now)
                 .execution_options(synchronize_session=False)
             )
