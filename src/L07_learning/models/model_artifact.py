@@ -56,6 +56,7 @@ class StageTransition(L07Model):
     approver: str | None = None
     approvals: list[dict[str, Any]] = Field(default_factory=list)
     canary_config: dict[str, Any] | None = None
+    serving_state: ServingState | None = None
 
 
 class ModelArtifact(L07Model):

@@ -392,7 +392,8 @@ def _check_lengths(tokenizer: Any, triplets: Sequence[Triplet], max_length: int)
 # Policy side
 
 
-def load_policy(base_model_dir: str | Path, config: RLHFConfig, sft_adapter_dir: str | Path | None = None):  # type: ignore[no-untyped-def]
+def load_policy(base_model_dir: str | Path, config: RLHFConfig,
+                sft_adapter_dir: str | Path | None = None):  # type: ignore[no-untyped-def]
     """The starting policy as a ``PeftModel`` with a fresh, trainable LoRA adapter.
 
     The base model (with the SFT adapter merged in when given) is the frozen reference: switching the new adapter
@@ -429,7 +430,8 @@ def load_policy(base_model_dir: str | Path, config: RLHFConfig, sft_adapter_dir:
     return policy
 
 
-def _completion_batch(tokenizer: Any, prompts: Sequence[str], completions: Sequence[str], device: str):  # type: ignore[no-untyped-def]
+def _completion_batch(tokenizer: Any, prompts: Sequence[str], completions: Sequence[str],
+                      device: str):  # type: ignore[no-untyped-def]
     """Right-padded prompt+completion ids and a mask over the positions that predict completion tokens."""
     import torch
 

@@ -131,11 +131,15 @@ class DistillationEngine:
         dataset = await self.curator.get_dataset(dataset_id)
         if not dataset.split_examples("train"):
             raise L07Error(L07ErrorCode.DATASET_LOADING_FAILURE, f"dataset {dataset_id} has no training examples")
+        # The JobConfig carries learning rate and batch size in its own ranges so the runner's retry policy can
+        # adjust them (NaN: halve the rate; OOM: halve the batch); prepare_distillation applies those changes.
+        carrier_lr, carrier_batch = min(max(cfg.learning_rate, 1e-6), 1e-3), min(cfg.batch_size, 128)
         job_config = JobConfig(
-            learning_rate=min(cfg.learning_rate, 1e-3), batch_size=min(cfg.batch_size, 128), epochs=1,
-            max_steps=cfg.max_steps, seed=cfg.seed, model_name=model_name,
+            learning_rate=carrier_lr, batch_size=carrier_batch, epochs=1, max_steps=cfg.max_steps, seed=cfg.seed,
+            model_name=model_name,
             extra={EXTRA_KEY: {"config": cfg.model_dump(mode="json"), "student": spec.model_dump(mode="json"),
-                               "student_model_id": student_model_id}},
+                               "student_model_id": student_model_id,
+                               "carrier": {"learning_rate": carrier_lr, "batch_size": carrier_batch}}},
         )
         job = TrainingJob(
             job_type=JobType.DISTILLATION, status=JobStatus.PENDING, config=job_config.model_dump(mode="json"),
@@ -233,12 +237,19 @@ async def prepare_distillation(job: TrainingJob, config: JobConfig, ctx: RunnerC
         raise L07Error(L07ErrorCode.DATASET_LOADING_FAILURE,
                        f"dataset {job.dataset_id} {dataset.version} has an empty train split")
     student_model_id = settings.get("student_model_id")
+    distillation = dict(settings.get("config") or {})
+    carrier = settings.get("carrier") or {}
+    if carrier and distillation:
+        # Retries adjust the carrier (contract §4.1); carry the same change over to the distillation settings.
+        distillation["learning_rate"] *= config.learning_rate / carrier["learning_rate"]
+        if config.batch_size != carrier["batch_size"]:
+            distillation["batch_size"] = config.batch_size
     spec: dict[str, Any] = {
         "teacher_dir": teacher_dir,
         "teacher_adapter_dir": adapter_dir,
         "train_rows": train,
         "test_rows": rows("test"),
-        "distillation": settings.get("config") or {},
+        "distillation": distillation,
         "student": settings.get("student") or {},
         "output_dir": str(ctx.workdir / "student"),
         "max_new_tokens_eval": 32,

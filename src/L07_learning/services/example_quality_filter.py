@@ -11,7 +11,7 @@ import hashlib
 import logging
 import math
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -296,17 +296,26 @@ class ExampleQualityFilter:
 
     def _trigger_check(self, items: list[_Item]) -> dict[int, str]:
         cfg = self.config
-        outputs = Counter(item.output_norm for item in items)
-        if len(items) < cfg.trigger_min_support or outputs.most_common(1)[0][1] < cfg.trigger_min_support:
+        # Count distinct (input, output) pairs: the same task replayed many times is repetition (the dedup rule's
+        # business), not a trigger. A planted backdoor pairs *different* inputs carrying the token with one output.
+        first_of: dict[tuple[str, str], int] = {}
+        members: dict[int, list[int]] = defaultdict(list)
+        for pos, item in enumerate(items):
+            rep = first_of.setdefault((item.input_norm, item.output_norm), pos)
+            members[rep].append(pos)
+        reps = list(members)
+        outputs = Counter(items[r].output_norm for r in reps)
+        if len(reps) < cfg.trigger_min_support or outputs.most_common(1)[0][1] < cfg.trigger_min_support:
             return {}  # no output repeats often enough to be a planted target: skip building token sets
         token_sets = []
-        for item in items:
-            words = item.input_norm.split()
+        for r in reps:
+            words = items[r].input_norm.split()
             token_sets.append(set(words) | {f"{a} {b}" for a, b in zip(words, words[1:])})
-        return rare_token_cooccurrence(
-            token_sets, [item.output_norm for item in items], cfg.trigger_min_support, cfg.trigger_max_doc_share,
+        flagged = rare_token_cooccurrence(
+            token_sets, [items[r].output_norm for r in reps], cfg.trigger_min_support, cfg.trigger_max_doc_share,
             cfg.trigger_output_share,
         )
+        return {pos: token for idx, token in flagged.items() for pos in members[reps[idx]]}
 
     def _pii(self, item: _Item, hits: list[Finding]) -> None:
         # A hit is one distinct PII value: the same address quoted in input and output is one person's data.
@@ -582,6 +591,8 @@ class ExampleQualityFilter:
                                 details={"kinds": d.example.metadata.get("pii_kinds", []), "decision": d.decision.value},
                                 error_code=L07ErrorCode.PII_DETECTED_IN_TRAINING_DATA.value)
             await repo.upsert_examples(rows)
+            await repo.mark_rejected([d.example_id for d in report.decisions
+                                      if d.example_id and d.reason in ("duplicate", "incomplete")])
             publisher = EventPublisher()
             for alert in report.alerts:
                 await publisher.publish(session, "learning.learning_system_alert", alert, subject=alert["alert_id"])

@@ -25,6 +25,9 @@ from .gateway_handoff import CANARY_CONFIG, register_with_gateway
 
 log = logging.getLogger(__name__)
 
+# Contract §4.3 `maximum_dataset_size`; the curator downsamples above it (E7024).
+MAX_DATASET_SIZE = 100_000
+
 
 class LearningService:
     """Main entry point of L07 (contract §0).
@@ -147,16 +150,14 @@ class LearningService:
             from ..store.repositories.examples import ExampleRepository
 
             async with self.db.session() as s:
-                examples = await ExampleRepository(s).list(status="ACCEPTED", limit=self.settings.minimum_dataset_size * 20)
+                examples = await ExampleRepository(s).list(status="ACCEPTED", limit=MAX_DATASET_SIZE)
         if not examples:
             raise L07Error(L07ErrorCode.INSUFFICIENT_EXAMPLES, f"no examples to build dataset {name!r}", name=name)
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"min_examples": min_examples}
         if split_ratios is not None:
             kwargs["split_ratios"] = split_ratios
+        # The curator flags `below_minimum` and logs E7020 as a warning when the dataset is small (contract §4.3).
         dataset = await self.curator.create_dataset(name, list(examples), **kwargs)
-        if len(examples) < min_examples:
-            log.warning("E7020 INSUFFICIENT_EXAMPLES: dataset below the minimum",
-                        extra={"dataset": name, "examples": len(examples), "min_examples": min_examples})
         return dataset
 
     # -------------------------------------------------------------------------------------------------- training

@@ -4,7 +4,8 @@
 as ``REWARD_MODEL``; ``RLHFEngine.optimize_policy`` runs DPO (default), GRPO, RLOO or our PPO against it and registers
 the policy with lineage to the base / SFT model, the reward model and the preference data. Guards: KL budget (E7306:
 the last good weights are kept), reward hacking (E7305: the model is registered quarantined, marked
-``validation_status=FAILED`` and tagged ``quarantined``, and the call raises), and the negative-feedback-loop check across RLHF iterations (E7402).
+``validation_status=FAILED`` and tagged ``quarantined``, and the call raises), and the negative-feedback-loop check
+across RLHF iterations (E7402).
 
 The same work runs as a durable job (``job_type=RLHF``) through the fine-tuning engine's runner: this module registers
 its ``JobKind`` on import (prepare: dataset -> preference pairs; entry: ``rlhf_pipeline.entry``; register hook).
@@ -342,6 +343,8 @@ class RLHFEngine:
                 "kl": result.after["kl"], "history": result.history, "wall_s": result.wall_s,
                 "alerts": [{"code": a.code, "message": a.message, "step": a.step} for a in result.alerts],
                 "loss_curve": result.train_metrics.get("loss_curve", []),
+                # Quality of this iteration's preference data: the mean L06 score gap of its pairs (§5.7 trend).
+                "data_quality": sum(p.margin for p in pairs) / len(pairs),
             }},
             config={"rlhf": cfg.model_dump(mode="json"), "reward_model_id": reward_model_id,
                     "base_model_id": base.model_id, "sft_model_id": sft_model_id,
@@ -369,8 +372,8 @@ class RLHFEngine:
         """Check the RLHF models of track ``name`` for a negative feedback loop (contract §5.7, E7402).
 
         Quality of a model is its held-out ``validation_accuracy_after``; the baseline is ``baseline_quality`` or
-        the first model's ``validation_accuracy_before``. Data quality per iteration is the mean preference margin
-        of its reward model's pairs when recorded, else the policy's starting validation accuracy.
+        the first model's ``validation_accuracy_before``. Data quality per iteration is the mean score gap (margin)
+        of the preference pairs it trained on.
 
         On detection: a critical alert (audit + metrics), the training breaker opens (``optimize_policy`` refuses
         until ``reset_feedback_breaker``) and L07Error E7402 is raised carrying the report.
@@ -382,8 +385,7 @@ class RLHFEngine:
         if not qualities:
             return FeedbackLoopReport(detected=False)
         baseline = baseline_quality if baseline_quality is not None else float(tm[0]["validation_accuracy_before"])
-        data = [float(t.get("data_quality", t["validation_accuracy_before"])) for t in tm
-                if "validation_accuracy_before" in t]
+        data = [float(t["data_quality"]) for t in tm if "data_quality" in t]
         report = detect_negative_feedback_loop(qualities, baseline, data)
         if report.detected:
             self.training_blocked = report

@@ -149,3 +149,49 @@ async def test_model_loss_from_a_real_forward_pass(tmp_path, settings) -> None:
     breakdown = planner.difficulties(examples, losses)
     harder = max(losses, key=losses.__getitem__)
     assert breakdown[harder].signals["model_loss"] == 1.0
+
+
+async def test_plan_for_a_stored_dataset(db, settings) -> None:
+    from L07_learning.models import L07Error
+    from L07_learning.services.dataset_curator import DatasetCurator
+
+    curator = DatasetCurator(db=db)
+    examples = [e.model_copy(update={"input_text": f"book trip number {i} to city {i * 7}",
+                                     "output_text": f"booked itinerary {i} with {i % 4} stops"})
+                for i, e in enumerate(mixed_examples(80))]
+    dataset = await curator.create_dataset("curriculum-test", examples, min_examples=1)
+    planner = CurriculumPlanner(curator=curator)
+    path = await planner.plan(dataset.dataset_id, job_config=JobConfig(epochs=3))
+    train_ids = set(dataset.splits["train"])
+    assert path.dataset_id == dataset.dataset_id and path.dataset_version == dataset.version
+    assert set(path.stages[-1].example_ids) == train_ids
+    assert set(path.stages[0].example_ids) < train_ids
+    with pytest.raises(L07Error) as exc:
+        await planner.plan("no-such-dataset")
+    assert exc.value.code == L07ErrorCode.DATASET_NOT_FOUND
+
+
+async def test_cli_curriculum_plan(l07_home, settings) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from L07_learning.services.dataset_curator import DatasetCurator
+    from L07_learning.store.db import close_all
+
+    curator = DatasetCurator()
+    examples = [e.model_copy(update={"input_text": f"plan route {i} via hub {i * 3}", "output_text": f"route {i} ready"})
+                for i, e in enumerate(mixed_examples(50))]
+    dataset = await curator.create_dataset("cli-curriculum", examples, min_examples=1)
+    await close_all()
+    out = subprocess.run([sys.executable, "-m", "L07_learning.cli.main", "curriculum", "plan", dataset.dataset_id,
+                          "--epochs", "4", "--banding", "quantile", "--json"],
+                         capture_output=True, text=True, env={**os.environ}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    path = json.loads(out.stdout)
+    assert path["total_epochs"] == 4 and [s["epochs"] for s in path["stages"]] == [1, 1, 2]
+    assert len(path["stages"][-1]["example_ids"]) == len(dataset.splits["train"])
+    bad = subprocess.run([sys.executable, "-m", "L07_learning.cli.main", "curriculum", "plan", "nope", "--json"],
+                         capture_output=True, text=True, env={**os.environ}, timeout=120)
+    assert bad.returncode == 2 and json.loads(bad.stdout)["error"]["code"] == "E7028"

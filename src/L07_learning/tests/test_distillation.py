@@ -255,3 +255,59 @@ def test_cli_distill_reports_an_invalid_temperature(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------------------------------------------------
 # Slow: the issue's acceptance bar on the real base model
+
+
+def fine_tuned_teacher(out: Path, train: list) -> tuple[Path, Path]:
+    """SmolLM2-135M-Instruct after a short LoRA SFT on the tool task (the SFT pipeline): (base folder, adapter)."""
+    from L07_learning.models import JobConfig
+    from L07_learning.pipelines.base_model import default_base_model_dir
+    from L07_learning.pipelines.sft_pipeline import run_sft
+
+    base = default_base_model_dir(CACHE)
+    config = JobConfig(learning_rate=1e-3, batch_size=8, max_steps=24, epochs=1, lora_rank=8, lora_alpha=16,
+                       max_seq_length=256, eval_strategy="no", save_strategy="no", gradient_checkpointing=False,
+                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                       seed=42)
+    result = run_sft(base, train, [], config, out / "adapter", out / "ckpt", measure_generation=False)
+    return base, Path(result.adapter_dir)
+
+
+@pytest.mark.slow
+def test_student_keeps_the_fine_tuned_teachers_score_at_a_quarter_of_its_size(tmp_path: Path) -> None:
+    """Teacher: SmolLM2-135M after SFT. Student: one decoder layer of the teacher's width, initialised from the
+    teacher (embeddings, final norm, its first layer), 23.7 % of the parameters. Distilled (T=4, alpha=0.5) and, beside
+    it, trained by plain SFT from the same initialisation with the same data, steps and seed.
+
+    Must show: student >= 90 % of the teacher's held-out exact match; distilled >= plain SFT; the distilled student
+    is closer to the teacher (held-out KL). Scores and loss curves are printed as one JSON report.
+    """
+    from L07_learning.pipelines.distillation_pipeline import score_exact_match_with
+
+    train, held_out = tool_rows(96, seed=1), tool_rows(48, seed=2)
+    base, adapter = fine_tuned_teacher(tmp_path / "teacher", train)
+    teacher = load_teacher(base, adapter)
+    teacher_score = score_exact_match_with(*teacher, held_out)
+    assert teacher_score.accuracy >= 0.6, teacher_score  # the SFT taught the teacher the task (the base scores ~0)
+
+    init, info = derive_student(base, StudentSpec(num_layers=1), tmp_path / "init", seed=42, teacher=teacher)
+    config = DistillationConfig(max_steps=120, batch_size=16, learning_rate=3e-3, temperature=4.0, alpha=0.5, seed=42)
+    kd = train_student(init, train, config, tmp_path / "distilled", teacher)
+    sft = train_student(init, train, config.model_copy(update={"alpha": 0.0}), tmp_path / "sft", teacher)
+    kd_score = score_exact_match(tmp_path / "distilled", held_out)
+    sft_score = score_exact_match(tmp_path / "sft", held_out)
+    kl_kd, kl_sft = answer_kl(teacher, tmp_path / "distilled", held_out), answer_kl(teacher, tmp_path / "sft", held_out)
+    report = {
+        "teacher_accuracy": teacher_score.accuracy, "distilled_accuracy": kd_score.accuracy,
+        "sft_accuracy": sft_score.accuracy, "score_ratio": kd_score.accuracy / teacher_score.accuracy,
+        "parameter_ratio": kd.parameter_ratio, "teacher_parameters": kd.teacher_parameters,
+        "student_parameters": kd.student_parameters, "kl_to_teacher": {"distilled": kl_kd, "sft": kl_sft},
+        "initialisation": info,
+        "loss_curve": {"distilled": [round(p.loss, 4) for p in kd.loss_curve],
+                       "distilled_ce": [round(p.ce_loss, 4) for p in kd.loss_curve],
+                       "sft": [round(p.loss, 4) for p in sft.loss_curve]},
+    }
+    print(json.dumps(report))
+    assert kd.parameter_ratio <= 0.25, report
+    assert kd_score.accuracy >= 0.9 * teacher_score.accuracy, report
+    assert kd_score.accuracy >= sft_score.accuracy, report
+    assert kl_kd < kl_sft, report

@@ -454,57 +454,57 @@ async def test_archive_superseded_after_30_days(db, registry, tmp_path):
 # --- concurrency on PostgreSQL ------------------------------------------------------------------------------------
 
 
+async def _race(db: Database, registry: ModelRegistry, ids: list[str]) -> list:
+    """Promote ``ids`` to PRODUCTION at the same time.
+
+    A third connection holds the candidates' rows while both promotions start, so both have read the current state
+    and wait inside their transactions before either can commit: a real overlap, not a lucky interleaving.
+    """
+    waiting = 0
+    async with db.engine.connect() as holder:
+        tx = await holder.begin()
+        await holder.execute(select(SqlModel.model_id).where(SqlModel.model_id.in_(ids)).with_for_update())
+        task = asyncio.ensure_future(asyncio.gather(*(registry.promote_model(i, "production") for i in ids),
+                                                    return_exceptions=True))
+        try:
+            for _ in range(600):
+                # pg_stat_activity is snapshotted per transaction; clear it to see the current waits.
+                await holder.execute(text("SELECT pg_stat_clear_snapshot()"))
+                waiting = await holder.scalar(text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"))
+                if waiting >= len(ids) or task.done():
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await tx.rollback()
+    results = await task
+    assert waiting >= len(ids), f"the promotions did not overlap: {results}"
+    return results
+
+
 @pytest.mark.postgres
 async def test_concurrent_production_promotions_exactly_one_wins(pg_db, registry_for, tmp_path):
     registry = registry_for(pg_db)
-    # Case 1: the first PRODUCTION version of a name, two candidates at once.
-    a = await register(registry, tmp_path, name="race", version="1.0.0")
-    b = await register(registry, tmp_path, name="race", version="1.1.0", seed=1)
-    for mid in (a, b):
+    ids = [await register(registry, tmp_path, name="race", version=f"1.{i}.0", seed=i) for i in range(4)]
+    for mid in ids:
         await to_staging(registry, mid)
-        await registry.approve(mid, "deployer", "dana")
-        await registry.approve(mid, "ml_manager", "max")
-    results = await asyncio.gather(registry.promote_model(a, "production"), registry.promote_model(b, "production"),
-                                   return_exceptions=True)
-    winners = [r for r in results if not isinstance(r, Exception)]
-    losers = [r for r in results if isinstance(r, Exception)]
-    assert len(winners) == 1 and len(losers) == 1, results
-    assert isinstance(losers[0], L07Error) and losers[0].code.value == "E7251"
-    assert "ACTIVE" in losers[0].message
-    loser_id = b if winners[0].model_id == a else a
-    assert (await registry.get_model(loser_id)).stage is ModelStage.STAGING
-
-    # Case 2: an ACTIVE version exists; two successors race while its row is held, so both are surely in flight.
-    c = await register(registry, tmp_path, name="race", version="1.2.0", seed=2)
-    await to_staging(registry, c)
-    await registry.approve(c, "deployer", "dana")
-    await registry.approve(c, "ml_manager", "max")
-    await registry.approve(loser_id, "deployer", "dana")
-    await registry.approve(loser_id, "ml_manager", "max")
-    holder = pg_db.engine.connect()
-    conn = await holder.__aenter__()
-    tx = await conn.begin()
-    await conn.execute(text("SELECT model_id FROM l07_models WHERE serving_state = 'ACTIVE' FOR UPDATE"))
-    race = asyncio.gather(registry.promote_model(c, "production"), registry.promote_model(loser_id, "production"),
-                          return_exceptions=True)
-    task = asyncio.ensure_future(race)
-    for _ in range(100):  # wait until both promotions block on the held row
-        waiting = await conn.scalar(text(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"))
-        if waiting >= 2:
-            break
-        await asyncio.sleep(0.05)
-    assert waiting >= 2, "both promotions should be waiting on the ACTIVE row"
-    await tx.rollback()
-    await holder.__aexit__(None, None, None)
-    results = await task
-    winners = [r for r in results if not isinstance(r, Exception)]
-    losers = [r for r in results if isinstance(r, Exception)]
-    assert len(winners) == 1 and len(losers) == 1, results
-    assert isinstance(losers[0], L07Error) and losers[0].code.value == "E7251"
-    async with pg_db.session() as s:
-        active = (await s.scalars(select(SqlModel.model_id).where(SqlModel.name == "race", SqlModel.serving_state == "ACTIVE"))).all()
-    assert active == [winners[0].model_id]
+    for first, second in ((ids[0], ids[1]), (ids[2], ids[3])):
+        # Round 1: nothing is ACTIVE yet. Round 2: a version is ACTIVE and both try to supersede it.
+        for mid in (first, second):
+            await registry.approve(mid, "deployer", "dana")
+            await registry.approve(mid, "ml_manager", "max")
+        results = await _race(pg_db, registry, [first, second])
+        winners = [r for r in results if not isinstance(r, Exception)]
+        losers = [r for r in results if isinstance(r, Exception)]
+        assert len(winners) == 1 and len(losers) == 1, results
+        assert isinstance(losers[0], L07Error) and losers[0].code.value == "E7251"
+        assert "ACTIVE" in losers[0].message
+        loser_id = second if winners[0].model_id == first else first
+        assert (await registry.get_model(loser_id)).stage is ModelStage.STAGING
+        async with pg_db.session() as s:
+            active = (await s.scalars(select(SqlModel.model_id).where(
+                SqlModel.name == "race", SqlModel.serving_state == "ACTIVE"))).all()
+        assert active == [winners[0].model_id]
 
 
 # --- validation, comparison, lineage, base model -------------------------------------------------------------------
@@ -552,6 +552,19 @@ async def test_ensure_base_model_is_idempotent(db, registry, tmp_path):
     with pytest.raises(L07Error) as exc:
         await registry.register_base(str(tmp_path / "smol" / "tokenizer"))
     assert exc.value.code.value == "E7032"
+
+
+@pytest.mark.slow
+async def test_default_base_model_is_registered_once_and_loads_verified(sqlite_db, registry_for):
+    registry = registry_for(sqlite_db)
+    base = await registry.ensure_base_model()
+    assert (base.name, base.model_type, base.stage) == (DEFAULT_BASE_MODEL, ModelType.BASE, ModelStage.DEVELOPMENT)
+    assert (await registry.ensure_base_model()).model_id == base.model_id
+    path = await registry.local_path(base.model_id)
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(path).model_type == "llama"
+    assert (await registry.verify(base.model_id)).bytes_checked > 100_000_000
 
 
 async def test_stage_history_and_audit_cover_every_change(db, registry, tmp_path):

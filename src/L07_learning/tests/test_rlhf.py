@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -218,6 +221,18 @@ def test_kl_budget_overrun_stops_and_keeps_the_previous_weights(tiny):
     assert _lora_b_norm(result.adapter_dir) == 0
 
 
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
+def test_trl_online_methods_train_the_policy_against_the_reward_model(tiny, algorithm):
+    from L07_learning.pipelines.rlhf_pipeline import optimize_policy
+
+    cfg = _policy_config(algorithm=algorithm, max_steps=2, guard_every_steps=2, num_generations=4)
+    result = optimize_policy(tiny["sft"], tiny["rm"].model_dir, tiny["train"], tiny["held"],
+                             tiny["root"] / algorithm, cfg)
+    assert result.steps == 2 and result.stopped_reason == "completed"
+    assert all(math.isfinite(x) for x in result.train_metrics["loss_curve"])
+    assert result.after["kl"] > 0 and _lora_b_norm(result.adapter_dir) > 0
+
+
 def test_ppo_raises_the_rollout_reward(tiny):
     from L07_learning.pipelines.rlhf_pipeline import optimize_policy
 
@@ -353,11 +368,7 @@ async def test_rlhf_job_trains_reward_model_and_policy_in_a_worker(sqlite_db, se
 # CLI
 
 
-def _l07(*args: str, home: Path) -> "subprocess.CompletedProcess":
-    import os
-    import subprocess
-    import sys
-
+def _l07(*args: str, home: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "L07_HOME": str(home), "OMP_NUM_THREADS": "1"}
     env.pop("L07_DATABASE_URL", None)
     return subprocess.run([sys.executable, "-m", "L07_learning.cli.main", *args], capture_output=True, text=True,

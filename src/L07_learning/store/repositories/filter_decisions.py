@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -75,18 +75,34 @@ class FilterDecisionRepository:
         self.session.add(SqlReviewItem(example_id=example_id, reason=reason, payload=payload, status="OPEN"))
 
     async def stored_hashes(self, hashes: list[str], exclude_ids: set[str]) -> dict[str, str]:
-        """``{content_hash: example_id}`` for hashes already stored (any status) under another example id."""
+        """``{content_hash: example_id}`` for hashes whose first stored example (any status) is another example.
+
+        The earliest stored example of a hash is the original (the later arrival is the duplicate), so an example
+        that is itself that original is never reported, even when later duplicates were stored after it.
+        """
         found: dict[str, str] = {}
+        first: set[str] = set()
         for part in chunks(sorted(set(hashes))):
             rows = await self.session.execute(
                 select(SqlTrainingExample.content_hash, SqlTrainingExample.example_id)
                 .where(SqlTrainingExample.content_hash.in_(part))
-                .order_by(SqlTrainingExample.created_at)
+                .order_by(SqlTrainingExample.created_at, SqlTrainingExample.example_id)
             )
             for h, eid in rows.all():
+                if h in first:
+                    continue
+                first.add(h)
                 if eid not in exclude_ids:
-                    found.setdefault(h, eid)
+                    found[h] = eid
         return found
+
+    async def mark_rejected(self, example_ids: list[str]) -> None:
+        """Set stored (PENDING) rows of examples the filter rejected without storing them (duplicates) to REJECTED."""
+        for part in chunks(sorted(set(example_ids))):
+            await self.session.execute(
+                update(SqlTrainingExample).where(SqlTrainingExample.example_id.in_(part))
+                .where(SqlTrainingExample.status == "PENDING").values(status="REJECTED")
+            )
 
     async def stored_execution_keys(self, keys: list[tuple[str, str]], exclude_ids: set[str]) -> dict[tuple[str, str], str]:
         """``{(source_type, execution_id): example_id}`` already stored under another example id."""

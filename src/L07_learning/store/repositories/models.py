@@ -202,7 +202,7 @@ class ModelRepository:
                 transitioned_at=r.created_at, transitioned_by=r.actor, notes=r.notes,
                 approval_required=bool(r.approvals), approver=", ".join(a.get("actor", "") for a in (r.approvals or [])) or None,
                 approvals=list(r.approvals or []),
-                canary_config={"serving_state": r.serving_state} if r.serving_state else None,
+                serving_state=ServingState(r.serving_state) if r.serving_state else None,
             )
             for r in rows
         ]
