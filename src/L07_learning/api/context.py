@@ -53,6 +53,15 @@ class AppContext:
         return self._services["registry"]
 
     @property
+    def quality_filter(self) -> Any:
+        """One filter per app, so its dedup index and diversity pool persist across requests."""
+        if "filter" not in self._services:
+            from ..services.example_quality_filter import ExampleQualityFilter
+
+            self._services["filter"] = ExampleQualityFilter(db=self.db, settings=self.settings)
+        return self._services["filter"]
+
+    @property
     def curator(self) -> "DatasetCurator":
         if "curator" not in self._services:
             from ..services.dataset_curator import DatasetCurator

@@ -630,3 +630,23 @@ async def run_source(
         await batch.ack(result)
         total.add(result.summary)
     return total
+
+
+async def ingest_and_filter(
+    raw_events: Sequence[Any],
+    transport: str,
+    *,
+    db: Database,
+    settings: Settings,
+    quality_filter: Any,
+) -> tuple[BatchResult, list[TrainingExample]]:
+    """The one path from raw events to filtered examples, shared by ``LearningService.process_event(s)`` and
+    ``POST /api/v1/events``.
+
+    Examples are stored PENDING inside the ingestion transaction (so nothing is lost if filtering fails), then the
+    filter records each one's decision. Returns the ingestion result and the ACCEPTed examples.
+    """
+    result = await ingest_events(raw_events, transport, db=db, settings=settings)
+    examples = result.examples
+    accepted = await quality_filter.filter(examples) if examples else []
+    return result, accepted

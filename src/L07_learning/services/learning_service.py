@@ -93,17 +93,22 @@ class LearningService:
         self._initialized = True
 
     async def cleanup(self) -> None:
-        """Stop the relay and close connections; finishes within 2 seconds."""
+        """Stop the relay and the embedded worker, close connections; finishes within 2 seconds.
+
+        A job the embedded worker was running is left to be resumed from its checkpoint by the next worker.
+        """
+        if self.sft_engine is not None and hasattr(self.sft_engine, "stop_background_worker"):
+            await self.sft_engine.stop_background_worker(timeout=0.8)
         if self._relay_task is not None and self._relay_stop is not None:
             self._relay_stop.set()
             try:
-                await asyncio.wait_for(self._relay_task, timeout=1.0)
+                await asyncio.wait_for(self._relay_task, timeout=0.5)
             except (asyncio.TimeoutError, asyncio.CancelledError):
                 self._relay_task.cancel()
         if self.relay is not None:
-            await asyncio.wait_for(self.relay.close(), timeout=0.5)
+            await asyncio.wait_for(self.relay.close(), timeout=0.3)
         if self.db is not None:
-            await asyncio.wait_for(self.db.dispose(), timeout=0.5)
+            await asyncio.wait_for(self.db.dispose(), timeout=0.3)
         self._initialized = False
 
     async def _ensure(self) -> None:
@@ -122,13 +127,10 @@ class LearningService:
             The ingestion summary plus ``examples_accepted``.
         """
         await self._ensure()
-        from .ingestion import ingest_events
+        from .ingestion import ingest_and_filter
 
-        # Examples are stored PENDING in the ingestion transaction (nothing is lost if filtering fails), then the
-        # filter records each one's decision.
-        result = await ingest_events(events, transport, db=self.db, settings=self.settings)
-        examples = result.examples
-        accepted = await self.filter.filter(examples) if examples else []
+        result, accepted = await ingest_and_filter(events, transport, db=self.db, settings=self.settings,
+                                                   quality_filter=self.filter)
         out = result.summary.to_dict()
         out["examples_accepted"] = len(accepted)
         return out

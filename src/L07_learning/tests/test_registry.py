@@ -23,7 +23,7 @@ from L07_learning.models import (
     Verdict,
 )
 from L07_learning.observability.metrics import REGISTRY
-from L07_learning.services.artifact_store import MANIFEST_FILE, manifest_checksum
+from L07_learning.services.artifact_store import MANIFEST_FILE, hash_local_tree, manifest_checksum
 from L07_learning.services.model_registry import ALLOWED, DEFAULT_BASE_MODEL, ModelRegistry
 from L07_learning.services.signing import SigningKeyring
 from L07_learning.store.db import Database
@@ -162,6 +162,19 @@ async def test_missing_or_unreadable_files_store_nothing(db, registry, tmp_path,
     assert not (Path(settings.artifact_root) / "models" / "m").exists() or not any((Path(settings.artifact_root) / "models" / "m").iterdir())
 
 
+def test_local_store_never_overwrites_a_version(tmp_path):
+    from L07_learning.services.artifact_store import ArtifactStore
+
+    store = ArtifactStore(str(tmp_path / "artifacts"))
+    src = make_model_dir(tmp_path / "src")
+    files = hash_local_tree(src)
+    dest = store.put(src, "org/m", "1.0.0", files)
+    with pytest.raises(L07Error) as exc:
+        store.put(make_model_dir(tmp_path / "src2", seed=1), "org/m", "1.0.0", hash_local_tree(tmp_path / "src2"))
+    assert exc.value.code.value == "E7045"
+    assert ArtifactStore.check_files(store.url(dest), {"files": files}) == [f"{MANIFEST_FILE}: missing"]
+
+
 async def test_caller_checksum_must_match_and_names_cannot_escape(registry, tmp_path):
     src = make_model_dir(tmp_path / "src")
     with pytest.raises(L07Error) as exc:
@@ -225,6 +238,36 @@ async def test_added_file_and_forged_signature_are_refused(db, registry, tmp_pat
     with pytest.raises(L07Error) as exc:
         await registry.local_path(model_id)
     assert exc.value.code.value == "E7201"
+
+
+async def test_remote_fsspec_store_is_verified_on_the_downloaded_copy(sqlite_db, settings, tmp_path):
+    import uuid
+
+    import fsspec
+
+    from L07_learning.services.artifact_store import ArtifactStore
+
+    root = f"memory://l07-{uuid.uuid4().hex}"
+    registry = ModelRegistry(db=sqlite_db, settings=settings, store=ArtifactStore(root, cache_dir=tmp_path / "cache"))
+    model_id = await register(registry, tmp_path, version="1.0.0")
+    model = await registry.get_model(model_id)
+    assert model.artifact_path.startswith("memory://") and (await registry.verify(model_id)).ok
+    local = Path(await registry.local_path(model_id))
+    assert local.parent == tmp_path / "cache" and (local / "model.safetensors").exists()
+
+    fs, path = fsspec.core.url_to_fs(model.artifact_path)
+    data = bytearray(fs.cat_file(f"{path}/model.safetensors"))
+    data[7] ^= 0x80
+    fs.pipe_file(f"{path}/model.safetensors", bytes(data))
+    with pytest.raises(L07Error) as exc:
+        await registry.local_path(model_id)
+    assert exc.value.code.value == "E7207"
+    # The store itself refuses to overwrite a version folder, whatever the database says.
+    files = hash_local_tree(make_model_dir(tmp_path / "again", seed=5))
+    with pytest.raises(L07Error) as exc:
+        registry.store.put(tmp_path / "again", model.name, "1.0.0", files)
+    assert exc.value.code.value == "E7045"
+    assert (await registry.verify(model_id)).error_code == "E7207"  # the tampered file stays as it was
 
 
 # --- keys ---------------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from ...models.error_codes import L07Error, L07ErrorCode
-from ...services.ingestion import RawEvent, ingest_events
+from ...services.ingestion import RawEvent, ingest_and_filter
 from ..deps import CanIngest, ContextDep
 from ..errors import error_responses
 
@@ -72,6 +72,7 @@ class IngestResponse(BaseModel):
     rejected: int
     duplicates: int
     examples_extracted: int
+    examples_accepted: int = Field(description="Extracted examples the quality filter accepted")
     pending_join: int
     rejected_by_code: dict[str, int]
     results: list[EventResult]
@@ -119,13 +120,16 @@ async def ingest(request: Request, principal: CanIngest, ctx: ContextDep) -> Ing
     raws, is_batch = _split(request, body, ctx.config.max_batch_events)
     if ctx.limiter is not None:
         ctx.limiter.acquire(principal.key_id, cost=len(raws))
-    result = await ingest_events(raws, "http", db=ctx.db, settings=ctx.settings)
+    # The same path as every other source: ingest (stored PENDING), then the quality filter decides.
+    result, accepted = await ingest_and_filter(raws, "http", db=ctx.db, settings=ctx.settings,
+                                               quality_filter=ctx.quality_filter)
     summary = result.summary
     request.state.audit_details = {
         "events": summary.events_read,
         "rejected": summary.events_rejected,
         "duplicates": summary.duplicates,
         "examples_extracted": summary.examples_extracted,
+        "examples_accepted": len(accepted),
         "batch": is_batch,
     }
     items = [
@@ -139,6 +143,7 @@ async def ingest(request: Request, principal: CanIngest, ctx: ContextDep) -> Ing
         rejected=summary.events_rejected,
         duplicates=summary.duplicates,
         examples_extracted=summary.examples_extracted,
+        examples_accepted=len(accepted),
         pending_join=summary.pending_join,
         rejected_by_code=dict(summary.rejected_by_code),
         results=items,
