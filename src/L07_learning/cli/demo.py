@@ -29,8 +29,19 @@ async def demo(
     """Run the whole loop on the embedded default: events -> dataset -> LoRA fine-tune -> validate -> release."""
     from ..services.demo import run_demo
 
+    import os
+
+    from ..observability.logging import configure_logging
+
+    # Library progress bars would fight with ours for the terminal.
+    for var, value in (("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TRANSFORMERS_VERBOSITY", "error"),
+                       ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"), ("TQDM_DISABLE", "1")):
+        os.environ.setdefault(var, value)
     settings = get_settings()
     home = home or settings.home / "demo"
+    home.mkdir(parents=True, exist_ok=True)
+    # The progress display owns the terminal; the structured log goes to a file beside the report.
+    configure_logging(settings.log_level, "json", path=str(home.parent / f"{home.name}.log"))
     show = not json_out
     bars = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                     TimeElapsedColumn(), console=console, disable=not show)

@@ -17,6 +17,15 @@ db_app = typer.Typer(help="Database schema management.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
 
+@app.callback()
+def _configure() -> None:
+    """Structured logs (JSON lines on stderr by default; ``L07_LOG_FORMAT=text`` for plain text)."""
+    from ..observability.logging import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+
+
 @app.command()
 def version(json_out: bool = JsonOpt) -> None:
     """Print the L07 version."""

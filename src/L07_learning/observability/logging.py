@@ -34,14 +34,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, default=str)
 
 
-def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
-    """Install one stderr handler on the ``L07_learning`` logger tree (idempotent)."""
+def configure_logging(level: str = "INFO", fmt: str = "json", path: str | None = None) -> None:
+    """Install one handler (stderr, or the file ``path``) on the ``L07_learning`` logger tree (idempotent)."""
     root = logging.getLogger(__package__.split(".")[0] if __package__ else "L07_learning")
     root.setLevel(level.upper())
     for handler in list(root.handlers):
         if getattr(handler, "_l07", False):
             root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    handler: logging.Handler = logging.FileHandler(path) if path else logging.StreamHandler(sys.stderr)
     handler._l07 = True  # type: ignore[attr-defined]
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
