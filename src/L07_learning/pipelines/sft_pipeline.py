@@ -140,8 +140,8 @@ def _sft_config(config: JobConfig, checkpoint_dir: Path, precision: dict[str, bo
         eval_strategy=eval_strategy,
         eval_steps=config.compute_on_val_set_every_n_steps,
         save_strategy=save_strategy,
-        save_steps=config.save_checkpoint_every_n_steps if save_strategy != "steps" or not early
-        else config.compute_on_val_set_every_n_steps,
+        # With early stopping on a step schedule, checkpoints must fall on evaluation steps.
+        save_steps=config.compute_on_val_set_every_n_steps if early else config.save_checkpoint_every_n_steps,
         save_total_limit=config.save_total_limit,
         load_best_model_at_end=early,
         metric_for_best_model=config.metric_for_best_model if early else None,

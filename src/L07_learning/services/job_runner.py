@@ -70,6 +70,7 @@ RETRY_LIMITS = {
     L07ErrorCode.NETWORK_CONNECTIVITY_ERROR: 3,
 }
 CANCEL_FILE = "CANCEL"
+RESULT_FILE = "result.json"
 
 
 @dataclass
@@ -278,6 +279,12 @@ class JobRunner:
         started = time.monotonic()
         config = JobConfig(**job.config) if isinstance(job.config, dict) else job.config
         resumed = previous != JobStatus.PENDING
+        ctx = RunnerContext(self.db, self.settings, self.registry, self.curator, workdir)
+        if previous == JobStatus.VALIDATING and (workdir / RESULT_FILE).is_file():
+            # The worker died after training, while registering: finish from the saved result, do not retrain.
+            await self._event(job_id, "resumed", {"previous_status": previous.value, "worker_id": self.worker_id})
+            result = json.loads((workdir / RESULT_FILE).read_text())
+            return await self._register(job, _load_job_kind(job.job_type), ctx, result, started)
         if resumed:
             if job.retry_count >= MAX_RETRIES:
                 return await self._fail(job, L07ErrorCode.CHECKPOINT_RECOVERY_FAILED,
@@ -287,8 +294,10 @@ class JobRunner:
                                                             "worker_id": self.worker_id}))
         else:
             job = await self._start(job, config)
-        kind = _load_job_kind(job.job_type)
-        ctx = RunnerContext(self.db, self.settings, self.registry, self.curator, workdir)
+        try:
+            kind = _load_job_kind(job.job_type)
+        except L07Error as exc:
+            return await self._fail(job, exc.code, exc.message, started)
         attempts_by_cause: dict[str, int] = {}
         while True:
             try:
@@ -643,10 +652,17 @@ class JobRunner:
                         started: float) -> TrainingJob:
         """RUNNING -> VALIDATING (finite held-out loss, artifact present) -> register -> COMPLETED."""
         metrics = dict(result.get("metrics") or {})
+        (ctx.workdir / RESULT_FILE).write_text(json.dumps(result, default=str))
         job = await self._transition(job.job_id, JobStatus.VALIDATING, metrics=metrics)
         check = metrics.get("test_loss", metrics.get("eval_loss", metrics.get("train_loss")))
         if check is None or not math.isfinite(float(check)):
             return await self._fail(job, L07ErrorCode.TRAINING_DIVERGENCE, f"held-out loss is {check}", started)
+        return await self._register(job, kind, ctx, result, started)
+
+    async def _register(self, job: TrainingJob, kind: JobKind, ctx: RunnerContext, result: dict[str, Any],
+                        started: float) -> TrainingJob:
+        """VALIDATING -> register the output -> COMPLETED."""
+        metrics = dict(result.get("metrics") or {})
         try:
             model_id = await kind.register(job, result, ctx)
         except L07Error as exc:

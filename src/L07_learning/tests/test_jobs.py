@@ -199,7 +199,7 @@ async def test_cancel_of_a_pending_job_is_immediate(stack) -> None:  # type: ign
 @pytest.mark.parametrize("db", ["sqlite"], indirect=True)
 async def test_killed_worker_leaves_a_job_the_next_worker_resumes(stack, settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     engine, _, base, dataset = stack
-    job = await engine.start_training(dataset.dataset_id, base.model_id, {**TINY, "epochs": 3})
+    job = await engine.start_training(dataset.dataset_id, base.model_id, {**TINY, "epochs": 2})
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "L07_DATABASE_URL": str(engine.db.url), "L07_HOME": str(settings.home),
            "L07_WORKER_HEARTBEAT_S": "0.5", "L07_WORKER_STALE_AFTER_S": "3"}
@@ -234,3 +234,28 @@ async def test_killed_worker_leaves_a_job_the_next_worker_resumes(stack, setting
     assert 0 < resumed_from <= last_step_before
     steps_after = [e["step"] for e in events if e["kind"] == "step"][-(done.metrics["global_step"] - resumed_from):]
     assert steps_after[0] == resumed_from + 1 and steps_after[-1] == done.metrics["global_step"]
+
+
+def test_cli_lists_and_reports_unknown_jobs(l07_home: Path) -> None:
+    from typer.testing import CliRunner
+
+    from L07_learning.cli.main import app
+
+    runner = CliRunner()
+    listed = runner.invoke(app, ["jobs", "list", "--json"])
+    assert listed.exit_code == 0 and listed.stdout.strip() == "[]"
+    missing = runner.invoke(app, ["jobs", "show", "nope", "--json"])
+    assert missing.exit_code == 2 and "E7410" in missing.stdout
+    bad = runner.invoke(app, ["train", "--dataset", "x", "--preset", "no-such-preset", "--json"])
+    assert bad.exit_code == 2 and "E7905" in bad.stdout
+
+
+def test_cpu_preset_is_valid_and_keeps_contract_defaults_elsewhere() -> None:
+    from L07_learning.services.fine_tuning_engine import list_presets, load_preset
+
+    assert "cpu-small" in list_presets()
+    cpu = load_preset("cpu-small", {"epochs": 2})
+    assert (cpu.learning_rate, cpu.lora_rank, cpu.gradient_checkpointing, cpu.batch_size, cpu.epochs) == (
+        1e-3, 8, False, 8, 2)
+    assert cpu.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert JobConfig().learning_rate == 2e-5 and JobConfig().gradient_checkpointing is True

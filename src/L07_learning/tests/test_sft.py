@@ -157,17 +157,22 @@ def test_two_process_gloo_data_parallel_ends_with_identical_weights(tiny_model: 
 
 @pytest.mark.slow
 def test_real_base_model_learns_tool_selection(tmp_path: Path) -> None:
-    """SmolLM2-135M-Instruct + LoRA on 200 tool-selection examples: held-out exact match by generation beats the base."""
+    """SmolLM2-135M-Instruct + LoRA on 120 tool-selection examples: held-out exact match by generation beats the base."""
     from safetensors.torch import load_file
 
     from L07_learning.pipelines.base_model import default_base_model_dir
     from L07_learning.pipelines.sft_pipeline import run_sft
 
     base = default_base_model_dir(CACHE)
-    rows = tool_rows(260, seed=1)
-    config = JobConfig(epochs=1, early_stopping_patience=0, **{**FAST, "validation_batch_size": 20})
-    result = run_sft(base, rows[:200], rows[200:220], config, tmp_path / "adapter", tmp_path / "ckpt",
-                     test_rows=rows[220:260])
+    rows = tool_rows(180, seed=1)
+    # Measured on 2 shared cores: 1 epoch over 200 examples (q/v only) reached eval loss 0.75 but only 30% exact match;
+    # two epochs with all attention projections give the mapping enough updates.
+    config = JobConfig(epochs=2, early_stopping_patience=0, warmup_ratio=0.05,
+                       **{**FAST, "validation_batch_size": 20,
+                          "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]})
+    result = run_sft(base, rows[:120], rows[120:140], config, tmp_path / "adapter", tmp_path / "ckpt",
+                     test_rows=rows[140:180])
+    print(json.dumps({k: v for k, v in result.metrics.items() if k not in ("loss_curve", "evals")}))
     m = result.metrics
     assert m["eval_loss"] < m["initial_eval_loss"]
     assert m["base_accuracy"] <= 0.2 and m["eval_accuracy"] >= m["base_accuracy"] + 0.5, m

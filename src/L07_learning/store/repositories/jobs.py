@@ -138,7 +138,7 @@ class JobRepository:
         if status.terminal:
             return _to_domain(row)
         row.cancel_requested = True
-        if status == JobStatus.PENDING:
+        if status == JobStatus.PENDING and row.worker_id is None:  # claimed ones are cancelled by their worker
             row.status = JobStatus.CANCELLED.value
             row.completed_at = utcnow()
         await self.session.flush()
