@@ -76,7 +76,7 @@ def run_plain_trl(model_dir: Path, steps: int, work: Path) -> dict:
                      learning_rate=SETTINGS["learning_rate"], max_steps=steps, max_length=SETTINGS["max_seq_length"],
                      bf16=cuda, use_cpu=not cuda, report_to="none", save_strategy="no", logging_steps=1,
                      seed=SETTINGS["seed"], include_num_input_tokens_seen="non_padding", disable_tqdm=True,
-                     warmup_steps=0.1)
+                     warmup_steps=0.1, activation_checkpointing=False)  # TRL defaults to on; the engine's run has it off
     peft = LoraConfig(r=SETTINGS["lora_rank"], lora_alpha=SETTINGS["lora_alpha"], lora_dropout=SETTINGS["lora_dropout"],
                       target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=peft)
