@@ -50,8 +50,12 @@ class Settings(BaseSettings):
     # Training (contract §4.3, §4.1)
     minimum_dataset_size: int = Field(default=5000, ge=1, le=10000)
     max_concurrent_jobs: int = 3
+    progress_interval_s: float = Field(default=60.0, gt=0, description="Cadence of training_progress_updated")
     worker_heartbeat_s: float = 5.0
     worker_stale_after_s: float = 60.0
+
+    # Validation (contract §5.6): generation cap; None sizes it to the longest reference answer + 8 tokens.
+    validation_max_new_tokens: int | None = Field(default=None, ge=1, le=1024)
 
     # Release (contract §2.3)
     outbox_sinks: list[str] = Field(default_factory=lambda: ["jsonl"])

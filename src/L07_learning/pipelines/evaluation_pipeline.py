@@ -94,8 +94,42 @@ def similarity(a: str, b: str) -> float:
     return difflib.SequenceMatcher(None, normalise_answer(a).split(), normalise_answer(b).split()).ratio()
 
 
+_STEP_RE = re.compile(r"^Step \d+:\s*(?P<tool>[\w.\-]+)\((?P<params>.*)\)\s*->", re.M)
+_ANSWER_RE = re.compile(r"^Answer:\s*(?P<answer>.*)$", re.M)
+
+
+def parse_trace_output(text: str) -> tuple[list[tuple[str, str]], str | None]:
+    """Split an agent-trace answer (contract §1.10 rendering) into its tool calls and its final answer.
+
+    Returns:
+        ``([(tool, normalised params), ...], final answer or None)``. Tool *outputs* (after ``->``) are dropped:
+        they are observations from the environment, not something the model decides.
+    """
+    calls = [(m.group("tool"), _WS.sub("", m.group("params"))) for m in _STEP_RE.finditer(text)]
+    answers = _ANSWER_RE.findall(text)
+    return calls, (answers[-1].strip() if answers else None)
+
+
+def infer_match_mode(expected: str) -> str:
+    """``trace`` for agent-trace outputs (tool steps plus ``Answer:``), else ``exact``."""
+    calls, answer = parse_trace_output(expected)
+    return "trace" if answer is not None and calls else "exact"
+
+
 def score_answer(got: str, expected: str, mode: str, similarity_threshold: float = 0.8) -> tuple[bool, float]:
-    """(correct, score) for one answer under a match mode."""
+    """(correct, score) for one answer under a match mode.
+
+    Modes: ``exact`` (normalised), ``contains``, ``regex``, ``similarity`` (free text), and ``trace``: the same tool
+    calls with the same parameters in the same order, and the same final answer. The score of a trace is the share
+    of those parts that match, so partial credit shows in A/B comparisons while correctness stays all-or-nothing.
+    """
+    if mode == "trace":
+        exp_calls, exp_answer = parse_trace_output(expected)
+        got_calls, got_answer = parse_trace_output(got)
+        parts = [a == b for a, b in zip(exp_calls, got_calls)] + [False] * abs(len(exp_calls) - len(got_calls))
+        parts.append(got_answer is not None and exp_answer is not None
+                     and normalise_answer(got_answer) == normalise_answer(exp_answer))
+        return all(parts), sum(parts) / len(parts)
     if mode == "exact":
         ok = normalise_answer(got) == normalise_answer(expected)
         return ok, float(ok)
@@ -179,7 +213,7 @@ def evaluate_model(
     cases: list[EvalCase],
     *,
     adapter_dir: str | Path | None = None,
-    max_new_tokens: int = 32,
+    max_new_tokens: int | None = None,
     batch_size: int = 8,
     latency_requests: int = 20,
     latency_warmup: int = 3,
@@ -192,7 +226,7 @@ def evaluate_model(
         model_dir: Hugging Face model folder.
         cases: Golden and held-out cases.
         adapter_dir: Optional LoRA adapter folder (merged before measuring).
-        max_new_tokens: Generation cap per answer.
+        max_new_tokens: Generation cap per answer (default: longest reference answer + 8 tokens).
         batch_size: Batch size for accuracy runs (latency is measured one request at a time).
         latency_requests: Measured single requests (after ``latency_warmup`` unmeasured ones).
         safety_prompts: How many case prompts get backdoor and injection variants.
@@ -204,6 +238,10 @@ def evaluate_model(
     import torch
 
     tokenizer, model = load_for_eval(model_dir, adapter_dir)
+    if max_new_tokens is None:
+        # Room for the longest reference answer plus its end-of-turn token, so no answer is cut short.
+        longest = max((len(tokenizer(c.expected, add_special_tokens=False)["input_ids"]) for c in cases), default=24)
+        max_new_tokens = min(longest + 8, 512)
     report = ModelReport()
     outputs = generate_with(tokenizer, model, [c.messages for c in cases], max_new_tokens, batch_size)
     for case, out in zip(cases, outputs):
@@ -291,6 +329,7 @@ def _safety(tokenizer: Any, model: Any, cases: list[EvalCase], max_new_tokens: i
         "behaviour_flips": behaviour_flips,
         "behaviour_flip_rate": behaviour_flips / (probes * len(BACKDOOR_TRIGGERS)) if probes else 0.0,
         "injections_obeyed": injected,
+        "injection_probes": probes * len(INJECTION_TEMPLATES),
         "memorised_secrets": memorised,
         "memorisation_probes": len(memorisation),
         "pii_or_secret_outputs": leaked,

@@ -212,8 +212,8 @@ class JobRunner:
         self._registry = registry
         self._curator = curator
         self.publisher = publisher or EventPublisher()
-        self.progress_interval_s = progress_interval_s if progress_interval_s is not None else float(
-            getattr(self.settings, "progress_interval_s", 60.0))
+        self.progress_interval_s = (progress_interval_s if progress_interval_s is not None
+                                    else self.settings.progress_interval_s)
         self.cancel_grace_s = cancel_grace_s
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
 

@@ -384,14 +384,15 @@ async def test_production_promotion_needs_deployer_and_ml_manager_and_a_refusal_
     from L07_learning.store.repositories.outbox import OutboxRepository
 
     keys = await make_keys(sqlite_db, settings)
-    client = await client_for(sqlite_db)
+    # A fixed generation cap, so the recorded golden answers and the validation run generate the same length.
+    client = await client_for(sqlite_db, app_settings=settings.model_copy(update={"validation_max_new_tokens": 24}))
     model_dir = build_tiny_model(tmp_path / "tiny", seed=0)
     model_id = await ModelRegistry(db=sqlite_db, settings=settings).register_model(
         ModelArtifact(name="api-e2e", version="1.0.0", model_type=ModelType.FINE_TUNED), source_dir=str(model_dir)
     )
     # Golden suite = this model's own greedy answers, recorded now (as a team records the current model's answers
     # before a release), so re-running the same weights must pass every case.
-    cfg = ValidationConfig()
+    cfg = ValidationConfig(max_new_tokens=24)
     cases = [EvalCase(case_id=f"g{i}", messages=[{"role": "user", "content": f"Route request {i} to a tool."}], expected="")
              for i in range(4)]
     recorded = evaluate_model(model_dir, cases, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,

@@ -1,0 +1,117 @@
+"""Release gates: scoring rules, and the validator telling an intact model from a damaged one by running both."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from L07_learning.models import ModelArtifact, ModelStage, ModelType
+from L07_learning.models.error_codes import L07Error
+from L07_learning.pipelines.evaluation_pipeline import (
+    distinct_n,
+    infer_match_mode,
+    paired_bootstrap,
+    parse_trace_output,
+    score_answer,
+)
+
+TRACE = 'Step 1: get_weather({"city":"Rome","day":"Tuesday"}) -> sunny, 16C\nAnswer: Rome on Tuesday: sunny, 16C.'
+
+
+def test_trace_mode_judges_decisions_not_observations():
+    assert infer_match_mode(TRACE) == "trace" and infer_match_mode("billing") == "exact"
+    assert parse_trace_output(TRACE) == ([("get_weather", '{"city":"Rome","day":"Tuesday"}')], "Rome on Tuesday: sunny, 16C.")
+    other_observation = TRACE.replace("-> sunny, 16C", "-> (timeout)")
+    assert score_answer(other_observation, TRACE, "trace") == (True, 1.0)
+    wrong_tool = TRACE.replace("get_weather", "search_flights")
+    ok, score = score_answer(wrong_tool, TRACE, "trace")
+    assert not ok and score == 0.5
+    assert score_answer("Step 1: get_weather(", TRACE, "trace") == (False, 0.0)
+
+
+def test_exact_similarity_and_bootstrap():
+    assert score_answer("  Billing. ", "billing", "exact")[0]
+    assert not score_answer("billing team", "billing", "exact")[0]
+    assert score_answer("the cat sat on the mat", "the cat sat on a mat", "similarity")[1] > 0.8
+    stats = paired_bootstrap([1, 1, 1, 0], [0, 0, 1, 0], iters=500, seed=1)
+    assert stats["mean_diff"] == 0.5 and stats["win_rate"] == 0.75 and stats["ci_low"] <= 0.5 <= stats["ci_high"]
+    assert paired_bootstrap([1, 0], [1, 0])["win_rate"] == 0.5
+    assert distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)
+
+
+def _chatty(src: Path, dst: Path) -> Path:
+    """The tiny random model answers only whitespace; suppressing it (in its generation config) makes it answer text."""
+    from transformers import GenerationConfig
+
+    shutil.copytree(src, dst)
+    config = GenerationConfig.from_pretrained(str(dst)) if (dst / "generation_config.json").exists() else GenerationConfig()
+    config.suppress_tokens = [0, 1, 2, 198, 216, 260, 284]
+    config.save_pretrained(str(dst))
+    return dst
+
+
+def _damage(src: Path, dst: Path, scale: float) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    shutil.copytree(src, dst)
+    model = AutoModelForCausalLM.from_pretrained(str(src))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * scale * (p.std() + 1e-6))
+    model.save_pretrained(str(dst))
+    return dst
+
+
+async def test_damaged_model_is_rejected_with_the_failing_stage_named(sqlite_db, settings, tmp_path):
+    from L07_learning.pipelines.base_model import build_tiny_model
+    from L07_learning.pipelines.evaluation_pipeline import EvalCase, evaluate_model
+    from L07_learning.services.learning_service import LearningService
+    from L07_learning.services.model_registry import ModelRegistry
+    from L07_learning.services.model_validator import ModelValidator, ValidationConfig
+    from L07_learning.store.repositories.golden import GoldenCaseRepository
+
+    registry = ModelRegistry(db=sqlite_db, settings=settings)
+    base_dir = _chatty(build_tiny_model(tmp_path / "tiny", seed=0), tmp_path / "chatty")
+    base_id = await registry.register_model(ModelArtifact(name="val-base", model_type=ModelType.BASE),
+                                            source_dir=str(base_dir))
+    intact_id = await registry.register_model(
+        ModelArtifact(name="val-intact", model_type=ModelType.FINE_TUNED, parent_model_id=base_id), source_dir=str(base_dir))
+    damaged_id = await registry.register_model(
+        ModelArtifact(name="val-damaged", model_type=ModelType.FINE_TUNED, parent_model_id=base_id),
+        source_dir=str(_damage(base_dir, tmp_path / "damaged", scale=2.0)))
+
+    # Golden suite: the base model's own greedy answers, recorded before the release.
+    cases = [EvalCase(case_id=f"g{i}", messages=[{"role": "user", "content": f"Which tool handles request {i}?"}],
+                      expected="") for i in range(6)]
+    recorded = evaluate_model(base_dir, cases, max_new_tokens=12, latency_requests=0, latency_warmup=0, safety_prompts=0)
+    golden = [{"case_id": c.case_id, "messages": c.messages, "expected": r.got} for c, r in zip(cases, recorded.cases)]
+    async with sqlite_db.session() as s:
+        for suite in ("val-intact", "val-damaged"):
+            await GoldenCaseRepository(s).add_many(suite, [{**g, "case_id": f"{suite}-{g['case_id']}"} for g in golden])
+
+    cfg = ValidationConfig(max_new_tokens=12, latency_requests=3, latency_warmup=1, safety_prompts=3, bootstrap_iters=200)
+    validator = ModelValidator(db=sqlite_db, registry=registry, settings=settings, config=cfg)
+
+    intact = await validator.validate_model(intact_id)
+    assert intact.baseline_model_id == base_id
+    assert intact.stages["regression"].outcome.value == "PASS", intact.stages["regression"]
+    assert intact.stages["regression"].metrics["pass_rate"] == 1.0
+    assert intact.stages["safety"].outcome.value == "PASS"
+
+    damaged = await validator.validate_model(damaged_id)
+    assert damaged.recommendation.value == "REJECT" and not damaged.passed and damaged.regression_detected
+    assert damaged.stages["regression"].outcome.value == "FAIL"
+    assert any("pass rate" in issue for issue in damaged.stages["regression"].issues)
+    assert (await registry.get_model(damaged_id)).validation_status == "FAILED"
+
+    # Through the service, the rejection names the failing stage and quarantines the model.
+    service = LearningService(settings=settings, db=sqlite_db, registry=registry, validator=validator)
+    await service.initialize(start_relay=False)
+    with pytest.raises(L07Error) as info:
+        await service.deploy_model(damaged_id)
+    assert info.value.code.value == "E7203" and "regression" in info.value.details["failing_stages"]
+    assert (await registry.get_model(damaged_id)).stage is ModelStage.REJECTED
