@@ -95,12 +95,7 @@ def _register_subcommands() -> None:
     import importlib
 
     for module_name, command_name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f".{module_name}", __package__)
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.endswith(f"cli.{module_name}"):
-                continue  # resource module not shipped in this build
-            raise
+        module = importlib.import_module(f".{module_name}", __package__)
         if hasattr(module, "app"):
             app.add_typer(module.app, name=command_name)
         if hasattr(module, "register"):
@@ -120,6 +115,7 @@ SUBCOMMANDS: list[tuple[str, str]] = [
     ("rlhf", "rlhf"),
     ("distill", "distill"),
     ("train", "jobs"),
+    ("serve_model", "serve-model"),
 ]
 
 _register_subcommands()

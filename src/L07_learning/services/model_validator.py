@@ -220,16 +220,9 @@ class ModelValidator:
 
     async def _load_dirs(self, model: ModelArtifact) -> tuple[str, str | None]:
         """Verified local folders: (model dir, adapter dir or None). An adapter loads on its verified parent."""
-        path = str(await self.registry.local_path(model.model_id))
-        if model.model_type is ModelType.LORA_ADAPTER:
-            if not model.parent_model_id:
-                raise L07Error(L07ErrorCode.ADAPTER_LOADING_FAILURE, f"adapter {model.model_id} has no parent model")
-            parent = await self.registry.get_model(model.parent_model_id)
-            parent_dir, parent_adapter = await self._load_dirs(parent)
-            if parent_adapter is not None:
-                raise L07Error(L07ErrorCode.ADAPTER_INCOMPATIBILITY, "stacked adapters are not supported")
-            return parent_dir, path
-        return path, None
+        from .model_loading import resolve_model_dirs
+
+        return await resolve_model_dirs(self.registry, model.model_id)
 
     async def _dataset(self, model: ModelArtifact) -> Dataset | None:
         if not model.dataset_id:
