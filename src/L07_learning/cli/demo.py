@@ -20,9 +20,10 @@ def register(app: typer.Typer) -> None:
 @run
 async def demo(
     home: Path = typer.Option(None, help="Folder for the demo's database and artifacts (default: <L07_HOME>/demo)."),
-    executions: int = typer.Option(420, min=50, help="Sample executions to generate."),
+    executions: int = typer.Option(300, min=50, help="Sample executions to generate."),
+    all_tasks: bool = typer.Option(False, help="Generate all six task types (needs more training than the demo's budget)."),
     seed: int = typer.Option(7, help="Seed for events, splits and training."),
-    epochs: int = typer.Option(2, min=1, max=10, help="Training epochs."),
+    epochs: int = typer.Option(3, min=1, max=10, help="Training epochs."),
     keep: bool = typer.Option(False, help="Keep the previous demo state instead of starting fresh."),
     json_out: bool = JsonOpt,
 ) -> None:
@@ -78,7 +79,10 @@ async def demo(
             bars.update(step("validate + release", 1), completed=1, info=f"{info['code']}: {info['message'][:60]}")
 
     with bars:
+        from ..events.sample_stream import TASK_TYPES
+
         summary = await run_demo(home, executions=executions, seed=seed, reset=not keep,
+                                 task_types=list(TASK_TYPES) if all_tasks else None,
                                  model_cache_dir=settings.model_cache_dir, progress=progress,
                                  training_overrides={"epochs": epochs})
     if json_out:

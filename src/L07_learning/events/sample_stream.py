@@ -178,13 +178,18 @@ class _Gen:
                 "datacontenttype": "application/json", "data": data, **extra}
 
 
-def generate(executions: int = 200, seed: int = 0) -> SampleStream:
+def generate(executions: int = 200, seed: int = 0, task_types: list[str] | None = None) -> SampleStream:
     """A deterministic mixed stream for ``executions`` task executions (about 2.2 events each).
 
     Args:
         executions: Number of executions (each yields a trace and usually a score).
         seed: Same seed, same stream, byte for byte.
+        task_types: Restrict the executions to these task types (default: all six).
     """
+    types = list(task_types or TASK_TYPES)
+    unknown = sorted(set(types) - set(TASK_TYPES))
+    if unknown:
+        raise ValueError(f"unknown task types {unknown}; known: {TASK_TYPES}")
     g = _Gen(seed)
     rng = g.rng
     lines: list[tuple[float, str]] = []  # (sort position, line)
@@ -208,7 +213,7 @@ def generate(executions: int = 200, seed: int = 0) -> SampleStream:
     for i in range(executions):
         # Repeated execution of an earlier task (another attempt, another score): preference-pair material.
         repeated = bool(repeat_pool) and rng.random() < 0.08
-        task = repeat_pool.pop(rng.randrange(len(repeat_pool))) if repeated else make_task(rng.choice(TASK_TYPES), rng)
+        task = repeat_pool.pop(rng.randrange(len(repeat_pool))) if repeated else make_task(rng.choice(types), rng)
         if repeated:
             expected["preference_groups"] += 1
         elif rng.random() < 0.12:

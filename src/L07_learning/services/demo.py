@@ -26,14 +26,18 @@ DEMO_DATASET = "demo-agent-tasks"
 # checkpointing, 2 epochs. The contract's GPU-oriented defaults (lr 2e-5, checkpointing on) barely move a 135M
 # model in a demo's budget. Early stopping is off so the demo's run length is predictable.
 DEMO_PRESET = "cpu-small"
-DEMO_OVERRIDES: dict[str, Any] = {"early_stopping_patience": 0}
+DEMO_OVERRIDES: dict[str, Any] = {"early_stopping_patience": 0, "epochs": 3}
+# Task types a 135M model learns to the release gate's standard within a CPU demo's budget (measured: with all six
+# types, 140 training examples and 3 epochs reach 28% held-out accuracy; the lookup-table tasks need far more data).
+DEMO_TASK_TYPES = ["capital_qa", "meeting_scheduling", "ticket_routing"]
 
 
 def _noop(_stage: str, _info: dict[str, Any]) -> None:
     return None
 
 
-async def run_demo(home: Path, *, executions: int = 420, seed: int = 7, reset: bool = True,
+async def run_demo(home: Path, *, executions: int = 300, seed: int = 7, reset: bool = True,
+                   task_types: list[str] | None = None,
                    model_cache_dir: Path | None = None, progress: Progress = _noop,
                    training_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the loop in ``home`` and return the summary (the ``--json`` output of ``l07 demo``).
@@ -44,6 +48,7 @@ async def run_demo(home: Path, *, executions: int = 420, seed: int = 7, reset: b
         seed: Seed of the generator, the splits and training.
         model_cache_dir: Where the converted base model is cached (kept across runs).
         progress: Called with (stage, info) as the loop advances.
+        task_types: Task types in the generated stream (default ``DEMO_TASK_TYPES``).
         training_overrides: JobConfig fields replacing the measured CPU defaults.
     """
     from ..events.sample_stream import generate
@@ -61,7 +66,7 @@ async def run_demo(home: Path, *, executions: int = 420, seed: int = 7, reset: b
     await service.initialize(start_relay=False)
     try:
         # 1. events
-        stream = generate(executions=executions, seed=seed)
+        stream = generate(executions=executions, seed=seed, task_types=task_types or DEMO_TASK_TYPES)
         events_path = home / "events.jsonl"
         stream.write(str(events_path))
         progress("events", {"events": len(stream.lines), "path": str(events_path)})
