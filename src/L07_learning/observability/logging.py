@@ -34,6 +34,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, default=str)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time (test runners and CLIs swap it and close the old one)."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # type: ignore[no-untyped-def]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:  # type: ignore[no-untyped-def]
+        return None
+
+
 def configure_logging(level: str = "INFO", fmt: str = "json", path: str | None = None) -> None:
     """Install one handler (stderr, or the file ``path``) on the ``L07_learning`` logger tree (idempotent)."""
     root = logging.getLogger(__package__.split(".")[0] if __package__ else "L07_learning")
@@ -41,7 +53,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json", path: str | None =
     for handler in list(root.handlers):
         if getattr(handler, "_l07", False):
             root.removeHandler(handler)
-    handler: logging.Handler = logging.FileHandler(path) if path else logging.StreamHandler(sys.stderr)
+    handler: logging.Handler = logging.FileHandler(path) if path else _StderrHandler()
     handler._l07 = True  # type: ignore[attr-defined]
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)

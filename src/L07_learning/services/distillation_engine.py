@@ -30,7 +30,7 @@ from ..store.db import Database, get_database
 from ..store.repositories.audit import audit
 from ..store.repositories.jobs import JobRepository
 from .fine_tuning_engine import FineTuningEngine
-from .job_runner import JobKind, RunnerContext, register_job_kind
+from .job_runner import JobKind, RunnerContext, register_job_kind, split_rows
 
 log = logging.getLogger(__name__)
 
@@ -184,12 +184,9 @@ async def teacher_dirs(registry: Any, teacher: ModelArtifact) -> tuple[str, str 
     Raises:
         L07Error: E7604 for an adapter without a parent model; E7250/E7201/E7207 from the registry.
     """
-    if teacher.model_type == ModelType.LORA_ADAPTER:
-        if not teacher.parent_model_id:
-            raise L07Error(L07ErrorCode.ADAPTER_LOADING_FAILURE,
-                           f"adapter {teacher.model_id} records no base model to merge into")
-        return await registry.local_path(teacher.parent_model_id), await registry.local_path(teacher.model_id)
-    return await registry.local_path(teacher.model_id), None
+    from .model_loading import resolve_model_dirs
+
+    return await resolve_model_dirs(registry, teacher.model_id)
 
 
 def _check_spec(teacher_cfg: dict[str, Any], spec: StudentSpec) -> None:
@@ -227,15 +224,7 @@ async def prepare_distillation(job: TrainingJob, config: JobConfig, ctx: RunnerC
     settings = dict(config.extra.get(EXTRA_KEY) or {})
     teacher = await ctx.registry.get_model(job.base_model_id)
     teacher_dir, adapter_dir = await teacher_dirs(ctx.registry, teacher)
-    dataset = await ctx.curator.get_dataset(job.dataset_id, job.dataset_version)
-
-    def rows(split: str) -> list[list[dict[str, str]]]:
-        return [e.chat_messages(config.system_prompt) for e in dataset.split_examples(split)]
-
-    train = rows("train")
-    if not train:
-        raise L07Error(L07ErrorCode.DATASET_LOADING_FAILURE,
-                       f"dataset {job.dataset_id} {dataset.version} has an empty train split")
+    splits = await split_rows(job, config, ctx)
     student_model_id = settings.get("student_model_id")
     distillation = dict(settings.get("config") or {})
     carrier = settings.get("carrier") or {}
@@ -247,8 +236,8 @@ async def prepare_distillation(job: TrainingJob, config: JobConfig, ctx: RunnerC
     spec: dict[str, Any] = {
         "teacher_dir": teacher_dir,
         "teacher_adapter_dir": adapter_dir,
-        "train_rows": train,
-        "test_rows": rows("test"),
+        "train_rows": splits["train"],
+        "test_rows": splits["test"],
         "distillation": distillation,
         "student": settings.get("student") or {},
         "output_dir": str(ctx.workdir / "student"),

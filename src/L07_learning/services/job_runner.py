@@ -104,6 +104,21 @@ class JobKind:
     register: RegisterHook
 
 
+async def split_rows(job: TrainingJob, config: JobConfig, ctx: RunnerContext) -> dict[str, list[list[dict[str, str]]]]:
+    """The job's dataset version as chat rows per split (train, val, test).
+
+    Raises:
+        L07Error: E7028/E7031 for the dataset, E7031 when its train split is empty.
+    """
+    dataset = await ctx.curator.get_dataset(job.dataset_id, job.dataset_version)
+    rows = {split: [e.chat_messages(config.system_prompt) for e in dataset.split_examples(split)]
+            for split in ("train", "val", "test")}
+    if not rows["train"]:
+        raise L07Error(L07ErrorCode.DATASET_LOADING_FAILURE,
+                       f"dataset {job.dataset_id} {dataset.version} has an empty train split")
+    return rows
+
+
 async def prepare_supervised(job: TrainingJob, config: JobConfig, ctx: RunnerContext) -> dict[str, Any]:
     """Spec for SFT-style jobs: the verified base model folder and the dataset version's splits as chat rows.
 
@@ -113,20 +128,12 @@ async def prepare_supervised(job: TrainingJob, config: JobConfig, ctx: RunnerCon
     from ..pipelines.lora_targets import resolve_target_modules
 
     base_dir = await ctx.registry.local_path(job.base_model_id)
-    dataset = await ctx.curator.get_dataset(job.dataset_id, job.dataset_version)
-
-    def rows(split: str) -> list[list[dict[str, str]]]:
-        return [e.chat_messages(config.system_prompt) for e in dataset.split_examples(split)]
-
-    train = rows("train")
-    if not train:
-        raise L07Error(L07ErrorCode.DATASET_LOADING_FAILURE,
-                       f"dataset {job.dataset_id} {dataset.version} has an empty train split")
+    splits = await split_rows(job, config, ctx)
     return {
         "base_model_dir": str(base_dir),
-        "train_rows": train,
-        "val_rows": rows("val"),
-        "test_rows": rows("test"),
+        "train_rows": splits["train"],
+        "val_rows": splits["val"],
+        "test_rows": splits["test"],
         "config": config.model_dump(mode="json"),
         "target_modules": resolve_target_modules(config.target_modules, base_dir),
         "output_dir": str(ctx.workdir / "adapter"),

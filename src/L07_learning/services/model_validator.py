@@ -12,13 +12,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from ..events.publisher import EventPublisher
 from ..models._base import utcnow
 from ..models.dataset import Dataset
 from ..models.error_codes import L07Error, L07ErrorCode
-from ..models.model_artifact import ModelArtifact, ModelStage, ModelType, ServingState
+from ..models.model_artifact import ModelArtifact, ModelStage, ServingState
 from ..models.validation import (
     Recommendation,
     StageOutcome,

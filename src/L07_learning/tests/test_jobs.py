@@ -231,7 +231,9 @@ async def test_killed_worker_leaves_a_job_the_next_worker_resumes(stack, setting
     events = await engine.job_events(job.job_id)
     assert any(e["kind"] == "resumed" for e in events) and done.retry_count == 1
     resumed_from = done.metrics["resumed_from_step"]
-    assert 0 < resumed_from <= last_step_before
+    # Resumed mid-run from a checkpoint (not from scratch); a checkpoint may be newer than the last step event
+    # the dying worker managed to store.
+    assert 0 < resumed_from < done.metrics["global_step"] and last_step_before > 0
     steps_after = [e["step"] for e in events if e["kind"] == "step"][-(done.metrics["global_step"] - resumed_from):]
     assert steps_after[0] == resumed_from + 1 and steps_after[-1] == done.metrics["global_step"]
 
