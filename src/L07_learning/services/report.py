@@ -51,7 +51,7 @@ def render_report(path: str | Path, *, title: str, loss_curve: list[dict[str, fl
     ax.bar([x - 0.2 for x in xs], [base_by_task.get(t, 0) * 100 for t in tasks], width=0.4, label="base")
     ax.bar([x + 0.2 for x in xs], [tuned_by_task.get(t, 0) * 100 for t in tasks], width=0.4, label="tuned")
     ax.set_xticks(list(xs), tasks, rotation=20, ha="right")
-    ax.set_ylabel("held-out exact match (%)")
+    ax.set_ylabel("held-out accuracy (%)")
     ax.set_ylim(0, 105)
     ax.set_title("Base vs tuned, per task type")
     ax.legend()

@@ -156,8 +156,13 @@ def one_thread():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, one_thread):
     """Base word model, its SFT warm-up (mostly dismissive answers) and a reward model trained on the base."""
+    import torch
+
     from L07_learning.pipelines.rlhf_pipeline import train_reward_model
 
+    # Seeded here: in a full run, earlier modules have consumed torch's global RNG, and these tiny models (and so the
+    # tests built on them) must not depend on what ran before.
+    torch.manual_seed(0)
     root = tmp_path_factory.mktemp("rlhf")
     train, held = train_and_heldout(n_train_topics=24, per_topic=2)
     base = build_word_model(root / "base")
