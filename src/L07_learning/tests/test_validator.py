@@ -115,3 +115,52 @@ async def test_damaged_model_is_rejected_with_the_failing_stage_named(sqlite_db,
         await service.deploy_model(damaged_id)
     assert info.value.code.value == "E7203" and "regression" in info.value.details["failing_stages"]
     assert (await registry.get_model(damaged_id)).stage is ModelStage.REJECTED
+
+
+async def test_deploy_promotes_to_staging_and_publishes_a_signed_release_once(sqlite_db, settings, tmp_path):
+    import json
+
+    from L07_learning.events.sinks import JsonlSink
+    from L07_learning.pipelines.base_model import build_tiny_model
+    from L07_learning.pipelines.evaluation_pipeline import EvalCase, evaluate_model
+    from L07_learning.services.learning_service import LearningService
+    from L07_learning.services.model_registry import ModelRegistry
+    from L07_learning.services.model_validator import ModelValidator, ValidationConfig
+    from L07_learning.store.repositories.golden import GoldenCaseRepository
+
+    registry = ModelRegistry(db=sqlite_db, settings=settings)
+    model_dir = _chatty(build_tiny_model(tmp_path / "tiny", seed=0), tmp_path / "chatty")
+    base_id = await registry.register_model(ModelArtifact(name="rel-base", model_type=ModelType.BASE),
+                                            source_dir=str(model_dir))
+    cand_id = await registry.register_model(
+        ModelArtifact(name="rel-cand", model_type=ModelType.FINE_TUNED, parent_model_id=base_id),
+        source_dir=str(model_dir))
+    cases = [EvalCase(case_id=f"r{i}", messages=[{"role": "user", "content": f"Route request {i}."}], expected="")
+             for i in range(5)]
+    recorded = evaluate_model(model_dir, cases, max_new_tokens=10, latency_requests=0, latency_warmup=0, safety_prompts=0)
+    async with sqlite_db.session() as s:
+        await GoldenCaseRepository(s).add_many(
+            "rel-cand", [{"case_id": c.case_id, "messages": c.messages, "expected": r.got} for c, r in zip(cases, recorded.cases)])
+    # Latency of a model of a few hundred thousand parameters is noise at the millisecond scale; this test is about the
+    # release path, so the latency gate is set wide here (thresholds are configuration).
+    cfg = ValidationConfig(max_new_tokens=10, latency_requests=3, latency_warmup=1, safety_prompts=2,
+                           latency_p99_fail_ratio=100.0, bootstrap_iters=200)
+    validator = ModelValidator(db=sqlite_db, registry=registry, settings=settings, config=cfg)
+    service = LearningService(settings=settings, db=sqlite_db, registry=registry, validator=validator)
+    await service.initialize(start_relay=False)
+    sink_path = tmp_path / "releases.jsonl"
+    service.relay.sinks = [JsonlSink(sink_path)]
+
+    result = await service.deploy_model(cand_id)
+    assert result.recommendation.value == "DEPLOY" and result.passed
+    staged = await registry.get_model(cand_id)
+    assert staged.stage is ModelStage.STAGING and staged.validation_status == "PASSED"
+    assert await service.relay.drain(timeout_s=5) == 0
+    await service.relay.run_once()
+    releases = [json.loads(line) for line in sink_path.read_text().splitlines()
+                if json.loads(line)["type"] == "com.agentic.learning.model_ready_for_deployment"]
+    assert len(releases) == 1
+    data = releases[0]["data"]
+    assert data["model_id"] == cand_id and data["artifact_checksum"] == staged.checksum
+    assert data["artifact_signature"] == staged.signature and data["signing_key_version"]
+    assert data["validation_status"] == "APPROVED" and data["canary_config"]["traffic_percentage"] == 20
