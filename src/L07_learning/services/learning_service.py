@@ -39,7 +39,7 @@ class LearningService:
         registry: ``ModelRegistry``.
         sft_engine: ``FineTuningEngine``.
         validator: ``ModelValidator``.
-        rlhf_engine: ``RLHFEngine`` (built lazily on first RLHF use).
+        rlhf_engine: ``RLHFEngine``, kept for callers that pass one (RLHF jobs also run through the job runner).
         settings: Settings (default ``get_settings()``).
         db: Database (default: the settings' URL).
     """
