@@ -7,6 +7,7 @@ works on the embedded default (SQLite in ``~/.l07``). The CLI, the REST API and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -105,10 +106,13 @@ class LearningService:
                 await asyncio.wait_for(self._relay_task, timeout=0.5)
             except (asyncio.TimeoutError, asyncio.CancelledError):
                 self._relay_task.cancel()
-        if self.relay is not None:
-            await asyncio.wait_for(self.relay.close(), timeout=0.3)
-        if self.db is not None:
-            await asyncio.wait_for(self.db.dispose(), timeout=0.3)
+        # Each step is bounded so cleanup() stays within its 2 s budget even when a broker or the database hangs.
+        with contextlib.suppress(asyncio.TimeoutError):
+            if self.relay is not None:
+                await asyncio.wait_for(self.relay.close(), timeout=0.3)
+        with contextlib.suppress(asyncio.TimeoutError):
+            if self.db is not None:
+                await asyncio.wait_for(self.db.dispose(), timeout=0.3)
         self._initialized = False
 
     async def _ensure(self) -> None:

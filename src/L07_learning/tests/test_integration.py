@@ -67,3 +67,13 @@ def test_brief_script_prints_both_lines_twice_on_one_home(tmp_path):
     second = _run(tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stdout.strip().splitlines()[0] == "Filtered examples: 1"
+
+
+async def test_service_with_relay_and_worker_cleans_up_within_two_seconds(settings, bounded_cleanup):
+    from L07_learning.services.learning_service import LearningService
+
+    service = LearningService()
+    await service.initialize()
+    service.sft_engine.start_background_worker(poll_s=0.2)
+    assert service.relay is not None and await service.db.ping()
+    await bounded_cleanup(service.cleanup)
