@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from enum import Enum
 from functools import wraps
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -16,7 +17,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from ..models.error_codes import L07Error
+from ..models.error_codes import L07Error, L07ErrorCode
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)
@@ -55,6 +56,21 @@ def table(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> 
     for r in rows:
         t.add_row(*[str(x) if x is not None else "" for x in r])
     console.print(t)
+
+
+def read_json_records(path: Path, invalid_code: L07ErrorCode) -> list[Any]:
+    """Records from a JSON-lines file or one JSON array; bad JSON raises ``invalid_code``, an unreadable file E7905."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise L07Error(L07ErrorCode.CONFIGURATION_NOT_FOUND, f"cannot read {path}: {exc}") from None
+    try:
+        stripped = text.lstrip()
+        if stripped.startswith("["):
+            return json.loads(stripped)
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as exc:
+        raise L07Error(invalid_code, f"{path}: invalid JSON ({exc})") from None
 
 
 def run(coro_fn: Callable[..., Awaitable[T]]) -> Callable[..., T]:

@@ -5,14 +5,13 @@ Thin wrappers over ``ExampleQualityFilter`` and the example repositories.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from ..models import L07Error, L07ErrorCode
-from ._common import JsonOpt, emit_json, run, table
+from ..models import L07ErrorCode
+from ._common import JsonOpt, emit_json, read_json_records, run, table
 
 app = typer.Typer(help="Training examples: list them, filter files, see what the quality filter rejected and why.",
                   no_args_is_help=True)
@@ -20,17 +19,7 @@ app = typer.Typer(help="Training examples: list them, filter files, see what the
 
 def read_examples(path: Path) -> list[Any]:
     """Example dicts from a JSONL file (or a JSON array)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise L07Error(L07ErrorCode.CONFIGURATION_NOT_FOUND, f"cannot read {path}: {exc}") from None
-    try:
-        stripped = text.lstrip()
-        return json.loads(stripped) if stripped.startswith("[") else [
-            json.loads(line) for line in text.splitlines() if line.strip()
-        ]
-    except json.JSONDecodeError as exc:
-        raise L07Error(L07ErrorCode.DATA_VALIDATION_SCHEMA_MISMATCH, f"{path}: invalid JSON ({exc})") from None
+    return read_json_records(path, L07ErrorCode.DATA_VALIDATION_SCHEMA_MISMATCH)
 
 
 @app.command("rejected")

@@ -5,14 +5,13 @@ Thin wrappers over ``PatternExtractor``, ``StrategyOptimizer`` and ``CurriculumP
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from ..models import L07Error, L07ErrorCode
-from ._common import JsonOpt, emit_json, run, table
+from ._common import JsonOpt, emit_json, read_json_records, run, table
 
 patterns_app = typer.Typer(help="Behaviour patterns mined from execution traces.", no_args_is_help=True)
 strategies_app = typer.Typer(help="Planning strategies: outcomes, Thompson sampling, recommendations.", no_args_is_help=True)
@@ -28,15 +27,7 @@ def register(app: typer.Typer) -> None:
 
 def _read_jsonl(path: Path) -> list[Any]:
     """JSON lines (or one JSON array) from a file; a CloudEvent's ``data`` is taken when present."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise L07Error(L07ErrorCode.CONFIGURATION_NOT_FOUND, f"cannot read {path}: {exc}") from None
-    try:
-        stripped = text.lstrip()
-        items = json.loads(stripped) if stripped.startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as exc:
-        raise L07Error(L07ErrorCode.EXECUTION_TRACE_PARSE_ERROR, f"{path}: invalid JSON ({exc})") from None
+    items = read_json_records(path, L07ErrorCode.EXECUTION_TRACE_PARSE_ERROR)
     return [i["data"] if isinstance(i, dict) and "specversion" in i and isinstance(i.get("data"), dict) else i for i in items]
 
 

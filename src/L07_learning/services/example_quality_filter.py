@@ -567,7 +567,8 @@ class ExampleQualityFilter:
     async def _persist(self, report: FilterReport) -> None:
         from ..events.publisher import EventPublisher
         from ..store.repositories.audit import audit
-        from ..store.repositories.filter_decisions import FilterDecisionRepository, example_row
+        from ..store.repositories.examples import example_row
+        from ..store.repositories.filter_decisions import FilterDecisionRepository
 
         assert self.db is not None
         rows = []

@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import os
-import random
 import signal
 import socket
 import sys
@@ -38,6 +37,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from ..events.outbox_relay import backoff_seconds
 from ..events.publisher import EventPublisher
 from ..models._base import utcnow
 from ..models.error_codes import L07Error, L07ErrorCode
@@ -378,8 +378,7 @@ class JobRunner:
     def _backoff(code: L07ErrorCode, attempt: int) -> float:
         if code in (L07ErrorCode.GPU_OUT_OF_MEMORY, L07ErrorCode.TRAINING_DIVERGENCE):
             return 0.0
-        base = min(1.0 * 2 ** (attempt - 1), 60.0)
-        return base * random.uniform(0.9, 1.1)
+        return backoff_seconds(attempt - 1)
 
     # --- child process ------------------------------------------------------------------------------------------
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -10,7 +12,8 @@ from ..tables import SqlTrainingExample
 from ._upsert import chunks, insert_ignore
 
 
-def _row(ex: TrainingExample) -> dict:
+def example_row(ex: TrainingExample, composite: float | None, data: dict[str, Any]) -> dict[str, Any]:
+    """The ``l07_training_examples`` row of a decided example; ``data`` is its (secret-masked) JSON form."""
     status = ex.status.value if isinstance(ex.status, ExampleStatus) else str(ex.status)
     return {
         "example_id": ex.example_id,
@@ -23,10 +26,10 @@ def _row(ex: TrainingExample) -> dict:
         "content_hash": ex.content_hash,
         "quality_score": ex.quality_score,
         "confidence": ex.confidence,
-        "composite_score": None,
-        "input_text": ex.input_text,
-        "output_text": ex.output_text,
-        "data": ex.model_dump(mode="json"),
+        "composite_score": composite,
+        "input_text": data.get("input_text", ex.input_text),
+        "output_text": data.get("output_text", ex.output_text),
+        "data": data,
         "created_at": ex.created_at,
     }
 
@@ -52,7 +55,7 @@ class ExampleRepository:
             return 0
         table = SqlTrainingExample.__table__
         inserted = 0
-        for part in chunks([_row(e) for e in examples]):
+        for part in chunks([example_row(e, None, e.model_dump(mode="json")) for e in examples]):
             result = await self.session.execute(insert_ignore(self.session, table).returning(table.c.example_id), part)
             inserted += len(result.all())
         return inserted

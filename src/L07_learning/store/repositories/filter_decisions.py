@@ -10,7 +10,6 @@ from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ...models.training_example import ExampleStatus, TrainingExample
 from ..tables import SqlRejectedExample, SqlReviewItem, SqlTrainingExample
 from ._upsert import chunks
 
@@ -18,28 +17,6 @@ _UPDATED_COLUMNS = (
     "status", "content_hash", "quality_score", "confidence", "composite_score", "input_text", "output_text", "data",
     "agent_id", "task_type", "domain",
 )
-
-
-def example_row(ex: TrainingExample, composite: float | None, data: dict[str, Any]) -> dict[str, Any]:
-    """The ``l07_training_examples`` row of a decided example; ``data`` is its (secret-masked) JSON form."""
-    status = ex.status.value if isinstance(ex.status, ExampleStatus) else str(ex.status)
-    return {
-        "example_id": ex.example_id,
-        "source_type": ex.source_type.value,
-        "execution_id": ex.execution_id,
-        "agent_id": ex.agent_id,
-        "task_type": ex.task_type,
-        "domain": ex.domain,
-        "status": status,
-        "content_hash": ex.content_hash,
-        "quality_score": ex.quality_score,
-        "confidence": ex.confidence,
-        "composite_score": composite,
-        "input_text": data.get("input_text", ex.input_text),
-        "output_text": data.get("output_text", ex.output_text),
-        "data": data,
-        "created_at": ex.created_at,
-    }
 
 
 class FilterDecisionRepository:
