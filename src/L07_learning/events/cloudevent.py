@@ -28,6 +28,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..models.error_codes import L07Error, L07ErrorCode
+from . import json_text
 
 TRACE, SCORE, PLAN, RESPONSE = "trace", "score", "plan", "response"
 
@@ -104,9 +105,10 @@ def _reject(code: L07ErrorCode, message: str, **context: Any) -> L07Error:
     return L07Error(code, message, **context)
 
 
-def _decode(raw: bytes | str | Mapping[str, Any], max_bytes: int) -> dict[str, Any]:
+def _decode(raw: bytes | str | Mapping[str, Any], max_bytes: int) -> tuple[dict[str, Any], bool]:
+    """The event object, and whether it was read by orjson (see ``json_text.read``)."""
     if isinstance(raw, Mapping):
-        return dict(raw)
+        return dict(raw), False
     if isinstance(raw, (bytes, bytearray, memoryview)):
         raw = bytes(raw)
         if len(raw) > max_bytes:
@@ -120,12 +122,12 @@ def _decode(raw: bytes | str | Mapping[str, Any], max_bytes: int) -> dict[str, A
     if len(raw) > max_bytes:
         raise _reject(L07ErrorCode.TRACE_LIMIT_EXCEEDED, f"event is {len(raw)} characters, limit {max_bytes}")
     try:
-        value = json.loads(raw)
+        value, plain = json_text.read(raw)
     except (ValueError, RecursionError) as exc:
         raise _reject(L07ErrorCode.EXECUTION_TRACE_PARSE_ERROR, f"event is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise _reject(L07ErrorCode.EXECUTION_TRACE_PARSE_ERROR, f"event must be a JSON object, got {type(value).__name__}")
-    return value
+    return value, plain
 
 
 def from_l01_envelope(env: Mapping[str, Any]) -> dict[str, Any]:
@@ -218,6 +220,18 @@ def parse_event(
         L07Error: E7015 (not JSON, not an object, bad or missing envelope attribute), E7110 (attribute of the wrong
             type), E7018 (oversized), E7115 (source not allowed).
     """
+    event, _ = read_event(raw, headers=headers, max_bytes=max_bytes)
+    if allow_list is not None:
+        check_source(event.source, allow_list)
+    return event
+
+
+def read_event(
+    raw: bytes | str | Mapping[str, Any], *, headers: Mapping[str, str] | None = None, max_bytes: int = 1_000_000
+) -> tuple[CloudEvent, bool]:
+    """``parse_event`` without the allow-list, plus whether orjson read the text: then ``data`` holds only finite
+    floats and 64-bit integers, which lets the ingestion skip a walk over the record (``json_text.read``)."""
+    plain = False
     if headers is not None and any(k.lower() == "ce-specversion" for k in headers):
         if isinstance(raw, Mapping):
             raw = json.dumps(raw)
@@ -225,7 +239,7 @@ def parse_event(
             raise _reject(L07ErrorCode.TRACE_LIMIT_EXCEEDED, f"event is {len(raw)} bytes, limit {max_bytes}")
         obj = from_binary(headers, raw)
     else:
-        obj = _decode(raw, max_bytes)
+        obj, plain = _decode(raw, max_bytes)
         if "specversion" not in obj and _L01_KEYS <= obj.keys():
             obj = from_l01_envelope(obj)
     try:
@@ -241,9 +255,7 @@ def parse_event(
             else L07ErrorCode.DATA_VALIDATION_SCHEMA_MISMATCH
         )
         raise L07Error(code, f"invalid CloudEvent attribute {field!r}: {err['msg']}", field=field) from None
-    if allow_list is not None:
-        check_source(event.source, allow_list)
-    return event
+    return event, plain
 
 
 def raw_text(raw: Any) -> str:

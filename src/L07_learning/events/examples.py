@@ -7,7 +7,6 @@ share exactly one definition of what an example looks like.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 import uuid
@@ -18,10 +17,12 @@ from ..models._base import utcnow
 from ..models.curriculum import DifficultyLevel
 from ..models.reward_signal import RewardSignal
 from ..models.training_example import ExampleLabel, ExampleSource, TrainingExample, normalise_text
+from .json_text import canonical_dumps
 
 EXTRACTOR_VERSION = "1.0"
 EXTRACTED_BY = "TrainingDataExtractor/1.0"
 _EXAMPLE_NS = uuid.UUID("0c6f7c2e-4c1b-4b8e-9a57-1d07e0000002")
+_EXAMPLE_NS_BYTES = _EXAMPLE_NS.bytes
 
 OUTCOME_LABELS = {
     "success": ExampleLabel.SUCCESS,
@@ -76,8 +77,8 @@ def task_complexity(tool_steps: int) -> str:
 
 
 def canonical_json(value: Any) -> str:
-    """Sorted-key compact JSON, the canonical form used for hashes and prompts."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    """Sorted-key compact JSON, the canonical form used for hashes and prompts (finite numbers only, as records are)."""
+    return canonical_dumps(value)
 
 
 def prompt_hash(input_text: str) -> str:
@@ -118,9 +119,18 @@ def pick_score(scores: list[dict[str, Any]]) -> tuple[dict[str, Any], bool]:
     return best, (max(qs) - min(qs) > 20) if len(qs) > 1 else False
 
 
+def _uuid5(name: str) -> str:
+    """``str(uuid.uuid5(_EXAMPLE_NS, name))`` without building UUID objects (two to three ids per example)."""
+    digest = bytearray(hashlib.sha1(_EXAMPLE_NS_BYTES + name.encode("utf-8")).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def example_id_for(source_type: ExampleSource, key: str) -> str:
     """Deterministic id, so a replayed join produces the same example id."""
-    return str(uuid.uuid5(_EXAMPLE_NS, f"{source_type.value}:{key}"))
+    return _uuid5(f"{source_type.value}:{key}")
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -259,7 +269,7 @@ def reward_signal(score: dict[str, Any], outcome: str | None, task_type: str, pr
     """The score as an unprocessed RewardSignal; ``services.reward_signals.compute_rewards`` fills the r values."""
     reward_outcome = score.get("failure_classification") or REWARD_OUTCOMES.get(outcome or "success", "success")
     return RewardSignal(
-        signal_id=str(uuid.uuid5(_EXAMPLE_NS, f"reward:{score['execution_id']}:{score['evaluation_id']}")),
+        signal_id=_uuid5(f"reward:{score['execution_id']}:{score['evaluation_id']}"),
         execution_id=score["execution_id"],
         evaluation_id=score["evaluation_id"],
         quality_score=score["quality_score"],

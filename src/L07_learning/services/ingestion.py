@@ -23,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,7 +37,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlch
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..events import examples as build
-from ..events.cloudevent import PLAN, RESPONSE, SCORE, TRACE, CloudEvent, RawEvent, check_source, parse_event, raw_text
+from ..events.cloudevent import PLAN, RESPONSE, SCORE, TRACE, CloudEvent, RawEvent, check_source, raw_text, read_event
 from ..events.records import parse_plan, parse_response, parse_score, parse_trace
 from ..events.sources import EventSource
 from ..models._base import utcnow
@@ -131,7 +133,8 @@ class _Parsed:
 
 
 def _check_storable(value: Any, path: str = "data") -> None:
-    """Refuse NUL characters and lone surrogates: PostgreSQL cannot store them, so such an event is invalid (E7110)."""
+    """Refuse NUL characters, lone surrogates and non-finite numbers: PostgreSQL cannot store them (and the contract
+    makes NaN/Inf a wrong value, §1.9), so such an event is invalid (E7110)."""
     if isinstance(value, str):
         if "\x00" in value:
             raise L07Error(L07ErrorCode.DATA_VALIDATION_SCHEMA_MISMATCH, f"{path} contains a NUL character", field=path)
@@ -140,6 +143,9 @@ def _check_storable(value: Any, path: str = "data") -> None:
                 value.encode("utf-8")
             except UnicodeEncodeError:
                 raise L07Error(L07ErrorCode.DATA_VALIDATION_SCHEMA_MISMATCH, f"{path} is not valid Unicode", field=path) from None
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise L07Error(L07ErrorCode.DATA_VALIDATION_SCHEMA_MISMATCH, f"{path} is not a finite number", field=path)
     elif isinstance(value, dict):
         for k, v in value.items():
             _check_storable(k, path)
@@ -176,8 +182,9 @@ _gc_pauses = 0
 
 
 def _may_hold_unstorable(body: Any) -> bool:
-    """Cheap pre-check on JSON text: NUL and lone surrogates can only come from a ``\\u0000``/``\\ud8..`` escape or a
-    raw NUL, so text without a ``\\u`` escape or NUL needs no walk over the parsed record."""
+    """Cheap pre-check on JSON text read by orjson (so without non-finite numbers): NUL and lone surrogates can only
+    come from a ``\\u0000``/``\\ud8..`` escape or a raw NUL, so text without a ``\\u`` escape or NUL needs no walk
+    over the parsed record."""
     if isinstance(body, (bytes, bytearray)):
         return b"\\u" in body or b"\x00" in body
     if isinstance(body, str):
@@ -212,14 +219,14 @@ class IngestionPipeline:
         body, headers = (raw.body, raw.headers) if isinstance(raw, RawEvent) else (raw, None)
         event: CloudEvent | None = None
         try:
-            event = parse_event(body, headers=headers, max_bytes=self.settings.max_event_bytes)
+            event, plain = read_event(body, headers=headers, max_bytes=self.settings.max_event_bytes)
             # Checked after parsing so that a refused source still has its (source, id) claimed: a replay is a no-op.
             check_source(event.source, self._allow_list)
             kind = event.kind
             if kind is None:
                 return _Parsed(index, event, None, None, None)
             record = parse_trace(event, self.settings.max_trace_steps) if kind == TRACE else _PARSERS[kind](event)
-            if _may_hold_unstorable(body):
+            if not plain or _may_hold_unstorable(body):
                 _check_storable(record)
             return _Parsed(index, event, kind, record, None)
         except L07Error as exc:
@@ -548,12 +555,22 @@ class IngestionPipeline:
     # ---- metrics -----------------------------------------------------------------------------------------------
 
     def _record_metrics(self, result: BatchResult, parsed: list[_Parsed]) -> None:
+        # Counted per label set first: one ``labels().inc(n)`` per set instead of one per event.
+        consumed: Counter[tuple[str, str]] = Counter()
+        rejected: Counter[str | None] = Counter()
+        extracted: Counter[tuple[str, str]] = Counter()
         for p, item in zip(parsed, result.items):
-            EVENTS_CONSUMED.labels(event_kind=p.kind or "unknown", result=item.status).inc()
+            consumed[(p.kind or "unknown", item.status)] += 1
             if item.status == "rejected":
-                EVENTS_REJECTED.labels(code=item.code).inc()
+                rejected[item.code] += 1
             for ex in item.examples:
-                EXAMPLES_EXTRACTED.labels(source_type=ex.source_type.value, domain=ex.domain).inc()
+                extracted[(ex.source_type.value, ex.domain)] += 1
+        for (kind, status), n in consumed.items():
+            EVENTS_CONSUMED.labels(event_kind=kind, result=status).inc(n)
+        for code, n in rejected.items():
+            EVENTS_REJECTED.labels(code=code).inc(n)
+        for (source_type, domain), n in extracted.items():
+            EXAMPLES_EXTRACTED.labels(source_type=source_type, domain=domain).inc(n)
         EVENTS_PENDING_JOIN.set(result.summary.pending_join)
         PENDING_JOINS.set(result.summary.pending_join)
 

@@ -182,8 +182,12 @@ class Database:
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
     # WAL lets the worker process and the API read while a job writes; busy_timeout rides out short lock waits.
+    # synchronous=NORMAL is WAL's recommended level: a commit survives an application crash and only syncs at
+    # checkpoints, which takes the fsync off every ingestion batch (a power cut may lose the last commits; PostgreSQL
+    # is the deployment for that guarantee).
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()

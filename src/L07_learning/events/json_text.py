@@ -1,0 +1,53 @@
+"""JSON reading and canonical writing on the ingestion hot path: orjson's speed with the standard library's results.
+
+orjson reads and writes JSON several times faster than ``json``, but a few of its results differ: it refuses
+``NaN``/``Infinity`` and overflowing numbers, reads integers beyond 64 bits as floats, nests at most 1024 levels, and
+writes floats outside ``[1e-4, 1e16)`` in another exponent notation. Each function below uses orjson only where its
+result is provably the standard library's and falls back to ``json`` everywhere else, so events read, prompts and
+hashes come out exactly as before.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import orjson
+
+# Digits mapped to "0", so that digit patterns become plain substring searches (a regex scan costs ~10x more).
+_DIGITS_TO_ZERO = bytes.maketrans(b"0123456789", b"0000000000")
+# orjson reads integers of 20+ digits as floats, and nests at most 1024 levels (256+ brackets could come near the
+# recursion limit json reads with): such text is read by json itself.
+_LONG_INTEGER = b"0" * 20
+_MAX_BRACKETS = 256
+_SORTED = orjson.OPT_SORT_KEYS
+
+
+def read(text: str | bytes) -> tuple[Any, bool]:
+    """``json.loads(text)``: the same value, or the same exception; plus whether orjson read it (then the value holds
+    finite floats and 64-bit integers only)."""
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    if data.count(b"{") + data.count(b"[") < _MAX_BRACKETS and _LONG_INTEGER not in data.translate(_DIGITS_TO_ZERO):
+        try:
+            return orjson.loads(data), True
+        except orjson.JSONDecodeError:
+            pass  # json decides: it reads NaN/Infinity and lone surrogates, and raises its own errors for the rest
+    return json.loads(text), False
+
+
+def canonical_dumps(value: Any) -> str:
+    """``json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)``.
+
+    ``value`` must hold finite floats only (ingested records do: non-finite numbers are rejected as E7110), because
+    orjson writes NaN as ``null``.
+    """
+    try:
+        out = orjson.dumps(value, option=_SORTED)
+    except TypeError:
+        out = None  # non-JSON types (``default=str``), non-string keys, integers beyond 64 bits
+    # orjson writes floats outside [1e-4, 1e16) as "1e16"/"1e-7"/"0.00001", repr as "1e+16"/"1e-07"/"1e-05": any
+    # digit followed by "e", or "0.0000", sends the value to json (inside a string that only costs the fallback).
+    if out is None or b"0.0000" in out or b"0e" in out.translate(_DIGITS_TO_ZERO):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return out.decode("utf-8")
