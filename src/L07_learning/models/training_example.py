@@ -50,6 +50,10 @@ _WS_RE = re.compile(r"\s+")
 
 def normalise_text(text: str) -> str:
     """NFKC, lower-cased, whitespace-collapsed text: the dedup normal form of contract §5.2."""
+    if text.isascii():
+        # Same result, several times faster: NFKC leaves ASCII alone, and ``str.split`` breaks on exactly the
+        # characters ``\s`` matches.
+        return " ".join(text.lower().split())
     return _WS_RE.sub(" ", unicodedata.normalize("NFKC", text).lower()).strip()
 
 

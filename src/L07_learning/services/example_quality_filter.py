@@ -7,7 +7,6 @@ every non-accept decision is stored (``l07 examples rejected``). Secrets are mas
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -27,18 +26,17 @@ from ..observability.metrics import DATA_POISONING_DETECTED, ERRORS, EXAMPLES_FI
 from ..settings import Settings, get_settings
 from ..store.db import Database
 from .filtering.config import FilterConfig
-from .filtering.dedup import NearDuplicateIndex, shingles
+from .filtering.dedup import NearDuplicateIndex
+from .filtering.minhash import decode_many, shingles, signatures
 from .filtering.findings import Finding, replace_spans
 from .filtering.outliers import agent_quality_outliers, isolation_outliers
 from .filtering.pii import Placeholders
 from .filtering.poisoning import rare_token_cooccurrence
-from .filtering.scan import ContentScanner, ScanReport, mask_secrets_deep
+from .ingestion import _paused_gc
+from .filtering.scan import ContentScanner, ScanReport, hash_normalised, mask_secrets_deep, output_hash
 from .filtering.secret_scan import mask_token
 
 log = logging.getLogger(__name__)
-
-CONTENT_HASH_SEPARATOR = "\u241f"
-"""The separator ``models.training_example.compute_content_hash`` puts between input and output (a test pins it)."""
 
 POOL_STATUSES = (ExampleStatus.ACCEPTED.value, ExampleStatus.REVIEW.value)
 _TEXT_FIELDS = ("input_text", "output_text", "final_answer", "reasoning")
@@ -54,10 +52,11 @@ class Decision(str, Enum):
 
     @property
     def status(self) -> ExampleStatus:
-        return {
-            "ACCEPT": ExampleStatus.ACCEPTED, "REVIEW": ExampleStatus.REVIEW,
-            "REJECT": ExampleStatus.REJECTED, "QUARANTINE": ExampleStatus.QUARANTINED,
-        }[self.value]
+        return _STATUS[self]
+
+
+_STATUS = {Decision.ACCEPT: ExampleStatus.ACCEPTED, Decision.REVIEW: ExampleStatus.REVIEW,
+           Decision.REJECT: ExampleStatus.REJECTED, Decision.QUARANTINE: ExampleStatus.QUARANTINED}
 
 
 @dataclass
@@ -118,18 +117,46 @@ class _Item:
 
     index: int
     example: TrainingExample
-    input_norm: str = ""
-    output_norm: str = ""
     content_hash: str = ""
+    output_key: str = ""
     scan: ScanReport | None = None
+    signature: str | None = None  # from a trusted extraction-time cache; None: compute it from the text
+    sig: int = -1  # row of the batch's signature matrix once the near-duplicate check has it
     decision: FilterDecision | None = None
     composite: float | None = None
     updates: dict[str, Any] = field(default_factory=dict)
+    norm: tuple[str, str] | None = None
+
+    def texts(self) -> tuple[str, str]:
+        """Input and output as they will be stored (after masking and redaction)."""
+        return (self.updates.get("input_text", self.example.input_text),
+                self.updates.get("output_text", self.example.output_text))
+
+    def normalised(self) -> tuple[str, str]:
+        if self.norm is None:
+            inp, out = self.texts()
+            self.norm = (normalise_text(inp), normalise_text(out))
+        return self.norm
+
+    def rekey(self) -> None:
+        """Content hash and output key from the (current) text."""
+        inp, out = self.normalised()
+        self.content_hash = hash_normalised(inp, out)
+        self.output_key = output_hash(out)
 
 
-def _hash_normalised(input_norm: str, output_norm: str) -> str:
-    """``compute_content_hash`` from already normalised text (the filter normalises once for hash and shingles)."""
-    return hashlib.sha256((input_norm + CONTENT_HASH_SEPARATOR + output_norm).encode("utf-8")).hexdigest()
+
+def _copy_with(ex: TrainingExample, updates: dict[str, Any]) -> TrainingExample:
+    """``ex.model_copy(update=updates)`` (a shallow copy, values unvalidated) without pydantic's generic copy path,
+    which costs about twice as much and runs once per example."""
+    new = TrainingExample.__new__(TrainingExample)
+    fields = ex.__dict__.copy()
+    fields.update(updates)
+    object.__setattr__(new, "__dict__", fields)
+    object.__setattr__(new, "__pydantic_fields_set__", ex.__pydantic_fields_set__ | updates.keys())
+    object.__setattr__(new, "__pydantic_extra__", None)
+    object.__setattr__(new, "__pydantic_private__", None)
+    return new
 
 
 def difficulty_of(steps: int, unique_tools: int, quality: float) -> float:
@@ -160,7 +187,8 @@ class ExampleQualityFilter:
         self.config = config or FilterConfig.from_settings(self.settings)
         self.scanner = ContentScanner(self.config)
         self._index = NearDuplicateIndex(
-            self.config.near_duplicate_jaccard, self.config.num_perm, self.config.num_bands, self.config.minhash_seed
+            self.config.near_duplicate_jaccard, self.config.num_perm, self.config.num_bands, self.config.minhash_seed,
+            self.config.shingle_size,
         )
         self._pool_task: Counter[str] = Counter()
         self._pool_domain: Counter[str] = Counter()
@@ -191,11 +219,17 @@ class ExampleQualityFilter:
 
     async def filter_detailed(self, examples: list[TrainingExample | dict[str, Any]]) -> FilterReport:
         """Run every rule and return one decision per input example, in input order."""
+        # A batch allocates several objects per example that all live until it ends: the cyclic collector would
+        # walk them (and the whole pool) again and again for nothing, as in ingestion.
+        with _paused_gc():
+            return await self._filter_detailed(examples)
+
+    async def _filter_detailed(self, examples: list[TrainingExample | dict[str, Any]]) -> FilterReport:
         started = time.perf_counter()
         await self._refresh_pool()
         items, decisions = self._complete(examples)
         self._scan(items)
-        await self._dedup(items)
+        sigs = await self._dedup(items)
         self._gate(items)
         self._outliers(items, len(examples))
         alerts = self._batch_rules(items)
@@ -211,7 +245,7 @@ class ExampleQualityFilter:
                 raise L07Error(L07ErrorCode.STORAGE_WRITE_FAILURE,
                                f"storing {len(report.decisions)} filter decisions failed: {exc.__class__.__name__}",
                                examples=len(report.decisions)) from exc
-        self._remember(report)
+        self._remember(items, report, sigs)
         self._count(report)
         report.duration_s = time.perf_counter() - started
         return report
@@ -264,12 +298,16 @@ class ExampleQualityFilter:
 
     def _scan(self, items: list[_Item]) -> None:
         for item in items:
-            ex = item.example
-            item.input_norm = normalise_text(ex.input_text)
-            item.output_norm = normalise_text(ex.output_text)
-            item.content_hash = _hash_normalised(item.input_norm, item.output_norm)
-            item.scan = self.scanner.cached_or_scan(ex, item.content_hash)
-            self._rewrite(item)
+            cached = self.scanner.cached(item.example)
+            if cached is not None:
+                # Scanned at extraction (contract §8 #17): the text is not read again here.
+                item.scan, item.content_hash, item.output_key = cached.report, cached.content_hash, cached.output_hash
+                item.signature = cached.signature
+            else:
+                item.scan = self.scanner.scan(item.example)
+                item.rekey()
+            if item.scan:
+                self._rewrite(item)
         triggers = self._trigger_check(items)
         for pos, item in enumerate(items):
             scan = item.scan
@@ -298,22 +336,18 @@ class ExampleQualityFilter:
         cfg = self.config
         # Count distinct (input, output) pairs: the same task replayed many times is repetition (the dedup rule's
         # business), not a trigger. A planted backdoor pairs *different* inputs carrying the token with one output.
-        first_of: dict[tuple[str, str], int] = {}
+        first_of: dict[str, int] = {}
         members: dict[int, list[int]] = defaultdict(list)
         for pos, item in enumerate(items):
-            rep = first_of.setdefault((item.input_norm, item.output_norm), pos)
+            rep = first_of.setdefault(item.content_hash, pos)
             members[rep].append(pos)
         reps = list(members)
-        outputs = Counter(items[r].output_norm for r in reps)
+        outputs = Counter(items[r].output_key for r in reps)
         if len(reps) < cfg.trigger_min_support or outputs.most_common(1)[0][1] < cfg.trigger_min_support:
-            return {}  # no output repeats often enough to be a planted target: skip building token sets
-        token_sets = []
-        for r in reps:
-            words = items[r].input_norm.split()
-            token_sets.append(set(words) | {f"{a} {b}" for a, b in zip(words, words[1:])})
+            return {}  # no output repeats often enough to be a planted target: skip reading the inputs
         flagged = rare_token_cooccurrence(
-            token_sets, [items[r].output_norm for r in reps], cfg.trigger_min_support, cfg.trigger_max_doc_share,
-            cfg.trigger_output_share,
+            [normalise_text(items[r].texts()[0]).split() for r in reps], [items[r].output_key for r in reps],
+            cfg.trigger_min_support, cfg.trigger_max_doc_share, cfg.trigger_output_share,
         )
         return {pos: token for idx, token in flagged.items() for pos in members[reps[idx]]}
 
@@ -350,16 +384,18 @@ class ExampleQualityFilter:
             for name, spans in by_field.items():
                 item.updates[name] = replace_spans(getattr(ex, name), spans)
         if "input_text" in item.updates or "output_text" in item.updates:
-            item.input_norm = normalise_text(item.updates.get("input_text", ex.input_text))
-            item.output_norm = normalise_text(item.updates.get("output_text", ex.output_text))
-            item.content_hash = _hash_normalised(item.input_norm, item.output_norm)
+            # Stored text changed: hash, output key and signature follow the stored form, not the cached one.
+            item.norm, item.signature = None, None
+            item.rekey()
 
     # --- rule 4: duplicates --------------------------------------------------------------------------------------
 
-    async def _dedup(self, items: list[_Item]) -> None:
+    async def _dedup(self, items: list[_Item]) -> np.ndarray:
+        """Rule 4; returns the signature matrix of the items that reached the near-duplicate check."""
+        no_sigs = np.empty((0, self.config.num_perm), dtype=np.uint32)
         live = [it for it in items if it.decision is None]
         if not live:
-            return
+            return no_sigs
         batch_ids = {it.example.example_id for it in items}
         exec_keys = [(it.example.source_type.value, it.example.execution_id) for it in live if it.example.execution_id]
         if self.db is not None:
@@ -370,8 +406,10 @@ class ExampleQualityFilter:
                 stored_hashes = await repo.stored_hashes([it.content_hash for it in live], batch_ids)
                 stored_exec = await repo.stored_execution_keys(exec_keys, batch_ids) if exec_keys else {}
         else:
-            stored_hashes = {h: e for h, e in self._seen_hashes.items() if e not in batch_ids}
-            stored_exec = {k: e for k, e in self._seen_exec.items() if e not in batch_ids}
+            # Only the batch's own keys are looked up: the cost follows the batch, not the pool.
+            seen_h, seen_x = self._seen_hashes, self._seen_exec
+            stored_hashes = {h: e for it in live if (e := seen_h.get(h := it.content_hash)) and e not in batch_ids}
+            stored_exec = {k: e for k in exec_keys if (e := seen_x.get(k)) and e not in batch_ids}
         batch_hash: dict[str, str] = {}
         batch_exec: dict[tuple[str, str], str] = {}
         for it in live:
@@ -388,27 +426,54 @@ class ExampleQualityFilter:
                 self._decide(it, Decision.REJECT, "duplicate", None, "execution_duplicate",
                              f"execution {ex.execution_id} already gave example {exec_earlier}")
         live = [it for it in live if it.decision is None]
+        if not live:
+            return no_sigs
         size = self.config.shingle_size
-        docs = [shingles(it.input_norm, it.output_norm, size) for it in live]
-        found = self._index.find([it.example.example_id for it in live], docs)
+        sigs = self._sign(live)
+        found = self._index.find_signed(
+            [it.example.example_id for it in live], sigs, lambda i: frozenset(shingles(*live[i].normalised(), size)),
+        )
         for it, dup in zip(live, found):
             if dup is not None:
                 where = "stored example" if dup.in_pool else "earlier example in the batch"
                 self._decide(it, Decision.REJECT, "duplicate", None, "near_duplicate",
                              f"Jaccard {dup.jaccard:.3f} >= {self.config.near_duplicate_jaccard} with {where} {dup.of}")
+        return sigs
+
+    def _sign(self, live: list[_Item]) -> np.ndarray:
+        """The live items' MinHash matrix (row ``item.sig``): decoded from the extraction-time cache, computed here
+        for the rest."""
+        cfg = self.config
+        sigs = np.empty((len(live), cfg.num_perm), dtype=np.uint32)
+        cached = [i for i, it in enumerate(live) if it.signature is not None]
+        fresh = [i for i, it in enumerate(live) if it.signature is None]
+        if cached:
+            sigs[cached] = decode_many([str(live[i].signature) for i in cached], cfg.num_perm)
+        if fresh:
+            docs = [shingles(*live[i].normalised(), cfg.shingle_size) for i in fresh]
+            sigs[fresh] = signatures(docs, cfg.num_perm, cfg.minhash_seed)
+        for row, it in enumerate(live):
+            it.sig = row
+        return sigs
 
     # --- rules 5 to 7: confidence, L06 quality, composite --------------------------------------------------------
 
     def _gate(self, items: list[_Item]) -> None:
         cfg = self.config
-        for it in items:
-            if it.decision is not None:
-                continue
-            ex = it.example
-            c, q = ex.confidence, ex.quality_score
-            it.composite = composite_score(
-                q, c, self._diversity(ex), difficulty_of(ex.execution_length, ex.tool_count, q), ex.execution_length
-            )
+        live = [it for it in items if it.decision is None]
+        if not live:
+            return
+        composite = self._composites([it.example for it in live])
+        conf = np.array([it.example.confidence for it in live], dtype=float)  # None -> nan
+        quality = np.array([it.example.quality_score for it in live], dtype=float)
+        # Only examples that fail some gate need the rule-by-rule walk below (which names the first failing rule).
+        failing = np.isnan(conf) | (conf < cfg.min_confidence) | (quality < cfg.min_quality_score) | (
+            composite < cfg.min_composite_score)
+        for it, value in zip(live, composite.tolist()):
+            it.composite = value
+        for pos in np.flatnonzero(failing).tolist():
+            it = live[pos]
+            c, q = it.example.confidence, it.example.quality_score
             if c is None:
                 self._decide(it, Decision.REVIEW, "low_confidence", L07ErrorCode.QUALITY_SIGNAL_UNAVAILABLE.value,
                              "confidence", "no confidence: REVIEW only (E7021)")
@@ -429,6 +494,22 @@ class ExampleQualityFilter:
             elif it.composite < cfg.min_composite_score:
                 self._decide(it, Decision.REVIEW, "low_composite", None, "composite",
                              f"composite {it.composite:.1f} in review band")
+
+    def _composites(self, examples: list[TrainingExample]) -> np.ndarray:
+        """``composite_score`` of every example at once (same operations in the same order, so the same floats)."""
+        q = np.array([ex.quality_score for ex in examples], dtype=float)
+        c = np.array([ex.confidence or 0.0 for ex in examples], dtype=float)
+        steps = np.array([ex.execution_length for ex in examples], dtype=float)
+        tools = np.array([ex.tool_count for ex in examples], dtype=float)
+        members = self._pool_members
+        if self._pool_size == 0 and not members:
+            diversity = np.full(len(examples), 0.5)
+        else:
+            diversity = np.array([self._diversity(ex) for ex in examples], dtype=float)
+        difficulty = 0.3 * np.minimum(steps / 10, 1) + 0.3 * np.minimum(tools / 5, 1) + 0.4 * (1 - q / 100)
+        informativeness = 0.5 * difficulty + 0.5 * np.minimum(steps / 5, 1)
+        value = 100 * (0.6 * q / 100 + 0.2 * c + 0.1 * diversity + 0.1 * informativeness)
+        return np.clip(value, 0.0, 100.0)
 
     def _diversity(self, ex: TrainingExample) -> float:
         same = self._pool_task[ex.task_type] + self._pool_domain[ex.domain]
@@ -551,17 +632,19 @@ class ExampleQualityFilter:
     def _finish(self, item: _Item) -> FilterDecision:
         d = item.decision or FilterDecision(item.index, item.example.example_id, Decision.ACCEPT, "accepted",
                                             domain=item.example.domain)
+        ex = item.example
         updates = dict(item.updates)
-        scan = item.scan
-        metadata = dict(updates.get("metadata", item.example.metadata))
-        if scan is not None:
-            metadata["scan_flags"] = scan.flags
+        flags = item.scan.flags if item.scan is not None else []
+        if updates or item.signature is None or ex.metadata.get("scan_flags") != flags:
+            # Rewritten or scanned here: the extraction-time cache (if any) no longer describes the stored text.
+            metadata = dict(updates.get("metadata", ex.metadata))
+            metadata["scan_flags"] = flags
             metadata.pop("scan", None)
-        updates["metadata"] = metadata
+            updates["metadata"] = metadata
         updates["status"] = d.decision.status
         updates["content_hash"] = item.content_hash
         d.composite = item.composite
-        d.example = item.example.model_copy(update=updates)
+        d.example = _copy_with(ex, updates)
         return d
 
     async def _persist(self, report: FilterReport) -> None:
@@ -603,30 +686,44 @@ class ExampleQualityFilter:
         return {"alert_id": new_id(), "alert_name": name, "severity": severity, "error_code": code, "domain": "data",
                 "message": message, "details": details, "circuit_breaker_state": None}
 
-    def _remember(self, report: FilterReport) -> None:
+    def _remember(self, items: list[_Item], report: FilterReport, sigs: np.ndarray) -> None:
         """Grow the in-memory pool (near-dup index, diversity counts, seen hashes) with this batch's outcome."""
-        keep: list[str] = []
-        for d in report.decisions:
+        if self.db is None:
+            for d in report.decisions:
+                ex = d.example
+                if ex is not None and d.reason != "duplicate":
+                    self._seen_hashes.setdefault(ex.content_hash, ex.example_id)
+                    if ex.execution_id:
+                        self._seen_exec.setdefault((ex.source_type.value, ex.execution_id), ex.example_id)
+        known = self._pool_known
+        rows: list[int] = []
+        sources: list[tuple[str, str]] = []
+        kept: list[TrainingExample] = []
+        accepted: list[tuple[str, str, str]] = []
+        for item in items:
+            d = report.decisions[item.index]
             ex = d.example
-            if ex is None:
+            if d.decision is Decision.REJECT or d.decision is Decision.QUARANTINE or ex is None \
+                    or ex.example_id in known:
                 continue
-            if self.db is None and d.reason != "duplicate":
-                self._seen_hashes.setdefault(ex.content_hash, ex.example_id)
-                if ex.execution_id:
-                    self._seen_exec.setdefault((ex.source_type.value, ex.execution_id), ex.example_id)
-            if d.decision in (Decision.ACCEPT, Decision.REVIEW) and ex.example_id not in self._pool_known:
-                self._pool_known.add(ex.example_id)
-                keep.append(ex.example_id)
-                if d.decision is Decision.ACCEPT:
-                    self._add_to_pool_counts(ex.example_id, ex.task_type, ex.domain)
-        # The batch was indexed provisionally by the near-duplicate check; keep what joins the pool.
-        self._index.keep(keep)
+            kept.append(ex)
+            rows.append(item.sig)
+            # The pool keeps the stored text, not its shingles: the exact check builds them only for candidates.
+            sources.append((ex.input_text, ex.output_text))
+            if d.decision is Decision.ACCEPT:
+                accepted.append((ex.example_id, ex.task_type, ex.domain))
+        if kept:
+            ids = [ex.example_id for ex in kept]
+            known.update(ids)
+            self._index.add_signed(ids, sigs[rows], sources)
+            self._add_to_pool_counts(accepted)
 
-    def _add_to_pool_counts(self, example_id: str, task_type: str, domain: str) -> None:
-        self._pool_members[example_id] = (task_type, domain)
-        self._pool_task[task_type] += 1
-        self._pool_domain[domain] += 1
-        self._pool_size += 1
+    def _add_to_pool_counts(self, accepted: list[tuple[str, str, str]]) -> None:
+        """Count ``(example_id, task_type, domain)`` of newly accepted examples in the diversity pool."""
+        self._pool_members.update((eid, (task, domain)) for eid, task, domain in accepted)
+        self._pool_task.update(task for _, task, _ in accepted)
+        self._pool_domain.update(domain for _, _, domain in accepted)
+        self._pool_size += len(accepted)
 
     async def _refresh_pool(self) -> None:
         """Load stored ACCEPTED/REVIEW examples this instance has not indexed yet (dedup and diversity pool)."""
@@ -640,19 +737,21 @@ class ExampleQualityFilter:
             rows = await repo.pool_texts(missing) if missing else []
         size = self.config.shingle_size
         ids, docs = [], []
-        for eid, status, inp, out, task_type, domain in rows:
+        for eid, _, inp, out, _, _ in rows:
             self._pool_known.add(eid)
             ids.append(eid)
             docs.append(shingles(normalise_text(inp), normalise_text(out), size))
-            if status == ExampleStatus.ACCEPTED.value:
-                self._add_to_pool_counts(eid, task_type, domain)
+        self._add_to_pool_counts([(eid, task, domain) for eid, status, _, _, task, domain in rows
+                                  if status == ExampleStatus.ACCEPTED.value])
         self._index.add(ids, docs)
 
     @staticmethod
     def _count(report: FilterReport) -> None:
-        for d in report.decisions:
-            EXAMPLES_FILTERED.labels(d.decision.value.lower(), d.reason, d.domain).inc()
-            if d.code:
-                ERRORS.labels(d.code, "security" if d.decision is Decision.QUARANTINE else "data").inc()
-            if d.decision is Decision.QUARANTINE and d.reason not in ("pii", "secret"):
-                DATA_POISONING_DETECTED.labels(d.domain).inc()
+        # Counted per label set, not per example: one metric update per distinct outcome of the batch.
+        outcomes = Counter((d.decision, d.reason, d.domain, d.code) for d in report.decisions)
+        for (decision, reason, domain, code), n in outcomes.items():
+            EXAMPLES_FILTERED.labels(decision.value.lower(), reason, domain).inc(n)
+            if code:
+                ERRORS.labels(code, "security" if decision is Decision.QUARANTINE else "data").inc(n)
+            if decision is Decision.QUARANTINE and reason not in ("pii", "secret"):
+                DATA_POISONING_DETECTED.labels(domain).inc(n)

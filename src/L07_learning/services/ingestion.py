@@ -59,6 +59,7 @@ from ..store.repositories.events import ProcessedEventRepository, RejectedEventR
 from ..store.repositories.examples import ExampleRepository
 from ..store.repositories.joins import PLAN_PREFIX, JoinRepository, JoinRow, window_cutoff
 from ..store.repositories.rewards import RewardRepository
+from .filtering import ContentScanner, FilterConfig
 from .reward_signals import MIN_PAIR_MARGIN, compute_rewards, pair_from_correction
 
 log = logging.getLogger(__name__)
@@ -211,6 +212,7 @@ class IngestionPipeline:
         self.settings = settings or get_settings()
         self.db = db or get_database(self.settings.database_url)
         self._allow_list = tuple(self.settings.source_allow_list)
+        self._scanner = ContentScanner(FilterConfig.from_settings(self.settings))
 
     # ---- parse (pure) ----------------------------------------------------------------------------------------
 
@@ -366,6 +368,10 @@ class IngestionPipeline:
                 summary.events_rejected += 1
                 summary.rejected_by_code[item.code or ""] = summary.rejected_by_code.get(item.code or "", 0) + 1
             summary.examples_extracted += len(item.examples)
+        # 5. Contract §8 #17: the content scan runs here, once per batch; the filter reuses it from metadata["scan"].
+        scanned = iter(self._scanner.annotate_many([ex for item in items for ex in item.examples]))
+        for item in items:
+            item.examples = [next(scanned) for _ in item.examples]
         return BatchResult(items, summary)
 
     def _reject(self, items: list[ItemResult], rejections: list[dict[str, Any]], p: _Parsed, err: L07Error,

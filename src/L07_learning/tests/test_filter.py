@@ -14,7 +14,6 @@ from L07_learning.observability.metrics import REGISTRY
 from L07_learning.services.example_quality_filter import Decision, ExampleQualityFilter, composite_score, difficulty_of
 from L07_learning.services.filtering import ContentScanner, FilterConfig
 from L07_learning.services.filtering.pii import PIIDetector
-from L07_learning.services.filtering.scan import _mac as _scan_mac
 from L07_learning.services.filtering.secret_scan import SecretScanner
 from L07_learning.store.repositories.filter_decisions import FilterDecisionRepository
 from L07_learning.tests.curation_data import AWS_KEY, JWT, PEM, clean_examples, make_example, near_duplicate_of, planted_set
@@ -229,32 +228,90 @@ async def test_one_agent_cannot_dominate_a_batch():
 def test_filter_content_hash_is_the_models_content_hash():
     from L07_learning.models import compute_content_hash
     from L07_learning.models.training_example import normalise_text
-    from L07_learning.services.example_quality_filter import _hash_normalised
+    from L07_learning.services.filtering.scan import hash_normalised
 
     a, b = "  Hello\u00a0World ", "ＡＢＣ  def"
-    assert _hash_normalised(normalise_text(a), normalise_text(b)) == compute_content_hash(a, b)
+    assert hash_normalised(normalise_text(a), normalise_text(b)) == compute_content_hash(a, b)
+    # The ASCII fast path of normalise_text gives what NFKC + the whitespace regex give.
+    import re
+    import unicodedata
+
+    for t in ("  A\tb\x1c\x1fC \n", " ", "x\x0b\x0cy  Z", "Hello   World", "caf\u00e9  \u2003x"):
+        assert normalise_text(t) == re.sub(r"\s+", " ", unicodedata.normalize("NFKC", t).lower()).strip()
 
 
 async def test_cached_scan_is_used_only_while_the_text_is_unchanged():
     scanner = ContentScanner()
     ex = scanner.annotate(make_example(1))
-    assert ex.metadata["scan"]["findings"] == [] and ex.metadata["scan_flags"] == []
+    assert ex.metadata["scan"]["findings"] == "[]" and ex.metadata["scan_flags"] == []
     tampered = TrainingExample.model_validate({**ex.model_dump(), "output_text": f"use {AWS_KEY}", "content_hash": ""})
     report = await ExampleQualityFilter().filter_detailed([ex, tampered])
     assert [d.reason for d in report.decisions] == ["accepted", "secret"]
-    # A cache forged by the caller (right hash, no findings, wrong MAC) is not trusted either.
+    # A cache forged by the caller (another example's valid cache, no findings) is not trusted either.
     leaky = make_example(2, output_text=f"use {AWS_KEY}")
-    forged_cache = {**ex.metadata["scan"], "content_hash": leaky.content_hash}
-    forged = leaky.model_copy(update={"metadata": {**leaky.metadata, "scan": forged_cache}})
+    forged = leaky.model_copy(update={"metadata": {**leaky.metadata, "scan": ex.metadata["scan"]}})
     assert [d.reason for d in (await ExampleQualityFilter().filter_detailed([forged])).decisions] == ["secret"]
     # A cache is trusted only under the key that wrote it: another process's key means a rescan.
     key = b"k" * 32
-    clean = ContentScanner(cache_key=key).annotate(make_example(3))
-    swapped = leaky.model_copy(update={"metadata": {**leaky.metadata, "scan": {
-        **clean.metadata["scan"], "content_hash": leaky.content_hash,
-        "mac": _scan_mac(key, leaky.content_hash, [])}}})
-    assert ContentScanner(cache_key=key).cached_or_scan(swapped, leaky.content_hash).secrets == []  # trusted (same key)
-    assert ContentScanner().cached_or_scan(swapped, leaky.content_hash).secrets  # other key: rescanned
+    keyed = ContentScanner(cache_key=key)
+    cache = dict(keyed.annotate(leaky).metadata["scan"], findings="[]")
+    cache["mac"] = keyed._mac(leaky, cache["content_hash"], cache["output_hash"], "[]", cache["minhash"])
+    swapped = leaky.model_copy(update={"metadata": {**leaky.metadata, "scan": cache}})
+    assert ContentScanner(cache_key=key).cached(swapped).report.secrets == []  # trusted (same key)
+    assert ContentScanner().cached(swapped) is None  # other key: not trusted, the filter rescans
+    # Moving text between scanned fields breaks the MAC too.
+    moved = ex.model_copy(update={"input_text": ex.input_text + " " + ex.output_text[:3],
+                                  "output_text": ex.output_text[3:]})
+    assert scanner.cached(moved) is None
+
+
+def _outcome(report):
+    # Incomplete examples are rejected before any scan, so their metadata is whatever the caller passed.
+    return [(d.example_id, d.decision, d.reason, d.code, d.rule, d.detail, d.composite,
+             d.example.input_text if d.example else None, d.example.output_text if d.example else None,
+             d.example.content_hash if d.example else None, d.example.metadata.get("scan_flags") if d.example and d.reason != "incomplete" else None,
+             d.example.metadata.get("pii_redacted") if d.example else None) for d in report.decisions]
+
+
+async def test_cached_scan_flags_give_the_same_decisions_as_a_fresh_scan():
+    batch, _ = planted_set()
+    extra = [make_example(900 + i, output_text=f"Mailed dave{i}@example.org from {i}.{i}.{i}.{i}") for i in range(3)]
+    batch = [*batch, *extra, near_duplicate_of(batch[0], "ex-00950", "exec-00950")]
+    scanner = ContentScanner()
+    annotated = scanner.annotate_many(batch)
+    assert any(ex.metadata["scan_flags"] for ex in annotated)  # the planted set does carry findings
+    fresh = await ExampleQualityFilter().filter_detailed(batch)
+    cached = await ExampleQualityFilter().filter_detailed(annotated)
+    assert _outcome(cached) == _outcome(fresh)
+    assert {d.decision for d in fresh.decisions} >= {Decision.ACCEPT, Decision.QUARANTINE, Decision.REJECT}
+    assert [a["alert_name"] for a in cached.alerts] == [a["alert_name"] for a in fresh.alerts]
+    # Redacted or masked examples do not keep the cache: it describes the text before redaction.
+    for d in cached.decisions:
+        if d.example is not None and d.example.input_text + d.example.output_text != \
+                annotated[d.index].input_text + annotated[d.index].output_text:
+            assert "scan" not in d.example.metadata
+
+
+async def test_cache_is_used_and_examples_without_one_are_still_scanned(monkeypatch):
+    scanner = ContentScanner()
+    leaky = make_example(1, output_text=f"use {AWS_KEY}")
+    mailer = make_example(2, output_text="Reply to erin@example.com today")
+    flt = ExampleQualityFilter()
+    calls = []
+    real_scan = flt.scanner.scan
+    monkeypatch.setattr(flt.scanner, "scan", lambda ex: calls.append(ex.example_id) or real_scan(ex))
+    annotated = scanner.annotate_many([leaky, mailer, make_example(3)])
+    stripped = make_example(4, output_text=f"key {AWS_KEY}")  # built directly: no cache
+    no_cache = annotated[2].model_copy(update={"metadata": {k: v for k, v in annotated[2].metadata.items() if k != "scan"},
+                                                "example_id": "ex-00005", "execution_id": "exec-5",
+                                                "output_text": "A different answer entirely, said twice twice"})
+    report = await flt.filter_detailed([*annotated, stripped, no_cache])
+    assert [(d.decision.value, d.reason) for d in report.decisions] == [
+        ("QUARANTINE", "secret"), ("ACCEPT", "accepted"), ("ACCEPT", "accepted"), ("QUARANTINE", "secret"),
+        ("ACCEPT", "accepted")]
+    assert calls == ["ex-00004", "ex-00005"]  # only the uncached examples were scanned here
+    assert report.decisions[1].example.output_text == "Reply to <EMAIL_1> today"
+    assert AWS_KEY not in json.dumps([d.example.model_dump(mode="json") for d in report.decisions])
 
 
 async def test_pending_examples_stored_by_the_extractor_are_decided_in_place(db):

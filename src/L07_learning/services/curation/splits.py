@@ -13,7 +13,8 @@ import random
 from collections import Counter, defaultdict
 
 from ...models.training_example import TrainingExample, compute_content_hash, normalise_text
-from ..filtering.dedup import NearDuplicateIndex, shingles
+from ..filtering.dedup import NearDuplicateIndex
+from ..filtering.minhash import shingles
 
 SPLIT_ORDER = ("train", "val", "test")
 MIN_STRATUM = 10

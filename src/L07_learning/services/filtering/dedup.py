@@ -1,29 +1,31 @@
-"""Near-duplicate detection: MinHash LSH over word shingles (``rensa``), verified by exact shingle Jaccard.
+"""Near-duplicate detection: MinHash LSH (banded signatures) verified by exact shingle Jaccard.
 
-LSH only proposes candidates; every reported pair is checked against the exact Jaccard of the two shingle sets, so
-the threshold (0.8 by default, contract §5.2 rule 4) is exact and the answer does not depend on hash luck beyond the
-LSH candidate recall. With 64 permutations in 16 bands of 4 rows, a pair at Jaccard 0.8 becomes a candidate with
-probability 1 - (1 - 0.8**4)**16 > 0.9997.
+Signatures come from rensa (``minhash.signatures``) or from the extraction-time cache. The LSH banding runs in numpy:
+each band of ``num_perm / num_bands`` signature values is folded into one 64-bit bucket key, and a batch is sorted and
+binary-searched against the pool's sorted keys at once, so one batch costs a few array sorts instead of a hash-table
+insert and query per document and band. LSH only proposes candidates; every reported pair is checked against the
+exact Jaccard of the two shingle sets, so the threshold (0.8 by default, contract §5.2 rule 4) is exact. With 64
+permutations in 16 bands of 4 rows, a pair at Jaccard 0.8 becomes a candidate with probability
+1 - (1 - 0.8**4)**16 > 0.9997.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from rensa import RMinHash, RMinHashLSH
+import numpy as np
 
-SEPARATOR = "\u241f"
+from .minhash import signatures, text_shingles
 
+# A candidate whose signature agreement is this far below the threshold is not verified exactly: with 64 permutations
+# the estimate's standard deviation is at most 0.0625 and about 0.05 at Jaccard 0.8, so a pair at the threshold falls
+# this low with probability below 1e-6, and skipping it saves building two shingle sets per false LSH candidate.
+_ESTIMATE_MARGIN = 0.25
+_MIX = np.uint64(0x9E3779B97F4A7C15)
 
-def shingles(input_norm: str, output_norm: str, size: int) -> list[str]:
-    """Word ``size``-grams of normalised input and output (a separator keeps the two sides apart).
-
-    Texts shorter than ``size`` words give one shingle, the whole text, so they match only exact copies.
-    """
-    words = input_norm.split() + [SEPARATOR] + output_norm.split()
-    if len(words) <= size:
-        return [" ".join(words)]
-    return list(map(" ".join, zip(*(words[i:] for i in range(size)))))
+ShingleSource = frozenset[str] | tuple[str, str]
+"""A pool document's shingle set, or its raw (input, output) text to build the set from when a candidate needs it."""
 
 
 def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
@@ -43,106 +45,202 @@ class NearDuplicate:
     in_pool: bool
 
 
+class _SortedKeys:
+    """Bucket keys of the pool, as a few sorted segments (merged geometrically, so adding a batch never re-sorts a
+    large pool) with the pool position of each key."""
+
+    def __init__(self) -> None:
+        self._segments: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def add(self, keys: np.ndarray, positions: np.ndarray) -> None:
+        order = np.argsort(keys)
+        self._segments.append((keys[order], positions[order]))
+        while len(self._segments) > 1 and len(self._segments[-1][0]) * 2 >= len(self._segments[-2][0]):
+            (k2, p2), (k1, p1) = self._segments.pop(), self._segments.pop()
+            keys_all, pos_all = np.concatenate([k1, k2]), np.concatenate([p1, p2])
+            order = np.argsort(keys_all, kind="stable")  # timsort: two sorted runs merge in linear time
+            self._segments.append((keys_all[order], pos_all[order]))
+
+    def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(query index, pool position)`` pairs of every key found (sorted ``keys`` search fastest)."""
+        q_parts, p_parts = [], []
+        for seg_keys, seg_pos in self._segments:
+            lo = np.searchsorted(seg_keys, keys, "left")
+            hi = np.searchsorted(seg_keys, keys, "right")
+            hits = np.flatnonzero(hi > lo)
+            if not hits.size:
+                continue
+            counts = hi[hits] - lo[hits]
+            # Every position lo..hi-1 of every hit, without a Python loop: a running index minus each run's offset.
+            offsets = np.repeat(np.cumsum(counts) - counts - lo[hits], counts)
+            q_parts.append(np.repeat(hits, counts))
+            p_parts.append(seg_pos[np.arange(int(counts.sum())) - offsets])
+        if not q_parts:
+            empty = np.empty(0, dtype=np.int64)
+            return empty, empty
+        return np.concatenate(q_parts), np.concatenate(p_parts)
+
+
 class NearDuplicateIndex:
     """A growing pool of documents plus batch queries against it and within the batch.
 
-    ``find`` indexes a batch provisionally; ``keep`` then commits the documents that stay in the pool and drops the
-    rest, so a batch is hashed and inserted once.
+    ``find``/``find_signed`` only query; ``add``/``add_signed`` put documents into the pool (the filter adds what it
+    kept once the batch is decided).
 
     Args:
         threshold: Jaccard at or above which two documents are near-duplicates.
         num_perm: MinHash permutations.
         num_bands: LSH bands (``num_perm`` must be divisible by it).
         seed: MinHash seed (fixed, so candidate sets are reproducible).
+        shingle_size: Words per shingle, for pool documents added as raw text.
     """
 
-    def __init__(self, threshold: float = 0.8, num_perm: int = 64, num_bands: int = 16, seed: int = 42) -> None:
+    def __init__(self, threshold: float = 0.8, num_perm: int = 64, num_bands: int = 16, seed: int = 42,
+                 shingle_size: int = 3) -> None:
         if num_perm % num_bands:
             raise ValueError(f"num_perm {num_perm} is not divisible by num_bands {num_bands}")
         self.threshold = threshold
         self.num_perm = num_perm
         self.num_bands = num_bands
         self.seed = seed
-        self._lsh = RMinHashLSH(threshold=threshold, num_perm=num_perm, num_bands=num_bands)
-        self._docs: dict[int, tuple[str, list[str]]] = {}
-        self._sets: dict[int, frozenset[str]] = {}
+        self.shingle_size = shingle_size
+        self._keys = _SortedKeys()
+        self._sigs = np.empty((0, num_perm), dtype=np.uint32)
+        self._size = 0
+        self._ids: list[str] = []
+        self._sources: list[ShingleSource] = []
         self._known: set[str] = set()
-        self._next_key = 0
-        self._pending: list[tuple[int, str, list[str]]] = []
 
     def __len__(self) -> int:
-        return len(self._docs)
+        return self._size
 
     def __contains__(self, doc_id: str) -> bool:
         return doc_id in self._known
 
+    def bucket_keys(self, sigs: np.ndarray) -> np.ndarray:
+        """``(n, num_bands)`` uint64 bucket keys; the band number is mixed in, so bands share one key space."""
+        rows = self.num_perm // self.num_bands
+        bands = sigs.reshape(len(sigs), self.num_bands, rows).astype(np.uint64)
+        key = np.zeros((len(sigs), self.num_bands), dtype=np.uint64)
+        for r in range(rows):
+            key = (key ^ bands[:, :, r]) * _MIX
+        return key ^ (np.arange(self.num_bands, dtype=np.uint64) * _MIX)
+
     def add(self, doc_ids: list[str], docs: list[list[str]]) -> None:
         """Add documents (shingle lists) to the pool; ids already present are skipped."""
-        pairs = [(i, d) for i, d in zip(doc_ids, docs) if i not in self._known]
-        if not pairs:
-            return
-        matrix = RMinHash.digest_matrix_from_token_sets([d for _, d in pairs], self.num_perm, self.seed)
-        self._lsh.insert_matrix(matrix, self._next_key)
-        for offset, (doc_id, doc) in enumerate(pairs):
-            self._docs[self._next_key + offset] = (doc_id, doc)
-            self._known.add(doc_id)
-        self._next_key += len(pairs)
+        self.add_signed(doc_ids, signatures(docs, self.num_perm, self.seed), [frozenset(d) for d in docs])
 
-    def _set(self, key: int) -> frozenset[str]:
-        if key not in self._sets:
-            self._sets[key] = frozenset(self._docs[key][1])
-        return self._sets[key]
+    def add_signed(self, doc_ids: list[str], sigs: np.ndarray, sources: list[ShingleSource]) -> None:
+        """Add documents by signature; ``sources`` give each one's shingle set, or its raw text, from which the set is
+        built only when a candidate needs the exact check (so the pool need not hold every shingle set)."""
+        known = self._known
+        keep = [i for i, doc_id in enumerate(doc_ids) if doc_id not in known]
+        if not keep:
+            return
+        if len(keep) < len(doc_ids):
+            doc_ids, sources = [doc_ids[i] for i in keep], [sources[i] for i in keep]
+            sigs = sigs[keep]
+        start, n = self._size, len(keep)
+        if start + n > len(self._sigs):
+            grown = np.empty((max(2 * len(self._sigs), start + n, 1024), self.num_perm), dtype=np.uint32)
+            grown[:start] = self._sigs[:start]
+            self._sigs = grown
+        self._sigs[start:start + n] = sigs
+        self._ids += doc_ids
+        self._sources += sources
+        known.update(doc_ids)
+        self._size += n
+        keys = self.bucket_keys(sigs)
+        positions = np.repeat(np.arange(start, start + n, dtype=np.int64), self.num_bands)
+        self._keys.add(keys.ravel(), positions)
 
     def find(self, doc_ids: list[str], docs: list[list[str]]) -> list[NearDuplicate | None]:
+        """For each document (a shingle list), the earlier one it near-duplicates: in the pool, or earlier here."""
+        return self.find_signed(doc_ids, signatures(docs, self.num_perm, self.seed), lambda i: frozenset(docs[i]))
+
+    def find_signed(
+        self, doc_ids: list[str], sigs: np.ndarray, batch_set: Callable[[int], frozenset[str]]
+    ) -> list[NearDuplicate | None]:
         """For each document, the earlier one it near-duplicates: in the pool, or earlier in this batch.
 
-        The batch stays indexed provisionally until ``keep`` says which documents join the pool.
+        Args:
+            doc_ids: Ids of the batch's documents.
+            sigs: Their ``(n, num_perm)`` signatures.
+            batch_set: The shingle set of batch document ``i`` (called only for LSH candidates).
         """
-        self.keep([])
-        n = len(docs)
-        if n == 0:
-            return []
-        start = self._next_key
-        matrix = RMinHash.digest_matrix_from_token_sets(docs, self.num_perm, self.seed)
-        flags = self._lsh.insert_matrix_and_query_duplicate_flags(matrix, start)
-        self._next_key += n
-        self._pending = [(start + i, doc_ids[i], docs[i]) for i in range(n)]
+        n = len(doc_ids)
         result: list[NearDuplicate | None] = [None] * n
-        flagged = [i for i in range(n) if flags[i]]
-        if not flagged:
+        if n == 0:
             return result
-        batch_sets: dict[int, frozenset[str]] = {}
+        memo: dict[int, frozenset[str]] = {}
 
-        def batch_set(i: int) -> frozenset[str]:
-            if i not in batch_sets:
-                batch_sets[i] = frozenset(docs[i])
-            return batch_sets[i]
+        def shingle_set(i: int) -> frozenset[str]:
+            if i not in memo:
+                memo[i] = batch_set(i)
+            return memo[i]
 
-        hashes = RMinHash.from_token_sets([docs[i] for i in flagged], self.num_perm, self.seed)
-        for i, candidates in zip(flagged, self._lsh.query_all(hashes)):
-            best: NearDuplicate | None = None
-            for key in candidates:
-                if key < start:
-                    if key not in self._docs or self._docs[key][0] == doc_ids[i]:
-                        continue  # dropped earlier, or this very document filtered again
-                    j, of, in_pool = jaccard(batch_set(i), self._set(key)), self._docs[key][0], True
-                elif key < start + i:
-                    # Only an earlier arrival makes this one the duplicate (contract §5.2 rule 4).
-                    j, of, in_pool = jaccard(batch_set(i), batch_set(key - start)), doc_ids[key - start], False
-                else:
-                    continue
-                if j >= self.threshold and (best is None or (in_pool, j) > (best.in_pool, best.jaccard)):
-                    best = NearDuplicate(of, j, in_pool)
-            result[i] = best
+        keys = self.bucket_keys(sigs)
+        flat = keys.ravel()
+        order = np.argsort(flat)
+        sorted_keys = flat[order]
+        # Candidate pairs (document, other, other is in the pool), from both sources, as arrays.
+        docs, others, in_pool = [], [], []
+        if self._size:
+            q, pos = self._keys.lookup(sorted_keys)
+            docs.append(order[q] // self.num_bands)
+            others.append(pos)
+            in_pool.append(np.ones(len(q), dtype=bool))
+        # Within the batch: equal keys sort next to each other; the later arrival is the candidate duplicate.
+        same = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1])
+        if same.size:
+            run_first: dict[int, int] = {}
+            later, earlier = [], []
+            for s in same.tolist():
+                first = run_first.get(s, s)
+                run_first[s + 1] = first
+                a = int(order[s + 1]) // self.num_bands
+                for k in range(first, s + 1):
+                    b = int(order[k]) // self.num_bands
+                    if a != b:
+                        later.append(max(a, b))
+                        earlier.append(min(a, b))
+            docs.append(np.asarray(later, dtype=np.int64))
+            others.append(np.asarray(earlier, dtype=np.int64))
+            in_pool.append(np.zeros(len(later), dtype=bool))
+        if not docs:
+            return result
+        doc, other, pooled = np.concatenate(docs), np.concatenate(others), np.concatenate(in_pool)
+        # Signature agreement of every pair at once; only pairs near enough get the exact check below.
+        other_sigs = np.empty((len(doc), self.num_perm), dtype=np.uint32)
+        other_sigs[pooled] = self._sigs[other[pooled]]
+        other_sigs[~pooled] = sigs[other[~pooled]]
+        estimate = (other_sigs == sigs[doc]).mean(axis=1)
+        near = np.flatnonzero(estimate >= self.threshold - _ESTIMATE_MARGIN)
+        candidates: dict[int, set[tuple[bool, int]]] = {}
+        for i, j, p in zip(doc[near].tolist(), other[near].tolist(), pooled[near].tolist()):
+            candidates.setdefault(i, set()).add((p, j))
+        for i, cands in candidates.items():
+            result[i] = self._verify(i, doc_ids, cands, shingle_set)
         return result
 
-    def keep(self, doc_ids: list[str] | set[str]) -> None:
-        """Commit the documents of the last ``find`` batch named in ``doc_ids`` to the pool; drop the others."""
-        keep = set(doc_ids)
-        for key, doc_id, doc in self._pending:
-            if doc_id in keep and doc_id not in self._known:
-                self._docs[key] = (doc_id, doc)
-                self._known.add(doc_id)
+    def _verify(self, i: int, doc_ids: list[str], cands: set[tuple[bool, int]],
+                batch_set: Callable[[int], frozenset[str]]) -> NearDuplicate | None:
+        best: NearDuplicate | None = None
+        for in_pool, j in sorted(cands):
+            if in_pool:
+                if self._ids[j] == doc_ids[i]:
+                    continue  # this very document filtered again
+                other, of = self._source(j), self._ids[j]
             else:
-                self._lsh.remove(key)
-        self._pending = []
+                other, of = batch_set(j), doc_ids[j]
+            sim = jaccard(batch_set(i), other)
+            if sim >= self.threshold and (best is None or (in_pool, sim) > (best.in_pool, best.jaccard)):
+                best = NearDuplicate(of, sim, in_pool)
+        return best
+
+    def _source(self, pos: int) -> frozenset[str]:
+        source = self._sources[pos]
+        if isinstance(source, tuple):
+            source = text_shingles(source[0], source[1], self.shingle_size)
+            self._sources[pos] = source
+        return source

@@ -117,8 +117,13 @@ class PoisoningScanner:
         return found
 
 
+def _tokens(words: list[str]) -> set[str]:
+    """Words and word bigrams of one normalised input."""
+    return set(words).union(map(" ".join, zip(words, words[1:])))
+
+
 def rare_token_cooccurrence(
-    input_tokens: list[set[str]],
+    input_words: list[list[str]],
     output_keys: list[str],
     min_support: int,
     max_doc_share: float,
@@ -131,35 +136,44 @@ def rare_token_cooccurrence(
     (at most a fifth as frequent), i.e. the token, not the task, predicts the output.
 
     Args:
-        input_tokens: Per example, the set of normalised input tokens and bigrams.
+        input_words: Per example, the words of its normalised input.
         output_keys: Per example, a key of the normalised output (equal outputs, equal keys).
 
     Returns:
         ``{example index: token}`` for every example that carries a suspicious token with its associated output.
     """
-    n = len(input_tokens)
+    n = len(input_words)
     if n < min_support:
         return {}
     output_freq = Counter(output_keys)
-    # A trigger needs at least ``min_support`` examples sharing one output: without a repeated output there is
-    # nothing to check, and only tokens of examples with a repeated output can qualify.
-    repeated = [i for i, key in enumerate(output_keys) if output_freq[key] >= min_support]
-    if not repeated:
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, key in enumerate(output_keys):
+        if output_freq[key] >= min_support:
+            groups[key].append(i)
+    # A token can only be flagged with an output that at least ``min_support`` of its examples share, so only tokens
+    # that often enough within one repeated output's examples are worth counting across the batch; ``bound`` is the
+    # most examples of one output that carry the token.
+    bound: Counter[str] = Counter()
+    for members in groups.values():
+        within: Counter[str] = Counter()
+        for i in members:
+            within.update(_tokens(input_words[i]))
+        for t, c in within.items():
+            if c >= min_support and c > bound[t]:
+                bound[t] = c
+    if not bound:
         return {}
-    suspects: set[str] = set().union(*(input_tokens[i] for i in repeated))
-    df: Counter[str] = Counter()
-    for toks in input_tokens:
-        df.update(toks & suspects)
-    limit = max(min_support, int(max_doc_share * n))
-    candidates = {t for t, c in df.items() if min_support <= c <= limit}
-    if not candidates:
-        return {}
+    words_only = all(" " not in t for t in bound)
     by_token: dict[str, list[int]] = defaultdict(list)
-    for i, toks in enumerate(input_tokens):
-        for t in toks & candidates:
+    for i, words in enumerate(input_words):
+        for t in (set(words) if words_only else _tokens(words)).intersection(bound):
             by_token[t].append(i)
+    limit = max(min_support, int(max_doc_share * n))
     flagged: dict[int, str] = {}
     for token, idxs in by_token.items():
+        # ``bound / df`` caps the share of the token's examples that one output can hold.
+        if not min_support <= len(idxs) <= limit or bound[token] / len(idxs) < output_share:
+            continue
         top, top_count = Counter(output_keys[i] for i in idxs).most_common(1)[0]
         if top_count < min_support or top_count / len(idxs) < output_share:
             continue

@@ -1,29 +1,40 @@
-"""Content scan of one example: secrets, poisoning and PII findings, with a cache in ``metadata["scan"]``.
+"""Content scan of one example: secrets, poisoning and PII findings, cached at extraction in ``metadata["scan"]``.
 
 Contract §8 #17: the scans run at extraction and are cached on the example, so ``filter()``'s 100 ms budget covers
-gating, dedup and scoring. The cache is trusted only while it names the example's current content hash and carries a
-valid HMAC under the scanner's key (by default a key made fresh in each process, so a cache written by a caller, or
-by anyone outside this process, is never trusted); otherwise the filter scans again.
+gating, dedup and scoring. The cache holds everything the filter needs to decide without reading the text again:
+the findings (spans, kinds, secret digests: enough to mask, redact and quarantine exactly as a fresh scan would), the
+normalised content hash, an output hash (batch trigger check) and the MinHash signature. ``metadata["scan_flags"]``
+is its human-readable summary.
+
+The cache is trusted only with a valid MAC (keyed BLAKE2b) over itself and the example's scanned text, made under
+the scanner's key (by default a key made fresh in each process), for the same scanner configuration. A cache written
+by a caller, by another process, or before the text changed is never trusted: the filter scans again.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import secrets
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...models.training_example import TrainingExample, compute_content_hash
+from ...models.training_example import TrainingExample, normalise_text
 from .config import FilterConfig
 from .findings import Finding, replace_spans
+from .minhash import encode, shingles, signatures
 from .pii import PIIDetector
 from .poisoning import PoisoningScanner
 from .secret_scan import SecretScanner, mask_token
 
-SCAN_VERSION = "1"
+SCAN_VERSION = "2"
 SCANNED_FIELDS = ("input_text", "output_text", "final_answer", "reasoning")
+_CATEGORY_LIST = {"secret": "secrets", "poisoning": "poisoning", "pii": "pii"}
+_PROCESS_KEY = secrets.token_bytes(32)
+_SEP = "\x1f"
+CONTENT_HASH_SEPARATOR = "\u241f"
+"""The separator ``models.training_example.compute_content_hash`` puts between input and output (a test pins it)."""
 
 
 @dataclass
@@ -34,49 +45,86 @@ class ScanReport:
     poisoning: list[Finding] = field(default_factory=list)
     pii: list[Finding] = field(default_factory=list)
 
+    def __bool__(self) -> bool:
+        return bool(self.secrets or self.poisoning or self.pii)
+
     @property
     def flags(self) -> list[str]:
-        if not (self.secrets or self.poisoning or self.pii):
+        if not self:
             return []
         return sorted({f"{f.category}:{f.kind}" for f in (*self.secrets, *self.poisoning, *self.pii)})
 
-    def to_cache(self, content_hash: str, key: bytes) -> dict[str, Any]:
-        findings = [f.to_dict() for f in (*self.secrets, *self.poisoning, *self.pii)]
-        return {"version": SCAN_VERSION, "content_hash": content_hash, "findings": findings,
-                "mac": _mac(key, content_hash, findings)}
+    def findings_json(self) -> str:
+        if not self:
+            return "[]"
+        return json.dumps([f.to_dict() for f in (*self.secrets, *self.poisoning, *self.pii)], sort_keys=True)
 
     @classmethod
-    def from_cache(cls, cache: dict[str, Any]) -> "ScanReport":
+    def from_json(cls, text: str) -> "ScanReport":
         report = cls()
-        for raw in cache.get("findings", []):
-            f = Finding.from_dict(raw)
-            getattr(report, {"secret": "secrets", "poisoning": "poisoning", "pii": "pii"}[f.category]).append(f)
+        if text != "[]":
+            for raw in json.loads(text):
+                f = Finding.from_dict(raw)
+                getattr(report, _CATEGORY_LIST[f.category]).append(f)
         return report
 
 
-_PROCESS_KEY = secrets.token_bytes(32)
+_NO_FINDINGS = ScanReport()
+"""Shared by every clean cached example: the filter only reads scan reports."""
+
+# Caches this process issued, by ``id(example)``: an example that is still the very object annotated, with the very
+# cache dict and text objects it was annotated with, needs no MAC check (that is ~5x the cost of this lookup). A copy,
+# an edit, or a round trip through JSON misses here and is checked by MAC instead. Entries go with their example.
+_ISSUED: dict[int, tuple[Any, ...]] = {}
 
 
-def _mac(key: bytes, content_hash: str, findings: list[dict[str, Any]]) -> str:
-    payload = SCAN_VERSION + content_hash + json.dumps(findings, sort_keys=True)
-    return hmac.new(key, payload.encode("utf-8"), hashlib.sha256).hexdigest()
+def _issue(example: TrainingExample, key: bytes, fingerprint: str, cache: dict[str, Any], result: "CachedScan") -> None:
+    oid = id(example)
+    ref = weakref.ref(example, lambda _, oid=oid: _ISSUED.pop(oid, None))
+    _ISSUED[oid] = (ref, key, fingerprint, cache, result, example.input_text, example.output_text,
+                    example.final_answer, example.reasoning)
+
+
+@dataclass
+class CachedScan:
+    """What the extraction-time cache tells the filter about one example (trusted: its MAC checked out)."""
+
+    report: ScanReport
+    content_hash: str
+    output_hash: str
+    signature: str
+
+
+def hash_normalised(input_norm: str, output_norm: str) -> str:
+    """``compute_content_hash`` from already normalised text (normalised once for hash and shingles)."""
+    return hashlib.sha256((input_norm + CONTENT_HASH_SEPARATOR + output_norm).encode("utf-8")).hexdigest()
+
+
+def output_hash(output_norm: str) -> str:
+    """Key of a normalised output: equal outputs, equal keys (the batch trigger check counts outputs)."""
+    return hashlib.blake2b(output_norm.encode("utf-8"), digest_size=16).hexdigest()
 
 
 class ContentScanner:
-    """Runs the secret, poisoning and PII detectors over an example's text fields.
+    """Runs the secret, poisoning and PII detectors over an example's text fields, and caches the result.
 
     Args:
-        config: Filter configuration (custom PII names, extra triggers).
-        cache_key: HMAC key that authenticates scan caches. Default: this process's random key, so caches are
+        config: Filter configuration (custom PII names, extra triggers, shingle and MinHash parameters).
+        cache_key: MAC key that authenticates scan caches. Default: this process's random key, so caches are
             trusted only when this process wrote them; pass a shared key to trust an extractor in another process.
     """
 
     def __init__(self, config: FilterConfig | None = None, cache_key: bytes | None = None) -> None:
         self._key = cache_key or _PROCESS_KEY
         cfg = config or FilterConfig()
+        self.config = cfg
         self.secrets = SecretScanner()
         self.poisoning = PoisoningScanner(cfg.extra_backdoor_triggers)
         self.pii = PIIDetector(cfg.pii_custom_names)
+        # A cache made with other detectors or other MinHash parameters is not this scanner's answer.
+        self.fingerprint = hashlib.sha256(json.dumps(
+            [SCAN_VERSION, cfg.pii_custom_names, cfg.extra_backdoor_triggers, cfg.shingle_size, cfg.num_perm,
+             cfg.minhash_seed]).encode()).hexdigest()[:16]
 
     def scan(self, example: TrainingExample) -> ScanReport:
         """Findings for every scanned text field of ``example`` (no side effects)."""
@@ -90,29 +138,62 @@ class ContentScanner:
             report.pii += self.pii.detect(text, name)
         return report
 
-    def cached_or_scan(self, example: TrainingExample, content_hash: str) -> ScanReport:
-        """The cached report when it is current for ``content_hash``, else a fresh scan."""
-        cache = example.metadata.get("scan")
-        if isinstance(cache, dict) and cache.get("version") == SCAN_VERSION and cache.get("content_hash") == content_hash:
-            try:
-                if hmac.compare_digest(str(cache.get("mac", "")), _mac(self._key, content_hash, cache["findings"])):
-                    return ScanReport.from_cache(cache)
-            except (KeyError, TypeError, ValueError):
-                pass  # malformed cache: scan again rather than trust it
-        return self.scan(example)
+    def _mac(self, ex: TrainingExample, content_hash: str, out_hash: str, findings: str, signature: str) -> str:
+        a, b, c, d = ex.input_text, ex.output_text, ex.final_answer, ex.reasoning
+        # The lengths fix where each text ends, so no text can be moved from one field into another.
+        payload = f"{self.fingerprint}{content_hash}{out_hash}{len(a)},{len(b)},{len(c)},{len(d)}{_SEP}{findings}" \
+                  f"{_SEP}{signature}{_SEP}{a}{_SEP}{b}{_SEP}{c}{_SEP}{d}"
+        return hashlib.blake2b(payload.encode("utf-8", "surrogatepass"), key=self._key, digest_size=16).hexdigest()
+
+    def annotate_many(self, examples: list[TrainingExample]) -> list[TrainingExample]:
+        """Copies of ``examples`` with the scan cached in ``metadata["scan"]`` and summarised in
+        ``metadata["scan_flags"]``. The extractor calls this once per batch, so ``filter()`` does not rescan.
+
+        Text is not changed here: the filter masks and redacts when it decides.
+        """
+        cfg = self.config
+        norms = [(normalise_text(ex.input_text), normalise_text(ex.output_text)) for ex in examples]
+        sigs = signatures([shingles(i, o, cfg.shingle_size) for i, o in norms], cfg.num_perm, cfg.minhash_seed)
+        out = []
+        for ex, (inp, outp), sig in zip(examples, norms, sigs):
+            report = self.scan(ex)
+            content_hash = hash_normalised(inp, outp)
+            out_hash, findings, signature = output_hash(outp), report.findings_json(), encode(sig)
+            metadata = dict(ex.metadata)
+            metadata["scan"] = {"v": SCAN_VERSION, "content_hash": content_hash, "output_hash": out_hash,
+                                "findings": findings, "minhash": signature,
+                                "mac": self._mac(ex, content_hash, out_hash, findings, signature)}
+            metadata["scan_flags"] = report.flags
+            new = ex.model_copy(update={"metadata": metadata, "content_hash": content_hash})
+            _issue(new, self._key, self.fingerprint, metadata["scan"],
+                   CachedScan(report, content_hash, out_hash, signature))
+            out.append(new)
+        return out
 
     def annotate(self, example: TrainingExample) -> TrainingExample:
-        """A copy of ``example`` with the scan cached in ``metadata["scan"]`` and ``metadata["scan_flags"]``.
+        """``annotate_many`` for one example."""
+        return self.annotate_many([example])[0]
 
-        The extractor calls this so ``filter()`` does not rescan. Text is not changed here: the filter masks and
-        redacts when it decides.
-        """
-        content_hash = compute_content_hash(example.input_text, example.output_text)
-        report = self.scan(example)
-        metadata = dict(example.metadata)
-        metadata["scan"] = report.to_cache(content_hash, self._key)
-        metadata["scan_flags"] = report.flags
-        return example.model_copy(update={"metadata": metadata})
+    def cached(self, example: TrainingExample) -> CachedScan | None:
+        """The cached scan when it is trusted (right key, configuration and text), else ``None``."""
+        cache = example.metadata.get("scan")
+        if cache.__class__ is not dict:
+            return None
+        issued = _ISSUED.get(id(example))
+        if issued is not None:
+            ref, key, fingerprint, issued_cache, result, inp, out, answer, reasoning = issued
+            if (ref() is example and cache is issued_cache and key == self._key and fingerprint == self.fingerprint
+                    and example.input_text is inp and example.output_text is out and example.final_answer is answer
+                    and example.reasoning is reasoning):
+                return result
+        try:
+            findings = cache["findings"]
+            if cache["mac"] != self._mac(example, cache["content_hash"], cache["output_hash"], findings, cache["minhash"]):
+                return None
+            report = _NO_FINDINGS if findings == "[]" else ScanReport.from_json(findings)
+            return CachedScan(report, cache["content_hash"], cache["output_hash"], cache["minhash"])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None  # malformed cache: scan again rather than trust it
 
 
 def mask_secrets_in_text(text: str, findings: list[Finding]) -> str:
