@@ -59,7 +59,7 @@ _STATUS = {Decision.ACCEPT: ExampleStatus.ACCEPTED, Decision.REVIEW: ExampleStat
            Decision.REJECT: ExampleStatus.REJECTED, Decision.QUARANTINE: ExampleStatus.QUARANTINED}
 
 
-@dataclass
+@dataclass(slots=True)
 class FilterDecision:
     """The decision on one input example.
 
@@ -111,7 +111,7 @@ class FilterReport:
         return dict(Counter(f"{d.decision.value}/{d.reason}" for d in self.decisions))
 
 
-@dataclass
+@dataclass(slots=True)
 class _Item:
     """Working state of one example while the rules run."""
 
@@ -346,7 +346,7 @@ class ExampleQualityFilter:
         if len(reps) < cfg.trigger_min_support or outputs.most_common(1)[0][1] < cfg.trigger_min_support:
             return {}  # no output repeats often enough to be a planted target: skip reading the inputs
         flagged = rare_token_cooccurrence(
-            [normalise_text(items[r].texts()[0]).split() for r in reps], [items[r].output_key for r in reps],
+            lambda i: normalise_text(items[reps[i]].texts()[0]).split(), [items[r].output_key for r in reps],
             cfg.trigger_min_support, cfg.trigger_max_doc_share, cfg.trigger_output_share,
         )
         return {pos: token for idx, token in flagged.items() for pos in members[reps[idx]]}

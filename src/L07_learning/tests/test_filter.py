@@ -202,6 +202,50 @@ async def test_rare_trigger_token_cooccurring_with_one_output_is_quarantined():
     assert all(reasons[e.example_id] == "accepted" for e in clean)
 
 
+def _reference_trigger_check(input_words, output_keys, min_support, max_doc_share, output_share):
+    """The trigger check written plainly (every token of every input counted), to pin the pruned one to."""
+    from collections import Counter, defaultdict
+
+    n = len(input_words)
+    tokens = [set(w) | {f"{a} {b}" for a, b in zip(w, w[1:])} for w in input_words]
+    freq = Counter(output_keys)
+    df = Counter(t for toks in tokens for t in toks)
+    limit = max(min_support, int(max_doc_share * n))
+    by_token = defaultdict(list)
+    for i, toks in enumerate(tokens):
+        for t in toks:
+            if min_support <= df[t] <= limit:
+                by_token[t].append(i)
+    flagged = {}
+    for token, idxs in by_token.items():
+        top, top_count = Counter(output_keys[i] for i in idxs).most_common(1)[0]
+        if top_count < min_support or top_count / len(idxs) < output_share:
+            continue
+        if (freq[top] - top_count) / max(n - len(idxs), 1) > 0.2 * top_count / len(idxs):
+            continue
+        for i in idxs:
+            if output_keys[i] == top:
+                flagged.setdefault(i, token)
+    return flagged
+
+
+def test_pruned_trigger_check_flags_what_the_plain_one_flags():
+    from L07_learning.services.filtering.poisoning import rare_token_cooccurrence
+
+    for seed in range(30):
+        rng = random.Random(seed)
+        vocab = [f"w{k}" for k in range(rng.choice([8, 30, 200]))]
+        n = rng.randint(20, 400)
+        words = [[rng.choice(vocab) for _ in range(rng.randint(1, 12))] for _ in range(n)]
+        outputs = [rng.choice(["a", "b", "c", f"u{i}"]) if rng.random() < 0.5 else f"u{i}" for i in range(n)]
+        for i in rng.sample(range(n), min(n, rng.randint(0, 12))):
+            words[i].insert(rng.randrange(len(words[i]) + 1), "zz-trigger")
+            outputs[i] = "target"
+        got = rare_token_cooccurrence(words.__getitem__, outputs, 5, 0.1, 0.9)
+        want = _reference_trigger_check(words, outputs, 5, 0.1, 0.9)
+        assert set(got) == set(want), seed  # which token is named for an example may differ when several qualify
+
+
 async def test_outliers_in_large_batches_go_to_review():
     rng = random.Random(2)
     normal = [make_example(i, rng=rng, quality_score=rng.uniform(88, 96), confidence=rng.uniform(0.9, 1.0),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
+from collections.abc import Callable
 
 from .findings import Finding
 
@@ -123,7 +124,7 @@ def _tokens(words: list[str]) -> set[str]:
 
 
 def rare_token_cooccurrence(
-    input_words: list[list[str]],
+    input_words: Callable[[int], list[str]],
     output_keys: list[str],
     min_support: int,
     max_doc_share: float,
@@ -136,13 +137,13 @@ def rare_token_cooccurrence(
     (at most a fifth as frequent), i.e. the token, not the task, predicts the output.
 
     Args:
-        input_words: Per example, the words of its normalised input.
+        input_words: The words of example ``i``'s normalised input (called only for the inputs the check reads).
         output_keys: Per example, a key of the normalised output (equal outputs, equal keys).
 
     Returns:
         ``{example index: token}`` for every example that carries a suspicious token with its associated output.
     """
-    n = len(input_words)
+    n = len(output_keys)
     if n < min_support:
         return {}
     output_freq = Counter(output_keys)
@@ -157,22 +158,33 @@ def rare_token_cooccurrence(
     for members in groups.values():
         within: Counter[str] = Counter()
         for i in members:
-            within.update(_tokens(input_words[i]))
+            within.update(_tokens(input_words(i)))
         for t, c in within.items():
             if c >= min_support and c > bound[t]:
                 bound[t] = c
     if not bound:
         return {}
+    limit = max(min_support, int(max_doc_share * n))
+    # A token in more than ``limit`` inputs, or in so many that even ``bound`` of them is less than ``output_share``
+    # (so no one output can hold that share), cannot qualify. Counts only grow, so such a token is dropped for good,
+    # and the pass stops once no token is left (usually after a few hundred inputs).
+    alive = set(bound)
     words_only = all(" " not in t for t in bound)
     by_token: dict[str, list[int]] = defaultdict(list)
-    for i, words in enumerate(input_words):
-        for t in (set(words) if words_only else _tokens(words)).intersection(bound):
-            by_token[t].append(i)
-    limit = max(min_support, int(max_doc_share * n))
+    for start in range(0, n, 256):
+        for i in range(start, min(start + 256, n)):
+            words = input_words(i)
+            for t in (set(words) if words_only else _tokens(words)).intersection(alive):
+                by_token[t].append(i)
+        for t in [t for t in alive if t in by_token and (
+                len(by_token[t]) > limit or bound[t] / len(by_token[t]) < output_share)]:
+            alive.discard(t)
+            del by_token[t]
+        if not alive:
+            return {}
     flagged: dict[int, str] = {}
     for token, idxs in by_token.items():
-        # ``bound / df`` caps the share of the token's examples that one output can hold.
-        if not min_support <= len(idxs) <= limit or bound[token] / len(idxs) < output_share:
+        if not min_support <= len(idxs) <= limit:
             continue
         top, top_count = Counter(output_keys[i] for i in idxs).most_common(1)[0]
         if top_count < min_support or top_count / len(idxs) < output_share:
