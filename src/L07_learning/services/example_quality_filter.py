@@ -635,8 +635,9 @@ class ExampleQualityFilter:
         ex = item.example
         updates = dict(item.updates)
         flags = item.scan.flags if item.scan is not None else []
-        if updates or item.signature is None or ex.metadata.get("scan_flags") != flags:
-            # Rewritten or scanned here: the extraction-time cache (if any) no longer describes the stored text.
+        if updates or "scan" in ex.metadata or ex.metadata.get("scan_flags") != flags:
+            # The extraction-time cache is a hand-off to this filter, not part of the decided example: it would only
+            # bloat stored rows and dataset exports, and after redaction it no longer describes the text.
             metadata = dict(updates.get("metadata", ex.metadata))
             metadata["scan_flags"] = flags
             metadata.pop("scan", None)
