@@ -690,28 +690,30 @@ class ExampleQualityFilter:
     def _remember(self, items: list[_Item], report: FilterReport, sigs: np.ndarray) -> None:
         """Grow the in-memory pool (near-dup index, diversity counts, seen hashes) with this batch's outcome."""
         if self.db is None:
+            seen_hashes, seen_exec = self._seen_hashes, self._seen_exec
             for d in report.decisions:
                 ex = d.example
                 if ex is not None and d.reason != "duplicate":
-                    self._seen_hashes.setdefault(ex.content_hash, ex.example_id)
+                    seen_hashes.setdefault(ex.content_hash, ex.example_id)
                     if ex.execution_id:
-                        self._seen_exec.setdefault((ex.source_type.value, ex.execution_id), ex.example_id)
+                        seen_exec.setdefault((ex.source_type.value, ex.execution_id), ex.example_id)
         known = self._pool_known
+        decisions = report.decisions
+        accept, review = Decision.ACCEPT, Decision.REVIEW
         rows: list[int] = []
         sources: list[tuple[str, str]] = []
         kept: list[TrainingExample] = []
         accepted: list[tuple[str, str, str]] = []
         for item in items:
-            d = report.decisions[item.index]
-            ex = d.example
-            if d.decision is Decision.REJECT or d.decision is Decision.QUARANTINE or ex is None \
-                    or ex.example_id in known:
+            d = decisions[item.index]
+            decision, ex = d.decision, d.example
+            if (decision is not accept and decision is not review) or ex is None or ex.example_id in known:
                 continue
             kept.append(ex)
             rows.append(item.sig)
             # The pool keeps the stored text, not its shingles: the exact check builds them only for candidates.
             sources.append((ex.input_text, ex.output_text))
-            if d.decision is Decision.ACCEPT:
+            if decision is accept:
                 accepted.append((ex.example_id, ex.task_type, ex.domain))
         if kept:
             ids = [ex.example_id for ex in kept]
