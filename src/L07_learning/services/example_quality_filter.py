@@ -32,7 +32,7 @@ from .filtering.findings import Finding, replace_spans
 from .filtering.outliers import agent_quality_outliers, isolation_outliers
 from .filtering.pii import Placeholders
 from .filtering.poisoning import rare_token_cooccurrence
-from .ingestion import _paused_gc
+from .filtering.gc_pause import paused_gc as _paused_gc
 from .filtering.scan import ContentScanner, ScanReport, hash_normalised, mask_secrets_deep, output_hash
 from .filtering.secret_scan import mask_token
 

@@ -21,13 +21,11 @@ transaction back and the batch is retried; the second attempt sees the winner's 
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -60,6 +58,7 @@ from ..store.repositories.examples import ExampleRepository
 from ..store.repositories.joins import PLAN_PREFIX, JoinRepository, JoinRow, window_cutoff
 from ..store.repositories.rewards import RewardRepository
 from .filtering import ContentScanner, FilterConfig
+from .filtering.gc_pause import paused_gc as _paused_gc
 from .reward_signals import MIN_PAIR_MARGIN, compute_rewards, pair_from_correction
 
 log = logging.getLogger(__name__)
@@ -154,32 +153,6 @@ def _check_storable(value: Any, path: str = "data") -> None:
     elif isinstance(value, list):
         for i, v in enumerate(value):
             _check_storable(v, f"{path}[{i}]")
-
-
-@contextmanager
-def _paused_gc() -> Iterator[None]:
-    """Pause the cyclic garbage collector for one batch.
-
-    A 10,000-event batch allocates hundreds of thousands of small dicts that all stay alive until the batch ends, so
-    the collector runs repeated full passes over them for nothing (measured here: parsing 5x slower with it on).
-    Reference counting still frees everything as usual; only cycles wait until the batch ends (the previous state is
-    restored on exit, and nested or concurrent batches leave it to the outermost one).
-    """
-    global _gc_pauses
-    if _gc_pauses == 0 and not gc.isenabled():
-        yield  # the application manages the collector itself
-        return
-    _gc_pauses += 1
-    gc.disable()
-    try:
-        yield
-    finally:
-        _gc_pauses -= 1
-        if _gc_pauses == 0:
-            gc.enable()
-
-
-_gc_pauses = 0
 
 
 def _may_hold_unstorable(body: Any) -> bool:

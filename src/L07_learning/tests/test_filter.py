@@ -370,3 +370,91 @@ async def test_pending_examples_stored_by_the_extractor_are_decided_in_place(db)
         assert await repo.count() == 2 and await repo.count(status="ACCEPTED") == 2
         [stored] = await repo.get_many(["ex-00001"])
     assert stored.input_text == "Reply to <EMAIL_1> about the invoice" and stored.status is ExampleStatus.ACCEPTED
+
+
+def _random_words(rng: random.Random, n: int) -> list[str]:
+    return [f"v{rng.randrange(5000)}" for _ in range(n)]
+
+
+def _three_grams(words: list[str]) -> list[str]:
+    return [" ".join(words[k:k + 3]) for k in range(len(words) - 2)]
+
+
+def _with_changes(rng: random.Random, words: list[str], changes: int) -> list[str]:
+    changed = list(words)
+    for _ in range(changes):
+        changed[rng.randrange(len(changed))] = f"new{rng.randrange(10**9)}"
+    return changed
+
+
+def test_few_permutations_still_find_every_near_duplicate_at_the_threshold():
+    from L07_learning.services.filtering.dedup import NearDuplicateIndex, jaccard
+
+    rng = random.Random(7)
+    # 56 words give 54 shingles; two changed words change up to 6, so most copies are at Jaccard 48/60 = 0.8 exactly,
+    # where 16 permutations estimate worst (a fixed margin of 0.25 below the threshold loses two of these 3,000).
+    originals = [_random_words(rng, 56) for _ in range(3000)]
+    copies = []
+    for words in originals:
+        copy = _with_changes(rng, words, 2)
+        while jaccard(frozenset(_three_grams(copy)), frozenset(_three_grams(words))) < 0.8:
+            copy = _with_changes(rng, words, 2)
+        copies.append(copy)
+    index = NearDuplicateIndex(threshold=0.8, num_perm=16)
+    index.add([f"o{k}" for k in range(1500)], [_three_grams(w) for w in originals[:1500]])
+    # Half the copies duplicate the pool, half an original earlier in the same batch.
+    ids = [f"o{k}" for k in range(1500, 3000)] + [f"c{k}" for k in range(3000)]
+    found = index.find(ids, [_three_grams(w) for w in originals[1500:] + copies])
+    assert found[:1500] == [None] * 1500
+    assert [(d.of, d.in_pool) if d else None for d in found[1500:]] == [(f"o{k}", k < 1500) for k in range(3000)]
+
+
+def _exhaustive_find(index, pool_docs: list[list[str]], docs: list[list[str]]) -> list:
+    """``find`` by its definition, one document at a time over every earlier one: a candidate shares a bucket key and
+    enough signature values; the best at or above the threshold wins, a pool document first, then the most similar,
+    then the earliest."""
+    import numpy as np
+
+    from L07_learning.services.filtering.dedup import NearDuplicate, jaccard
+    from L07_learning.services.filtering.minhash import signatures
+
+    sig_pool, sig = signatures(pool_docs, index.num_perm, index.seed), signatures(docs, index.num_perm, index.seed)
+    keys_pool, keys = index.bucket_keys(sig_pool), index.bucket_keys(sig)
+    sets_pool, sets = [frozenset(d) for d in pool_docs], [frozenset(d) for d in docs]
+    out = []
+    for i in range(len(docs)):
+        best = None
+        for in_pool, other_sig, other_keys, other_sets in (
+            (True, sig_pool, keys_pool, sets_pool), (False, sig[:i], keys[:i], sets[:i])
+        ):
+            hit = (other_keys == keys[i]).any(axis=1) & ((other_sig == sig[i]).sum(axis=1) >= index._min_agree)
+            for j in np.flatnonzero(hit).tolist():
+                sim = jaccard(sets[i], other_sets[j])
+                if sim >= index.threshold and (best is None or (in_pool, sim, -j) > best):
+                    best = (in_pool, sim, -j)
+        out.append(None if best is None else
+                   NearDuplicate(f"p{-best[2]}" if best[0] else f"b{-best[2]}", best[1], best[0]))
+    return out
+
+
+def test_chunked_batches_find_what_the_exhaustive_definition_finds():
+    from L07_learning.services.filtering.dedup import NearDuplicateIndex
+
+    rng = random.Random(11)
+    # Templated traffic: a few templates with a few words changed, so most pairs share many buckets. The pool holds
+    # variants of half the templates, so the other half can only match earlier in the batch.
+    templates = [_random_words(rng, 30) for _ in range(6)]
+
+    def variant(template: list[str]) -> list[str]:
+        return _three_grams(_with_changes(rng, template, rng.randint(0, 3)))
+
+    pool_docs = [variant(rng.choice(templates[:3])) for _ in range(300)]
+    batch = [variant(rng.choice(templates)) for _ in range(1200)]
+    batch += [_three_grams(_random_words(rng, 30)) for _ in range(100)]
+    rng.shuffle(batch)
+    index = NearDuplicateIndex()
+    index.add([f"p{k}" for k in range(len(pool_docs))], pool_docs)
+    found = index.find([f"b{k}" for k in range(len(batch))], batch)
+    assert len(batch) > 2 * 512  # spans several chunks
+    assert found == _exhaustive_find(index, pool_docs, batch)
+    assert sum(d is not None and not d.in_pool for d in found) > 0 and sum(d is None for d in found) > 0

@@ -1,27 +1,32 @@
 """Near-duplicate detection: MinHash LSH (banded signatures) verified by exact shingle Jaccard.
 
 Signatures come from rensa (``minhash.signatures``) or from the extraction-time cache. The LSH banding runs in numpy:
-each band of ``num_perm / num_bands`` signature values is folded into one 64-bit bucket key, and a batch is sorted and
-binary-searched against the pool's sorted keys at once, so one batch costs a few array sorts instead of a hash-table
-insert and query per document and band. LSH only proposes candidates; every reported pair is checked against the
-exact Jaccard of the two shingle sets, so the threshold (0.8 by default, contract §5.2 rule 4) is exact. With 64
-permutations in 16 bands of 4 rows, a pair at Jaccard 0.8 becomes a candidate with probability
-1 - (1 - 0.8**4)**16 > 0.9997.
+each band of ``num_perm / num_bands`` signature values is folded into one 64-bit bucket key, and a chunk of the batch
+is sorted and binary-searched against the pool's sorted keys (and the batch's own) at once, so one batch costs a few
+array sorts instead of a hash-table insert and query per document and band. LSH only proposes candidates; every
+reported pair is checked against the exact Jaccard of the two shingle sets, so the threshold (0.8 by default, contract
+§5.2 rule 4) is exact. With 64 permutations in 16 bands of 4 rows, a pair at Jaccard 0.8 becomes a candidate with
+probability 1 - (1 - 0.8**4)**16 > 0.9997.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import accumulate
 
 import numpy as np
 
 from .minhash import signatures, text_shingles
 
-# A candidate whose signature agreement is this far below the threshold is not verified exactly: with 64 permutations
-# the estimate's standard deviation is at most 0.0625 and about 0.05 at Jaccard 0.8, so a pair at the threshold falls
-# this low with probability below 1e-6, and skipping it saves building two shingle sets per false LSH candidate.
-_ESTIMATE_MARGIN = 0.25
+# Batch documents whose candidate pairs are gathered at once: on templated traffic one document can share buckets
+# with thousands of others, so the pair arrays are built per chunk, not for the whole batch.
+_CHUNK = 512
+# Candidate pairs whose signatures are compared at once (the gathered block is pairs x num_perm x 4 bytes).
+_PAIR_SLICE = 1 << 15
+# Largest chance that a pair at or above the threshold is pruned by its signature agreement (see _min_agreement).
+_MISS = 1e-7
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 
 ShingleSource = frozenset[str] | tuple[str, str]
@@ -36,6 +41,19 @@ def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
     return inter / (len(a) + len(b) - inter)
 
 
+def _min_agreement(threshold: float, num_perm: int) -> int:
+    """Fewest equal signature values a candidate needs to get the exact Jaccard check.
+
+    Skipping the rest saves building two shingle sets per false LSH candidate. A pair at Jaccard J agrees on each
+    permutation with probability J, so its agreement count is Binomial(num_perm, J); that only grows with J, so the
+    tail at J = threshold bounds every pair at or above it. The exact tail is used because a normal approximation
+    (mean minus a few standard deviations) is far too tight for few permutations or thresholds near 1.
+    """
+    pmf = (math.comb(num_perm, k) * threshold**k * (1 - threshold) ** (num_perm - k) for k in range(num_perm + 1))
+    # The first k with P(count <= k) above _MISS: requiring k agreements prunes only counts below it.
+    return next(k for k, at_most in enumerate(accumulate(pmf)) if at_most > _MISS)
+
+
 @dataclass(frozen=True)
 class NearDuplicate:
     """The earlier document a later one duplicates."""
@@ -46,8 +64,8 @@ class NearDuplicate:
 
 
 class _SortedKeys:
-    """Bucket keys of the pool, as a few sorted segments (merged geometrically, so adding a batch never re-sorts a
-    large pool) with the pool position of each key."""
+    """Bucket keys of the pool (or of a batch so far), as a few sorted segments (merged geometrically, so adding a
+    batch never re-sorts a large pool) with the position of each key's document."""
 
     def __init__(self) -> None:
         self._segments: list[tuple[np.ndarray, np.ndarray]] = []
@@ -104,6 +122,7 @@ class NearDuplicateIndex:
         self.num_bands = num_bands
         self.seed = seed
         self.shingle_size = shingle_size
+        self._min_agree = _min_agreement(threshold, num_perm)
         self._keys = _SortedKeys()
         self._sigs = np.empty((0, num_perm), dtype=np.uint32)
         self._size = 0
@@ -170,8 +189,6 @@ class NearDuplicateIndex:
         """
         n = len(doc_ids)
         result: list[NearDuplicate | None] = [None] * n
-        if n == 0:
-            return result
         memo: dict[int, frozenset[str]] = {}
 
         def shingle_set(i: int) -> frozenset[str]:
@@ -180,48 +197,38 @@ class NearDuplicateIndex:
             return memo[i]
 
         keys = self.bucket_keys(sigs)
-        flat = keys.ravel()
-        order = np.argsort(flat)
-        sorted_keys = flat[order]
-        # Candidate pairs (document, other, other is in the pool), from both sources, as arrays.
-        docs, others, in_pool = [], [], []
-        if self._size:
-            q, pos = self._keys.lookup(sorted_keys)
-            docs.append(order[q] // self.num_bands)
-            others.append(pos)
-            in_pool.append(np.ones(len(q), dtype=bool))
-        # Within the batch: equal keys sort next to each other; the later arrival is the candidate duplicate.
-        same = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1])
-        if same.size:
-            run_first: dict[int, int] = {}
-            later, earlier = [], []
-            for s in same.tolist():
-                first = run_first.get(s, s)
-                run_first[s + 1] = first
-                a = int(order[s + 1]) // self.num_bands
-                for k in range(first, s + 1):
-                    b = int(order[k]) // self.num_bands
-                    if a != b:
-                        later.append(max(a, b))
-                        earlier.append(min(a, b))
-            docs.append(np.asarray(later, dtype=np.int64))
-            others.append(np.asarray(earlier, dtype=np.int64))
-            in_pool.append(np.zeros(len(later), dtype=bool))
-        if not docs:
-            return result
-        doc, other, pooled = np.concatenate(docs), np.concatenate(others), np.concatenate(in_pool)
-        # Signature agreement of every pair at once; only pairs near enough get the exact check below.
-        other_sigs = np.empty((len(doc), self.num_perm), dtype=np.uint32)
-        other_sigs[pooled] = self._sigs[other[pooled]]
-        other_sigs[~pooled] = sigs[other[~pooled]]
-        estimate = (other_sigs == sigs[doc]).mean(axis=1)
-        near = np.flatnonzero(estimate >= self.threshold - _ESTIMATE_MARGIN)
-        candidates: dict[int, set[tuple[bool, int]]] = {}
-        for i, j, p in zip(doc[near].tolist(), other[near].tolist(), pooled[near].tolist()):
-            candidates.setdefault(i, set()).add((p, j))
-        for i, cands in candidates.items():
-            result[i] = self._verify(i, doc_ids, cands, shingle_set)
+        # The batch's keys so far: a chunk is added before it is searched, so its own documents find each other.
+        batch_keys = _SortedKeys()
+        for start in range(0, n, _CHUNK):
+            stop = min(start + _CHUNK, n)
+            flat = keys[start:stop].ravel()
+            batch_keys.add(flat, np.repeat(np.arange(start, stop, dtype=np.int64), self.num_bands))
+            order = np.argsort(flat)
+            sorted_keys, query_doc = flat[order], start + order // self.num_bands
+            candidates: dict[int, set[tuple[bool, int]]] = {}
+            if self._size:
+                q, pos = self._keys.lookup(sorted_keys)
+                self._add_near(query_doc[q], pos, self._size, self._sigs, sigs, True, candidates)
+            q, pos = batch_keys.lookup(sorted_keys)
+            doc = query_doc[q]
+            earlier = pos < doc  # the later arrival is the candidate duplicate
+            self._add_near(doc[earlier], pos[earlier], n, sigs, sigs, False, candidates)
+            for i, cands in candidates.items():
+                result[i] = self._verify(i, doc_ids, cands, shingle_set)
         return result
+
+    def _add_near(self, doc: np.ndarray, other: np.ndarray, stride: int, other_sigs: np.ndarray, sigs: np.ndarray,
+                  in_pool: bool, candidates: dict[int, set[tuple[bool, int]]]) -> None:
+        """Put each distinct ``(doc, other)`` pair whose signatures agree enough into ``candidates``.
+
+        A pair found through several bands is kept once before any signature is gathered (``other < stride``).
+        """
+        pairs = np.unique(doc * stride + other)
+        for s in range(0, len(pairs), _PAIR_SLICE):
+            d, o = np.divmod(pairs[s:s + _PAIR_SLICE], stride)
+            near = np.count_nonzero(other_sigs[o] == sigs[d], axis=1) >= self._min_agree
+            for i, j in zip(d[near].tolist(), o[near].tolist()):
+                candidates.setdefault(i, set()).add((in_pool, j))
 
     def _verify(self, i: int, doc_ids: list[str], cands: set[tuple[bool, int]],
                 batch_set: Callable[[int], frozenset[str]]) -> NearDuplicate | None:
