@@ -8,6 +8,7 @@ from typing import Any
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..services.demo import DEMO_EXECUTIONS, DEMO_OVERRIDES
 from ..settings import get_settings
 from ._common import JsonOpt, console, emit_json, run, table
 
@@ -20,10 +21,10 @@ def register(app: typer.Typer) -> None:
 @run
 async def demo(
     home: Path = typer.Option(None, help="Folder for the demo's database and artifacts (default: <L07_HOME>/demo)."),
-    executions: int = typer.Option(300, min=50, help="Sample executions to generate."),
+    executions: int = typer.Option(DEMO_EXECUTIONS, min=50, help="Sample executions to generate."),
     all_tasks: bool = typer.Option(False, help="Generate all six task types (needs more training than the demo's budget)."),
     seed: int = typer.Option(7, help="Seed for events, splits and training."),
-    epochs: int = typer.Option(3, min=1, max=10, help="Training epochs."),
+    epochs: int = typer.Option(DEMO_OVERRIDES["epochs"], min=1, max=10, help="Training epochs."),
     keep: bool = typer.Option(False, help="Keep the previous demo state instead of starting fresh."),
     json_out: bool = JsonOpt,
 ) -> None:

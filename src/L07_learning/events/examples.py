@@ -44,10 +44,8 @@ _DOMAINS: list[tuple[str, re.Pattern[str]]] = [
     ("planning", re.compile(r"\b(schedule|plan|organi[sz]e|timeline|events?)\b")),
 ]
 
-SYSTEM_PROMPT = (
-    "You are an agent of the platform. Solve the user's task with the available tools: write one line per tool call "
-    "as 'Step n: tool(parameters) -> result', then the final line 'Answer: ...'."
-)
+# Kept short: it precedes every example, so each token here is paid for in every training step and every request.
+SYSTEM_PROMPT = "Solve the task with tools. One line per call: 'Step n: tool(parameters) -> result'. Last line: 'Answer: ...'."
 PLANNING_SYSTEM_PROMPT = "You are the platform's planner. Write the plan for the user's goal, one step per line."
 
 

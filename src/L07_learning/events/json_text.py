@@ -17,9 +17,10 @@ import orjson
 
 # Digits mapped to "0", so that digit patterns become plain substring searches (a regex scan costs ~10x more).
 _DIGITS_TO_ZERO = bytes.maketrans(b"0123456789", b"0000000000")
-# orjson reads integers of 20+ digits as floats, and nests at most 1024 levels (256+ brackets could come near the
-# recursion limit json reads with): such text is read by json itself.
-_LONG_INTEGER = b"0" * 20
+# orjson reads integers outside [-2**63 + 1, 2**64 - 1] as floats, which some 19-digit and every 20-digit integer
+# is, and nests at most 1024 levels (256+ brackets could come near the recursion limit json reads with): such text is
+# read by json itself.
+_LONG_INTEGER = b"0" * 19
 _MAX_BRACKETS = 256
 _SORTED = orjson.OPT_SORT_KEYS
 
@@ -39,8 +40,9 @@ def read(text: str | bytes) -> tuple[Any, bool]:
 def canonical_dumps(value: Any) -> str:
     """``json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)``.
 
-    ``value`` must hold finite floats only (ingested records do: non-finite numbers are rejected as E7110), because
-    orjson writes NaN as ``null``.
+    ``value`` must be plain JSON data (dicts, lists, strings, numbers, booleans, None) with finite floats only, as
+    ingested records are (non-finite numbers are rejected as E7110): orjson writes NaN as ``null`` and writes datetimes,
+    enums, UUIDs and dataclasses natively where ``default=str`` would not.
     """
     try:
         out = orjson.dumps(value, option=_SORTED)

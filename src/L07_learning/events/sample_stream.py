@@ -30,8 +30,19 @@ BASE_TIME = datetime(2026, 2, 10, 9, 0, 0, tzinfo=timezone.utc)
 
 TEAMS = {"refund": "billing", "invoice": "billing", "password": "account", "login": "account",
          "crash": "technical", "error": "technical", "delivery": "logistics", "parcel": "logistics"}
-TICKET_TEMPLATES = ["Customer says: I need a {kw} for order {n}", "Customer writes: my {kw} problem on order {n}",
-                    "Ticket: {kw} issue reported for order {n}"]
+# Users phrase the same request many ways; varied wording (and trailing remarks such as "reply with a short
+# confirmation", which carry no task parameter) is what lets a model learn the rule rather than the sentence, and
+# keeps near-duplicate removal from collapsing a task type.
+TICKET_TEMPLATES = ["Customer {name} says: I have a {kw} problem with order {n}.",
+                    "Customer writes: my {kw} issue on order {n} is still open.",
+                    "Ticket: {kw} issue reported for order {n} by {name}.",
+                    "{name} reports a {kw} question about order {n}.",
+                    "Subject: {kw} (order {n}). {name} needs help with this.",
+                    "Hi, this is {name}. Order {n} has a {kw} problem.",
+                    "Urgent {kw} case for order {n}, opened by {name}.",
+                    "{name} called about order {n}; the topic is {kw}."]
+TICKET_REMARKS = ["", " It started yesterday.", " Please answer soon.", " This is the second time I write.",
+                  " Thanks in advance.", " Reply with an update when you can."]
 FORECASTS = {"Berlin": ("cloudy", 7), "Paris": ("light rain", 11), "Madrid": ("sunny", 19), "Oslo": ("snow", -3),
              "Rome": ("sunny", 16), "Vienna": ("fog", 5), "Lisbon": ("windy", 17), "Dublin": ("showers", 9),
              "Prague": ("overcast", 6), "Athens": ("clear", 20)}
@@ -45,8 +56,20 @@ FIXES = {"KeyError": "Use dict.get() with a default for the missing key.",
 FUNCTIONS = ["parse_order", "total_price", "load_user", "merge_rows", "format_report", "next_slot"]
 CAPITALS = {"France": "Paris", "Germany": "Berlin", "Spain": "Madrid", "Italy": "Rome", "Norway": "Oslo",
             "Austria": "Vienna", "Portugal": "Lisbon", "Ireland": "Dublin", "Greece": "Athens", "Poland": "Warsaw"}
-NAMES = ["Alice", "Bob", "Chen", "Dana", "Emil", "Farah", "Gita", "Hugo"]
-HOURS = ["09:00", "10:30", "13:00", "15:30", "17:00"]
+NAMES = ["Alice", "Bob", "Chen", "Dana", "Emil", "Farah", "Gita", "Hugo", "Ines", "Jonas", "Kemal", "Lena", "Mateo",
+         "Nora", "Omar", "Priya"]
+CAPITAL_TEMPLATES = ["Answer the question: what is the capital of {c}?", "Which city is the capital of {c}?",
+                     "Question from a user: name the capital city of {c}.", "Tell me the capital of {c}, please.",
+                     "What's the capital of {c}? I need it for a quiz.", "A student asks: what is the capital of {c}?"]
+MEETING_TEMPLATES = ["Schedule a meeting with {name} on {day} at {hour}.",
+                     "Please set up a meeting with {name} on {day} at {hour}.",
+                     "Can you arrange a meeting with {name} for {day} at {hour}?",
+                     "I need a meeting with {name} on {day} at {hour}.",
+                     "Put a meeting with {name} in my calendar: {day}, {hour}.",
+                     "Plan a meeting with {name}, {day} at {hour}."]
+MEETING_REMARKS = ["", " Reply with a short confirmation.", " Keep it short.", " Thanks!",
+                   " Answer with the details when done.", " It is about the quarterly report."]
+HOURS = ["08:30", "09:00", "10:30", "11:00", "13:00", "14:30", "15:30", "17:00"]
 AGENTS = {"ticket_routing": "agent-support-01", "weather_lookup": "agent-info-02", "flight_booking": "agent-travel-03",
           "code_debug": "agent-dev-04", "capital_qa": "agent-qa-05", "meeting_scheduling": "agent-office-06"}
 TASK_TYPES = list(AGENTS)
@@ -79,7 +102,8 @@ def make_task(task_type: str, rng: random.Random) -> Task:
         kw = rng.choice(list(TEAMS))
         team = TEAMS[kw]
         wrong = rng.choice(sorted({t for t in TEAMS.values() if t != team}))
-        goal = "Route this support ticket. " + rng.choice(TICKET_TEMPLATES).format(kw=kw, n=rng.randint(1000, 9999))
+        text = rng.choice(TICKET_TEMPLATES).format(kw=kw, n=rng.randint(1000, 9999), name=rng.choice(NAMES))
+        goal = "Route this support ticket. " + text + rng.choice(TICKET_REMARKS)
         steps = [_step(1, "classify_ticket", {"keyword": kw}, f"category: {team}"),
                  _step(2, "route_ticket", {"team": team}, "ok")]
         wsteps = [_step(1, "classify_ticket", {"keyword": kw}, f"category: {wrong}"),
@@ -119,7 +143,7 @@ def make_task(task_type: str, rng: random.Random) -> Task:
     if task_type == "capital_qa":
         country = rng.choice(list(CAPITALS))
         capital = CAPITALS[country]
-        goal = f"Answer the question: what is the capital of {country}?"
+        goal = rng.choice(CAPITAL_TEMPLATES).format(c=country)
         steps = [_step(1, "search_kb", {"query": f"capital of {country}"}, capital)]
         wrong = rng.choice([c for c in CAPITALS.values() if c != capital])
         return Task(task_type, goal, steps, f"The capital of {country} is {capital}.",
@@ -129,7 +153,7 @@ def make_task(task_type: str, rng: random.Random) -> Task:
         name = rng.choice(NAMES)
         day = rng.choice(DAYS)
         hour = rng.choice(HOURS)
-        goal = f"Schedule a meeting with {name} on {day} at {hour}."
+        goal = rng.choice(MEETING_TEMPLATES).format(name=name, day=day, hour=hour) + rng.choice(MEETING_REMARKS)
         steps = [_step(1, "check_calendar", {"day": day}, f"free at {hour}"),
                  _step(2, "create_event", {"with": name, "day": day, "time": hour}, "created")]
         other = HOURS[(HOURS.index(hour) + 1) % len(HOURS)]

@@ -409,10 +409,13 @@ def entry(spec: dict[str, Any], emit: Callable[[str, dict[str, Any]], None], sho
     Returns:
         ``{"adapter_dir", "metrics", "cancelled"}``.
     """
+    config = JobConfig(**spec["config"])
     result = run_sft(
-        spec["base_model_dir"], spec["train_rows"], spec.get("val_rows") or [], JobConfig(**spec["config"]),
+        spec["base_model_dir"], spec["train_rows"], spec.get("val_rows") or [], config,
         spec["output_dir"], spec["checkpoint_dir"], test_rows=spec.get("test_rows") or None,
         target_modules=spec.get("target_modules"),
+        # A caller that validates the output by generation right after (the demo) skips this duplicate measurement.
+        measure_generation=config.extra.get("generation_eval", True) is not False,
         callbacks=SFTCallbacks(
             on_step=lambda p: emit("step", p),
             on_eval=lambda p: emit("eval", p),

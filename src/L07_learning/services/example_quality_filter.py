@@ -34,12 +34,11 @@ from .filtering.pii import Placeholders
 from .filtering.poisoning import rare_token_cooccurrence
 from .filtering.gc_pause import paused_gc as _paused_gc
 from .filtering.scan import ContentScanner, ScanReport, hash_normalised, mask_secrets_deep, output_hash
-from .filtering.secret_scan import mask_token
+from .filtering.secret_scan import masked_form
 
 log = logging.getLogger(__name__)
 
 POOL_STATUSES = (ExampleStatus.ACCEPTED.value, ExampleStatus.REVIEW.value)
-_TEXT_FIELDS = ("input_text", "output_text", "final_answer", "reasoning")
 
 
 class Decision(str, Enum):
@@ -377,7 +376,7 @@ class ExampleQualityFilter:
             by_field: dict[str, list[tuple[int, int, str]]] = {}
             for f in scan.secrets:
                 text = getattr(ex, f.field)
-                by_field.setdefault(f.field, []).append((f.start, f.end, mask_token(f.kind, text[f.start:f.end])))
+                by_field.setdefault(f.field, []).append((f.start, f.end, masked_form(f.kind, text[f.start:f.end])))
             for f in scan.pii:
                 text = getattr(ex, f.field)
                 by_field.setdefault(f.field, []).append((f.start, f.end, placeholders.token(f.kind, text[f.start:f.end])))

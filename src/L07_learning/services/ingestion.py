@@ -59,6 +59,7 @@ from ..store.repositories.joins import PLAN_PREFIX, JoinRepository, JoinRow, win
 from ..store.repositories.rewards import RewardRepository
 from .filtering import ContentScanner, FilterConfig
 from .filtering.gc_pause import paused_gc as _paused_gc
+from .filtering.scan import mask_secrets_deep
 from .reward_signals import MIN_PAIR_MARGIN, compute_rewards, pair_from_correction
 
 log = logging.getLogger(__name__)
@@ -247,7 +248,8 @@ class IngestionPipeline:
                     if on_examples is not None:
                         await on_examples(session, examples)
                     elif store_examples:
-                        result.summary.examples_stored = await ExampleRepository(session).add_many(examples)
+                        result.summary.examples_stored = await ExampleRepository(session).add_many(
+                            examples, stored_form=self._stored_form)
                     if sweep:
                         await self._sweep(session, result.summary)
                     result.summary.pending_join = await JoinRepository(session).count_open()
@@ -265,6 +267,15 @@ class IngestionPipeline:
         if raw_events:
             EXTRACTION_LATENCY.observe((time.perf_counter() - started) / len(raw_events))
         return result
+
+    def _stored_form(self, example: TrainingExample) -> dict[str, Any]:
+        """The PENDING row's JSON with every string's secrets masked (tool parameters and metadata included), so the
+        example row never holds one in clear, should filtering fail or come later. The in-memory example keeps its
+        text for the filter to decide on; a row filtered again later is quarantined by its masks. The scan cache
+        stays out of the row: it vouches for the clear text only."""
+        data = example.model_dump(mode="json")
+        data["metadata"] = {k: v for k, v in data["metadata"].items() if k != "scan"}
+        return mask_secrets_deep(data, self._scanner.secrets)
 
     # ---- the transaction ---------------------------------------------------------------------------------------
 

@@ -316,6 +316,12 @@ class ModelValidator:
         if tok_ratio > cfg.tokens_pass_ratio and outcome is StageOutcome.PASS:
             outcome = StageOutcome.REVIEW
             issues.append(f"answers are {tok_ratio:.2f}x the baseline's length")
+        # Contract §5.6: p99 in (1.10, 1.20] x the baseline's is a REVIEW here; above 1.20 the latency stage FAILs.
+        p99_ratio = _ratio(cand.latency.get("p99_ms", 0), base.latency.get("p99_ms", 0))
+        m["p99_ratio"] = p99_ratio
+        if p99_ratio > cfg.latency_p99_pass_ratio and outcome is StageOutcome.PASS:
+            outcome = StageOutcome.REVIEW
+            issues.append(f"p99 latency {p99_ratio:.2f}x the baseline's (pass up to {cfg.latency_p99_pass_ratio}x)")
         return StageResult(passed=outcome is StageOutcome.PASS, outcome=outcome, metrics=m, issues=issues)
 
     def _ab_stage(self, cand: Any, base: Any) -> StageResult:

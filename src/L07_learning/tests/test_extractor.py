@@ -327,6 +327,39 @@ async def test_on_examples_hook_runs_inside_the_transaction(db: Database, cfg: S
     assert [e.execution_id for e in again.examples] == ["exec-h"]
 
 
+async def test_pending_examples_are_stored_with_secrets_masked(db: Database, cfg: Settings):
+    from L07_learning.services.example_quality_filter import ExampleQualityFilter
+
+    key = "AKIAIOSFODNN7EXAMPLQ"
+    token = f"ghp_{'x7Kq9' * 8}"
+    result = await ingest_events([trace_event("exec-s1", answer=f"Booked. Use key {key} for the API."),
+                                  score_event("exec-s1"),
+                                  trace_event("exec-s2", answer=f"Booked. Use key {key} for the API.",
+                                              execution_trace=[{"step": 1, "action": "call_api", "output": "ok",
+                                                                "parameters": {"auth": token}}]),
+                                  score_event("exec-s2")], db=db, settings=cfg)
+    live = {e.execution_id: e for e in result.examples}
+    assert key in live["exec-s1"].output_text, "the filter still sees the secret it must decide on"
+    async with db.session() as s:
+        stored = {e.execution_id: e for e in await ExampleRepository(s).list()}
+    assert token in json.dumps([a["params"] for a in live["exec-s2"].expected_actions])
+    for ex in stored.values():
+        assert key not in ex.model_dump_json() and token not in ex.model_dump_json()
+        assert "<SECRET_MASKED kind=aws_access_key_id" in ex.output_text and "scan" not in ex.metadata
+
+    flt = ExampleQualityFilter(db=db, settings=cfg)
+    report = await flt.filter_detailed([live["exec-s1"]])
+    assert [(d.decision.value, d.reason) for d in report.decisions] == [("QUARANTINE", "secret")]
+    # A stored row filtered again (e.g. after the filter crashed) is decided by its masks, and they are kept as is.
+    again = await flt.filter_detailed([stored["exec-s2"]])
+    assert [(d.decision.value, d.reason) for d in again.decisions] == [("QUARANTINE", "secret")]
+    async with db.session() as s:
+        decided = {e.execution_id: e for e in await ExampleRepository(s).list()}
+    assert {e.status.value for e in decided.values()} == {"QUARANTINED"}
+    assert decided["exec-s2"].output_text == stored["exec-s2"].output_text
+    assert all(key not in e.model_dump_json() for e in decided.values())
+
+
 def test_sample_stream_is_deterministic_and_learnable():
     a, b = generate(80, seed=3), generate(80, seed=3)
     assert a.lines == b.lines and generate(80, seed=4).lines != a.lines

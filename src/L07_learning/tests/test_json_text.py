@@ -45,6 +45,7 @@ def test_canonical_dumps_matches_json_dumps():
 @pytest.mark.parametrize("text", [
     '{"a": 1, "a": 2}', '{"big": 123456789012345678901234567890}', "[NaN, Infinity, -Infinity]", "1e400",
     '"\\ud800"', "[" * 300 + "]" * 300, '{"x": -0.0, "y": 1E2, "z": "\\u00e9"}', "\ufeff{}", '{"a": "\x01"}', "{",
+    "[-9223372036854775809, 18446744073709551616, -0, 9223372036854775807]",
 ])
 def test_read_matches_json_loads(text: str):
     try:

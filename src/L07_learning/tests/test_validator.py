@@ -142,9 +142,9 @@ async def test_deploy_promotes_to_staging_and_publishes_a_signed_release_once(sq
         await GoldenCaseRepository(s).add_many(
             "rel-cand", [{"case_id": c.case_id, "messages": c.messages, "expected": r.got} for c, r in zip(cases, recorded.cases)])
     # Latency of a model of a few hundred thousand parameters is noise at the millisecond scale; this test is about the
-    # release path, so the latency gate is set wide here (thresholds are configuration).
+    # release path, so the latency gates are set wide here (thresholds are configuration).
     cfg = ValidationConfig(max_new_tokens=10, latency_requests=3, latency_warmup=1, safety_prompts=2,
-                           latency_p99_fail_ratio=100.0, bootstrap_iters=200)
+                           latency_p99_pass_ratio=100.0, latency_p99_fail_ratio=100.0, bootstrap_iters=200)
     validator = ModelValidator(db=sqlite_db, registry=registry, settings=settings, config=cfg)
     service = LearningService(settings=settings, db=sqlite_db, registry=registry, validator=validator)
     await service.initialize(start_relay=False)
@@ -164,3 +164,48 @@ async def test_deploy_promotes_to_staging_and_publishes_a_signed_release_once(sq
     assert data["model_id"] == cand_id and data["artifact_checksum"] == staged.checksum
     assert data["artifact_signature"] == staged.signature and data["signing_key_version"]
     assert data["validation_status"] == "APPROVED" and data["canary_config"]["traffic_percentage"] == 20
+
+
+def test_accuracy_pass_leaves_room_to_measure_a_verbose_models_length(tmp_path):
+    """Tokens per answer must not be cut at the reference length, or a rambling baseline looks as short as a correct
+    candidate; a cap given explicitly applies as it is."""
+    from transformers import AutoTokenizer
+
+    from L07_learning.pipelines.base_model import build_tiny_model
+    from L07_learning.pipelines.evaluation_pipeline import EvalCase, evaluate_model
+
+    model_dir = _chatty(build_tiny_model(tmp_path / "tiny", seed=0), tmp_path / "chatty")
+    expected = "billing team"
+    longest = len(AutoTokenizer.from_pretrained(str(model_dir))(expected, add_special_tokens=False)["input_ids"])
+    cases = [EvalCase(case_id=f"c{i}", messages=[{"role": "user", "content": f"Route ticket {i}."}], expected=expected)
+             for i in range(3)]
+    report = evaluate_model(model_dir, cases, latency_requests=1, latency_warmup=0, safety_prompts=0)
+    cap = report.latency["answer_cap_tokens"]
+    assert cap == 2 * longest + 8
+    # The tiny model never emits an end-of-turn token: every answer runs to the cap and is reported as cut there.
+    assert [c.new_tokens for c in report.cases] == [cap] * 3 and report.latency["answers_cut_at_cap"] == 3
+    assert report.latency["tokens_per_answer"] == cap
+
+    fixed = evaluate_model(model_dir, cases, max_new_tokens=5, latency_requests=0, latency_warmup=0, safety_prompts=0)
+    assert fixed.latency["answer_cap_tokens"] == 5 and {c.new_tokens for c in fixed.cases} == {5}
+
+
+def _report(tokens: int, p99_ms: float, correct: bool):
+    from L07_learning.pipelines.evaluation_pipeline import CaseResult, ModelReport
+
+    cases = [CaseResult(f"c{i}", "t", "EASY", "x", "x" if correct else "y", correct, float(correct), 0.1, tokens)
+             for i in range(4)]
+    return ModelReport(cases=cases, latency={"p99_ms": p99_ms, "tokens_per_answer": float(tokens)})
+
+
+@pytest.mark.parametrize(("cand_tokens", "cand_p99", "outcome"), [
+    (40, 100.0, "PASS"),     # shorter and no slower
+    (46, 100.0, "REVIEW"),   # 1.15x the baseline's tokens per answer
+    (40, 115.0, "REVIEW"),   # p99 in (1.10, 1.20] x: contract §5.6 REVIEW band
+])
+async def test_benchmark_stage_applies_the_token_and_latency_bands(sqlite_db, settings, cand_tokens, cand_p99, outcome):
+    from L07_learning.services.model_validator import ModelValidator
+
+    validator = ModelValidator(db=sqlite_db, settings=settings)
+    stage = validator._benchmark_stage(_report(cand_tokens, cand_p99, True), _report(40, 100.0, True))
+    assert stage.outcome.value == outcome, stage.issues

@@ -26,9 +26,9 @@ from .findings import Finding, replace_spans
 from .minhash import encode, shingles, signatures
 from .pii import PIIDetector
 from .poisoning import PoisoningScanner
-from .secret_scan import SecretScanner, mask_token
+from .secret_scan import SecretScanner, masked_form
 
-SCAN_VERSION = "2"
+SCAN_VERSION = "3"
 SCANNED_FIELDS = ("input_text", "output_text", "final_answer", "reasoning")
 _CATEGORY_LIST = {"secret": "secrets", "poisoning": "poisoning", "pii": "pii"}
 _PROCESS_KEY = secrets.token_bytes(32)
@@ -133,16 +133,17 @@ class ContentScanner:
             text = getattr(example, name)
             if not text:
                 continue
-            report.secrets += self.secrets.detect(text, name)
+            report.secrets += self.secrets.detect(text, name) + self.secrets.masked(text, name)
             report.poisoning += self.poisoning.detect(text, name)
             report.pii += self.pii.detect(text, name)
         return report
 
     def _mac(self, ex: TrainingExample, content_hash: str, out_hash: str, findings: str, signature: str) -> str:
-        a, b, c, d = ex.input_text, ex.output_text, ex.final_answer, ex.reasoning
-        # The lengths fix where each text ends, so no text can be moved from one field into another.
-        payload = f"{self.fingerprint}{content_hash}{out_hash}{len(a)},{len(b)},{len(c)},{len(d)}{_SEP}{findings}" \
-                  f"{_SEP}{signature}{_SEP}{a}{_SEP}{b}{_SEP}{c}{_SEP}{d}"
+        # Every part is length-prefixed, so no characters can be moved from one part into its neighbour (a hash, the
+        # findings or a text) while the MAC still checks out.
+        parts = (self.fingerprint, content_hash, out_hash, findings, signature,
+                 ex.input_text, ex.output_text, ex.final_answer, ex.reasoning)
+        payload = "".join(f"{len(p)}{_SEP}{p}" for p in parts)
         return hashlib.blake2b(payload.encode("utf-8", "surrogatepass"), key=self._key, digest_size=16).hexdigest()
 
     def annotate_many(self, examples: list[TrainingExample]) -> list[TrainingExample]:
@@ -198,7 +199,7 @@ class ContentScanner:
 
 def mask_secrets_in_text(text: str, findings: list[Finding]) -> str:
     """``text`` with each secret span replaced by its masked token."""
-    return replace_spans(text, [(f.start, f.end, mask_token(f.kind, text[f.start:f.end])) for f in findings])
+    return replace_spans(text, [(f.start, f.end, masked_form(f.kind, text[f.start:f.end])) for f in findings])
 
 
 def mask_secrets_deep(value: Any, scanner: SecretScanner) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import func, select
@@ -45,17 +46,22 @@ class ExampleRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def add_many(self, examples: list[TrainingExample]) -> int:
+    async def add_many(self, examples: list[TrainingExample],
+                       stored_form: Callable[[TrainingExample], dict[str, Any]] | None = None) -> int:
         """Insert examples; one whose id or (source_type, execution_id) is already stored is skipped.
+
+        Args:
+            stored_form: The JSON form to persist per example (e.g. with secrets masked); default its plain dump.
 
         Returns:
             The number of rows actually inserted.
         """
         if not examples:
             return 0
+        dump = stored_form or (lambda e: e.model_dump(mode="json"))
         table = SqlTrainingExample.__table__
         inserted = 0
-        for part in chunks([example_row(e, None, e.model_dump(mode="json")) for e in examples]):
+        for part in chunks([example_row(e, None, dump(e)) for e in examples]):
             result = await self.session.execute(insert_ignore(self.session, table).returning(table.c.example_id), part)
             inserted += len(result.all())
         return inserted
