@@ -84,6 +84,9 @@ class JobConfig(L07Model):
     lora_alpha: float = Field(default=32.0, ge=8, le=64)
     lora_dropout: float = Field(default=0.05, ge=0, le=0.5)
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
+    # Not in contract §3.4 (an L07 extension, peft's ``layers_to_transform``): adapt only the N transformer blocks
+    # nearest the output. Backpropagation then stops below them, which cuts a CPU step by about a sixth with 20 of 30.
+    lora_top_layers: int | None = Field(default=None, ge=1)
     warmup_ratio: float = Field(default=0.1, ge=0, le=0.5)
     warmup_steps: int | None = Field(default=None, ge=0)
     weight_decay: float = Field(default=0.01, ge=0, le=0.1)

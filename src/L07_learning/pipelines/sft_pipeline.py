@@ -270,8 +270,8 @@ def run_sft(
     from datasets import Dataset as HFDataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback
-    from trl import SFTTrainer
 
+    from .answer_loss import AnswerLossSFTTrainer
     from .lora_targets import resolve_target_modules
 
     callbacks = callbacks or SFTCallbacks()
@@ -296,9 +296,21 @@ def run_sft(
         raise L07Error(L07ErrorCode.HYPERPARAMETER_CONFIG_INVALID,
                        f"max_seq_length {config.max_seq_length} exceeds the model's {max_pos} positions")
     targets = target_modules or resolve_target_modules(config.target_modules, base_model_dir)
+    layers = None
+    if config.lora_top_layers is not None:
+        depth = int(getattr(model.config.get_text_config(), "num_hidden_layers", 0) or 0)
+        if not 0 < config.lora_top_layers <= depth:
+            raise L07Error(L07ErrorCode.LORA_ADAPTER_CONFIG_INVALID,
+                           f"lora_top_layers {config.lora_top_layers} must be within the model's {depth} layers")
+        layers = list(range(depth - config.lora_top_layers, depth))
+        if targets == ["all-linear"]:  # peft takes a layer subset only with named modules
+            head = model.get_output_embeddings()
+            targets = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+                              if isinstance(m, torch.nn.Linear) and m is not head})
     try:
         peft_config = LoraConfig(r=config.lora_rank, lora_alpha=int(config.lora_alpha), lora_dropout=config.lora_dropout,
-                                 target_modules="all-linear" if targets == ["all-linear"] else targets, bias="none", task_type="CAUSAL_LM")
+                                 target_modules="all-linear" if targets == ["all-linear"] else targets, bias="none",
+                                 layers_to_transform=layers, task_type="CAUSAL_LM")
     except (ValueError, TypeError) as exc:
         raise L07Error(L07ErrorCode.LORA_ADAPTER_CONFIG_INVALID, str(exc)) from exc
 
@@ -315,7 +327,7 @@ def run_sft(
     if args.load_best_model_at_end:
         trainer_callbacks.append(EarlyStoppingCallback(config.early_stopping_patience, config.early_stopping_threshold))
     try:
-        trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+        trainer = AnswerLossSFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                              processing_class=tokenizer, peft_config=peft_config, callbacks=trainer_callbacks)
     except L07Error:
         raise
@@ -375,7 +387,12 @@ def run_sft(
         raise L07Error(L07ErrorCode.TRAINING_DIVERGENCE, "final training loss is not finite")
 
     if val_ds is not None:
-        metrics["eval_loss"] = float(trainer.evaluate()["eval_loss"])
+        last = state["evals"][-1] if state["evals"] else None
+        # An evaluation at the last step already measured these weights, unless the best checkpoint was reloaded.
+        if last is not None and last["step"] == st.global_step and not args.load_best_model_at_end:
+            metrics["eval_loss"] = last["eval_loss"]
+        else:
+            metrics["eval_loss"] = float(trainer.evaluate()["eval_loss"])
     if test_rows:
         test_ds = HFDataset.from_list([to_prompt_completion(r, has_template) for r in test_rows])
         metrics["test_loss"] = float(trainer.evaluate(eval_dataset=test_ds, metric_key_prefix="test")["test_loss"])

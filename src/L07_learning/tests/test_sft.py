@@ -102,11 +102,28 @@ def test_run_sft_trains_the_adapter_and_loss_falls(tiny_model: Path, tmp_path: P
     assert not result.cancelled and m["global_step"] == 8 and len(steps) == 8
     assert [e["epoch"] for e in evals] == [0.0, 1.0, 2.0]  # before training, then each epoch
     assert m["eval_loss"] < m["initial_eval_loss"]
+    assert m["eval_loss"] == evals[-1]["eval_loss"]  # the last epoch's evaluation measured the final weights
     assert m["tokens_seen"] > 0 and m["tokens_per_second"] > 0
     assert checkpoints == [4, 8] and latest_checkpoint(tmp_path / "ckpt").name == "checkpoint-8"
     weights = load_file(str(Path(result.adapter_dir) / "adapter_model.safetensors"))
     lora_b = [v for k, v in weights.items() if "lora_B" in k]
     assert lora_b and all(v.abs().max() > 0 for v in lora_b)  # peft initialises B to zero
+
+
+def test_lora_top_layers_adapts_only_the_blocks_nearest_the_output(tiny_model: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from L07_learning.pipelines.sft_pipeline import run_sft
+
+    rows = tool_rows(16, seed=4)
+    result = run_sft(tiny_model, rows, [], JobConfig(epochs=1, lora_top_layers=1, target_modules=["all-linear"], **FAST),
+                     tmp_path / "a", tmp_path / "c", measure_generation=False)
+    keys = list(load_file(str(Path(result.adapter_dir) / "adapter_model.safetensors")))
+    assert keys and all(".layers.1." in k for k in keys)  # the tiny model has blocks 0 and 1
+    with pytest.raises(L07Error) as err:
+        run_sft(tiny_model, rows, [], JobConfig(epochs=1, lora_top_layers=3, **FAST), tmp_path / "b", tmp_path / "d",
+                measure_generation=False)
+    assert err.value.code.value == "E7036"
 
 
 def test_cancel_callback_stops_within_one_step(tiny_model: Path, tmp_path: Path) -> None:
@@ -156,6 +173,32 @@ def test_two_process_gloo_data_parallel_ends_with_identical_weights(tiny_model: 
 
 
 @pytest.mark.slow
+def test_gguf_conversion_matches_transformers_own_loader(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from L07_learning.pipelines.base_model import DEFAULT_BASE_NAME, smollm2_gguf_path
+    from L07_learning.pipelines.gguf_convert import convert_llama_gguf
+
+    gguf = smollm2_gguf_path()
+    ours = convert_llama_gguf(gguf, tmp_path / "converted", DEFAULT_BASE_NAME)
+    reference = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    converted = load_file(str(ours / "model.safetensors"))
+    expected = {k: v for k, v in reference.state_dict().items() if k != "lm_head.weight"}  # tied to the embedding
+    assert converted.keys() == expected.keys()
+    assert all(torch.equal(converted[k], expected[k]) for k in expected)
+    config, ref_config = AutoConfig.from_pretrained(str(ours)), reference.config
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps", "rope_parameters",
+                "tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id"):
+        assert getattr(config, key) == getattr(ref_config, key), key
+    text = "<|im_start|>user\nRoute ticket 8474 to billing<|im_end|>\n"
+    assert AutoTokenizer.from_pretrained(str(ours))(text)["input_ids"] == \
+        AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)(text)["input_ids"]
+
+
+@pytest.mark.slow
 def test_real_base_model_learns_tool_selection(tmp_path: Path) -> None:
     """SmolLM2-135M-Instruct + LoRA on 120 tool-selection examples: held-out exact match by generation beats the base."""
     from safetensors.torch import load_file
@@ -178,3 +221,44 @@ def test_real_base_model_learns_tool_selection(tmp_path: Path) -> None:
     assert m["base_accuracy"] <= 0.2 and m["eval_accuracy"] >= m["base_accuracy"] + 0.5, m
     weights = load_file(str(Path(result.adapter_dir) / "adapter_model.safetensors"))
     assert all(v.abs().max() > 0 for k, v in weights.items() if "lora_B" in k)
+
+
+def test_answer_only_head_gives_trls_loss_and_gradients(tiny_model: Path, tmp_path: Path) -> None:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from L07_learning.pipelines.answer_loss import AnswerLossSFTTrainer
+    from L07_learning.pipelines.sft_pipeline import to_prompt_completion
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model))
+    rows = tool_rows(6, seed=3)
+    ds = Dataset.from_list([to_prompt_completion(r, has_chat_template=True) for r in rows])
+    trainer = AnswerLossSFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(str(tiny_model)), processing_class=tok, train_dataset=ds,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+        args=SFTConfig(output_dir=str(tmp_path), completion_only_loss=True, report_to="none", use_cpu=True,
+                       max_length=256, bf16=False))
+    model = trainer.model
+    torch.manual_seed(0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)  # a trained-looking adapter, so every LoRA weight gets a gradient
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(6)])
+    answer_tokens = int((batch["labels"][:, 1:] != -100).sum())
+    assert 0 < answer_tokens < batch["labels"].numel() / 2  # most positions are prompt or padding
+
+    def loss_and_grads(compute, **kw):  # type: ignore[no-untyped-def]
+        model.zero_grad()
+        loss = compute(trainer, model, dict(batch), **kw)
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    for kw in ({}, {"num_items_in_batch": torch.tensor(answer_tokens * 2)}):
+        ours, ours_grads = loss_and_grads(AnswerLossSFTTrainer.compute_loss, **kw)
+        trl_loss, trl_grads = loss_and_grads(SFTTrainer.compute_loss, **kw)
+        assert ours == pytest.approx(trl_loss, rel=1e-5)
+        assert all(torch.allclose(ours_grads[n], trl_grads[n], rtol=1e-4, atol=1e-7) for n in trl_grads)
+        assert any(g.abs().sum() > 0 for g in ours_grads.values())
