@@ -39,6 +39,8 @@ class AnswerLossSFTTrainer(SFTTrainer):
         config = causal_lm.config.get_text_config()
         if any(getattr(config, name, None) not in (None, 1.0) for name in _LOGIT_TRANSFORMS):
             return None
+        if causal_lm.base_model is causal_lm or causal_lm.get_output_embeddings() is None:
+            return None  # no separate backbone and head to run by parts
         return causal_lm
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
