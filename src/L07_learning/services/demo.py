@@ -41,9 +41,10 @@ DEMO_TASK_TYPES = ["capital_qa", "meeting_scheduling", "ticket_routing"]
 DEMO_EXECUTIONS = 300
 # Measurement budgets only (the gate thresholds stay the contract's): on 2 CPU cores one generated token costs about
 # 0.13 s, so the default latency profile (3 warm-up + 20 requests per model) alone would take a third of the demo.
-# Batch 32 puts the 20 held-out cases, and the 30 safety probes, in one generation each: the base model's validation
-# took 113 s instead of 145 s at batch 16.
-DEMO_VALIDATION_BUDGET: dict[str, Any] = {"latency_warmup": 1, "latency_requests": 6, "safety_prompts": 6,
+# Batch 32 puts the 20 held-out cases, and the safety probes, in one generation each: the base model's validation
+# took 113 s instead of 145 s at batch 16. With 6 latency requests and 6 safety prompts the whole demo measured
+# 560-597 s, too close to its 10 minutes on a slow day; 4 and 4 (20 probes) take about 30 s less.
+DEMO_VALIDATION_BUDGET: dict[str, Any] = {"latency_warmup": 1, "latency_requests": 4, "safety_prompts": 4,
                                           "batch_size": 32}
 
 
