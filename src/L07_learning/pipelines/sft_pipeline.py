@@ -328,7 +328,7 @@ def run_sft(
         trainer_callbacks.append(EarlyStoppingCallback(config.early_stopping_patience, config.early_stopping_threshold))
     try:
         trainer = AnswerLossSFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
-                             processing_class=tokenizer, peft_config=peft_config, callbacks=trainer_callbacks)
+                                       processing_class=tokenizer, peft_config=peft_config, callbacks=trainer_callbacks)
     except L07Error:
         raise
     except (ValueError, KeyError, TypeError) as exc:
