@@ -349,7 +349,10 @@ async def test_rlhf_job_trains_reward_model_and_policy_in_a_worker(sqlite_db, se
         examples.append(_example(p.prompt, p.chosen, 90, "support"))
         examples.append(_example(p.prompt, p.rejected, 30, "support"))
     dataset = await curator.create_dataset("support-prefs", examples, min_examples=10)
-    rlhf = _policy_config(algorithm="dpo", reward_training_epochs=3, reward_learning_rate=3e-3, reward_lora_rank=None)
+    # 2 DPO epochs left the greedy answers unchanged in one CI run (reward gain exactly 0; the worker's results vary
+    # run to run); 4 epochs measured gains of 2.4 and 3.2 at KL 0.5 (limit 5.0).
+    rlhf = _policy_config(algorithm="dpo", epochs=4, reward_training_epochs=3, reward_learning_rate=3e-3,
+                          reward_lora_rank=None)
     engine = FineTuningEngine(db=sqlite_db, registry=registry, curator=curator, settings=settings)
     job = await engine.start_training(
         dataset.dataset_id, base.model_id,
@@ -361,6 +364,7 @@ async def test_rlhf_job_trains_reward_model_and_policy_in_a_worker(sqlite_db, se
     policy = await registry.get_model(done.output_model_id)
     assert policy.model_type == ModelType.LORA_ADAPTER and policy.name == "support-rlhf"
     assert (policy.training_job_id, policy.dataset_id) == (job.job_id, dataset.dataset_id)
+    print(json.dumps({k: policy.metrics["training_metrics"].get(k) for k in ("reward_gain", "stopped_reason", "kl")}))
     assert policy.metrics["training_metrics"]["reward_gain"] > 0
     reward_models = await registry.list_models(model_type="REWARD_MODEL")
     assert [m.training_job_id for m in reward_models] == [job.job_id]
