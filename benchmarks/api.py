@@ -1,7 +1,7 @@
 """REST ingestion throughput: events/s accepted by ``POST /api/v1/events`` in batches of 100, over loopback.
 
 A real ``l07 serve`` (uvicorn) runs in a child process on 127.0.0.1 against a SQLite file (or ``L07_BENCH_DB_URL``);
-the client posts generated CloudEvents (traces, scores, planning records, as ``events/sample_stream.py`` makes them)
+the client posts generated CloudEvents (traces, scores, planning records, as ``services/demo/sample_stream.py`` makes them)
 as JSON arrays of 100 with an API key, from ``--concurrency`` concurrent senders, and records each request's latency.
 
 Baseline, measured in the same run on a fresh database: the same batches handed straight to the shared ingestion
@@ -52,7 +52,7 @@ def _is_json(line: str) -> bool:
 
 
 def _batches(n_batches: int, seed: int) -> list[list[str]]:
-    from L07_learning.events.sample_stream import generate
+    from L07_learning.services.demo.sample_stream import generate
 
     needed = n_batches * BATCH
     # The sample stream plants a few unparseable lines to exercise the dead-letter path; a JSON array cannot carry
@@ -127,7 +127,7 @@ async def _http_run(base: str, token: str, batches: list[list[str]], concurrency
 
 
 async def _inprocess_run(home: str, batches: list[list[str]]) -> dict:
-    from L07_learning.services.ingestion import ingest_events
+    from L07_learning.services.ingestion.pipeline import ingest_events
     from L07_learning.settings import Settings
     from L07_learning.store.db import Database
 

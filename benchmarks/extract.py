@@ -42,7 +42,7 @@ async def _run(events: int, batch: int, baseline_events: int, url: str | None) -
     import logging
 
     logging.getLogger("L07_learning").setLevel(logging.ERROR)
-    from L07_learning.events.sample_stream import generate
+    from L07_learning.services.demo.sample_stream import generate
     from L07_learning.services.training_data_extractor import TrainingDataExtractor
     from L07_learning.settings import Settings
     from L07_learning.store.db import Database

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..services.demo import DEMO_EXECUTIONS, DEMO_OVERRIDES
+from ..services.demo.demo import DEMO_EXECUTIONS, DEMO_OVERRIDES
 from ..settings import get_settings
 from ._common import JsonOpt, console, emit_json, run, table
 
@@ -29,7 +29,7 @@ async def demo(
     json_out: bool = JsonOpt,
 ) -> None:
     """Run the whole loop on the embedded default: events -> dataset -> LoRA fine-tune -> validate -> release."""
-    from ..services.demo import run_demo
+    from ..services.demo.demo import run_demo
 
     import os
 
@@ -80,7 +80,7 @@ async def demo(
             bars.update(step("validate + release", 1), completed=1, info=f"{info['code']}: {info['message'][:60]}")
 
     with bars:
-        from ..events.sample_stream import TASK_TYPES
+        from ..services.demo.sample_stream import TASK_TYPES
 
         summary = await run_demo(home, executions=executions, seed=seed, reset=not keep,
                                  task_types=list(TASK_TYPES) if all_tasks else None,

@@ -28,7 +28,7 @@ async def ingest(
 ) -> None:
     """Ingest CloudEvents from a file or folder: extract, join and store examples (status PENDING)."""
     from ..events.sources import FileSource
-    from ..services.ingestion import IngestionPipeline, run_source
+    from ..services.ingestion.pipeline import IngestionPipeline, run_source
     from ..store.db import get_database
 
     settings = get_settings()
@@ -63,7 +63,7 @@ async def consume(
     import asyncio
 
     from ..events.redis_stream import RedisStreamSource
-    from ..services.ingestion import IngestionPipeline, run_source
+    from ..services.ingestion.pipeline import IngestionPipeline, run_source
     from ..store.db import get_database
 
     settings = get_settings()
@@ -93,7 +93,7 @@ def sample_events(
     json_out: bool = JsonOpt,
 ) -> None:
     """Write a deterministic, realistic mixed event stream (successes, failures, duplicates, malformed, PII...)."""
-    from ..events.sample_stream import generate
+    from ..services.demo.sample_stream import generate
 
     stream = generate(executions, seed=seed)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -120,7 +120,7 @@ async def joins(
     json_out: bool = JsonOpt,
 ) -> None:
     """Show the pending-join store (after applying the join window and TTL): counts per status, or one status."""
-    from ..services.ingestion import IngestionPipeline
+    from ..services.ingestion.pipeline import IngestionPipeline
     from ..store.db import get_database
     from ..store.repositories.joins import JoinRepository
 

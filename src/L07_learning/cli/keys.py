@@ -119,7 +119,7 @@ async def rotate(
 @run
 async def list_signing(json_out: bool = JsonOpt) -> None:
     """List the artifact signing keys (public parts only) with their status."""
-    from ..services.signing import SigningKeyring
+    from ..services.registry.signing import SigningKeyring
     from ..settings import get_settings
 
     settings = get_settings()

@@ -23,7 +23,7 @@ def serve_model(
     import uvicorn
 
     from ..api.serving import create_serving_app
-    from ..services.model_loading import resolve_model_dirs
+    from ..services.registry.loading import resolve_model_dirs
     from ..services.model_registry import ModelRegistry
     from ..store.db import get_database
     from ._common import err_console

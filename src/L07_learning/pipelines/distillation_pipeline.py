@@ -777,7 +777,7 @@ MAX_SCORED_EXAMPLES = 64
 
 
 def entry(spec: dict[str, Any], emit: Callable[[str, dict[str, Any]], None], should_cancel: Callable[[], bool]) -> dict[str, Any]:
-    """Job-runner entry point for ``JobType.DISTILLATION`` (see ``services/job_runner.py``).
+    """Job-runner entry point for ``JobType.DISTILLATION`` (see ``services/jobs/runner.py``).
 
     Distils, then scores teacher and student on the held-out rows with the same greedy exact-match measure.
 

@@ -648,7 +648,7 @@ def optimize_policy(
     cancelled = False
     try:
         if config.algorithm == "ppo":
-            from .ppo_loop import run_ppo
+            from .rlhf.ppo import run_ppo
 
             train_metrics = run_ppo(policy, tokenizer, scorer, [format_prompt(tokenizer, t.prompt) for t in train],
                                     config, guard=guard, progress=progress, should_stop=should_stop)
@@ -734,7 +734,7 @@ def _trl_trainer(config: RLHFConfig, policy: Any, tokenizer: Any, scorer: Reward
 
 
 def entry(spec: dict[str, Any], emit: Callable[[str, dict[str, Any]], None], should_cancel: StopFn) -> dict[str, Any]:
-    """Job-runner entry point for ``JobType.RLHF`` (see ``services/job_runner.py``).
+    """Job-runner entry point for ``JobType.RLHF`` (see ``services/jobs/runner.py``).
 
     Args:
         spec: ``base_model_dir``, ``reward_model_dir`` (None: train one first), ``sft_adapter_dir``, ``train_pairs``,

@@ -1,7 +1,7 @@
 """``DistillationEngine``: durable teacher -> student distillation jobs (contract §3.3, §5.7, E76xx).
 
 A distillation job is a ``TrainingJob`` with ``job_type=DISTILLATION`` run by the same worker as SFT
-(``services/job_runner.py``): this module plugs its ``prepare`` and ``register`` hooks and the pipeline entry point
+(``services/jobs/runner.py``): this module plugs its ``prepare`` and ``register`` hooks and the pipeline entry point
 (``pipelines/distillation_pipeline.py:entry``) into the runner's table on import.
 
 * Teacher: any registered model. A ``LORA_ADAPTER`` is resolved to its parent's folder plus the adapter folder and
@@ -30,7 +30,7 @@ from ..store.db import Database, get_database
 from ..store.repositories.audit import audit
 from ..store.repositories.jobs import JobRepository
 from .fine_tuning_engine import FineTuningEngine
-from .job_runner import JobKind, RunnerContext, register_job_kind, split_rows
+from .jobs.runner import JobKind, RunnerContext, register_job_kind, split_rows
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ async def teacher_dirs(registry: Any, teacher: ModelArtifact) -> tuple[str, str 
     Raises:
         L07Error: E7604 for an adapter without a parent model; E7250/E7201/E7207 from the registry.
     """
-    from .model_loading import resolve_model_dirs
+    from .registry.loading import resolve_model_dirs
 
     return await resolve_model_dirs(registry, teacher.model_id)
 

@@ -3,7 +3,7 @@
 ``start_training`` validates everything that can be checked at submission (config ranges E7500, LoRA targets against
 the base model's architecture E7036, sequence length against the model's positions, dataset existence E7028) and stores
 the job as PENDING; a worker (``l07 worker``, ``run_worker_once`` or the embedded background worker) runs it in its own
-process through ``services/job_runner.py``.
+process through ``services/jobs/runner.py``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from ..settings import Settings, get_settings
 from ..store.db import Database, get_database
 from ..store.repositories.audit import audit
 from ..store.repositories.jobs import JobRepository
-from .job_runner import JobRunner
+from .jobs.runner import JobRunner
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ class FineTuningEngine:
             await audit(session, "training_job.cancel", "training_job", job_id, actor=actor,
                         details={"status_before": before.status.value, "status_after": after.status.value})
             if after.status == JobStatus.CANCELLED:
-                from .job_runner import JobRunner as _Runner
+                from .jobs.runner import JobRunner as _Runner
 
                 runner = _Runner(db=self.db, registry=self._registry, curator=self._curator, settings=self.settings)
                 await runner._completed_event(session, after, None, 0.0)

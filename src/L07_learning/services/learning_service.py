@@ -22,7 +22,7 @@ from ..models.training_job import JobConfig, TrainingJob
 from ..models.validation import Recommendation, ValidationResult
 from ..settings import Settings, get_settings
 from ..store.db import Database, get_database
-from .gateway_handoff import CANARY_CONFIG, register_with_gateway
+from .release.gateway import CANARY_CONFIG, register_with_gateway
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class LearningService:
             The ingestion summary plus ``examples_accepted``.
         """
         await self._ensure()
-        from .ingestion import ingest_and_filter
+        from .ingestion.pipeline import ingest_and_filter
 
         result, accepted = await ingest_and_filter(events, transport, db=self.db, settings=self.settings,
                                                    quality_filter=self.filter)

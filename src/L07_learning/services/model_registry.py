@@ -32,8 +32,8 @@ from ..settings import Settings, get_settings
 from ..store.db import Database, get_database
 from ..store.repositories.audit import audit
 from ..store.repositories.models import ModelRepository
-from .artifact_store import MANIFEST_SCHEMA, ArtifactStore, check_model_name, hash_local_tree, manifest_checksum
-from .signing import SigningKeyInfo, SigningKeyring
+from .registry.artifact_store import MANIFEST_SCHEMA, ArtifactStore, check_model_name, hash_local_tree, manifest_checksum
+from .registry.signing import SigningKeyInfo, SigningKeyring
 
 log = logging.getLogger(__name__)
 

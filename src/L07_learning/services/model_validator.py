@@ -221,7 +221,7 @@ class ModelValidator:
 
     async def _load_dirs(self, model: ModelArtifact) -> tuple[str, str | None]:
         """Verified local folders: (model dir, adapter dir or None). An adapter loads on its verified parent."""
-        from .model_loading import resolve_model_dirs
+        from .registry.loading import resolve_model_dirs
 
         return await resolve_model_dirs(self.registry, model.model_id)
 

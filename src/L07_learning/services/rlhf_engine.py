@@ -33,7 +33,7 @@ from ..settings import Settings, get_settings
 from ..store.db import Database, get_database
 from ..store.repositories.audit import audit
 from ..store.repositories.rewards import RewardRepository
-from .reward_signals import build_preference_pairs
+from .ingestion.rewards import build_preference_pairs
 
 log = logging.getLogger(__name__)
 
@@ -485,7 +485,7 @@ async def register_rlhf(job: TrainingJob, result: dict[str, Any], ctx: Any) -> s
 
 
 def _register_job_kind() -> None:
-    from .job_runner import JobKind, register_job_kind
+    from .jobs.runner import JobKind, register_job_kind
 
     register_job_kind(JobType.RLHF, JobKind("L07_learning.pipelines.rlhf_pipeline:entry", prepare_rlhf, register_rlhf))
 

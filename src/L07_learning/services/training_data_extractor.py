@@ -15,7 +15,7 @@ from ..models.training_example import TrainingExample
 from ..settings import Settings
 from ..store.db import Database
 from ..events.cloudevent import RawEvent
-from .ingestion import BatchResult, IngestionPipeline
+from .ingestion.pipeline import BatchResult, IngestionPipeline
 
 class TrainingDataExtractor:
     """Turns consumed CloudEvents into chat-format training examples.

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from L07_learning.events.redis_stream import RedisStreamSource
-from L07_learning.events.sample_stream import generate
-from L07_learning.services.ingestion import IngestionPipeline, run_source
+from L07_learning.services.demo.sample_stream import generate
+from L07_learning.services.ingestion.pipeline import IngestionPipeline, run_source
 from L07_learning.settings import Settings
 from L07_learning.store.db import Database
 from L07_learning.store.repositories.examples import ExampleRepository

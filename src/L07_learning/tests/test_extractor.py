@@ -15,10 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from L07_learning.events.cloudevent import CloudEvent, RawEvent, parse_event
-from L07_learning.events.sample_stream import correct_output, generate
+from L07_learning.services.demo.sample_stream import correct_output, generate
 from L07_learning.models import ExampleSource, L07Error, L07ErrorCode, TrainingExample
 from L07_learning.observability.metrics import REGISTRY
-from L07_learning.services.ingestion import IngestionPipeline, ingest_events
+from L07_learning.services.ingestion.pipeline import IngestionPipeline, ingest_events
 from L07_learning.services.training_data_extractor import TrainingDataExtractor
 from L07_learning.settings import Settings
 from L07_learning.store.db import Database
@@ -368,7 +368,7 @@ def test_sample_stream_is_deterministic_and_learnable():
     assert {"ticket_routing", "weather_lookup", "flight_booking", "code_debug", "capital_qa",
             "meeting_scheduling"} <= types
     # The correct answer is a function of the goal: identical goals of successful runs share one output.
-    from L07_learning.events.sample_stream import make_task
+    from L07_learning.services.demo.sample_stream import make_task
     import random
 
     t1, t2 = make_task("capital_qa", random.Random(1)), make_task("capital_qa", random.Random(1))

@@ -119,7 +119,7 @@ async def test_stale_job_is_claimable_again_but_live_one_is_not(db: Database) ->
 
 
 def test_retry_policy_follows_the_contract() -> None:
-    from L07_learning.services.job_runner import JobRunner
+    from L07_learning.services.jobs.runner import JobRunner
 
     job = TrainingJob()
     cfg = JobConfig(batch_size=8, gradient_accumulation_steps=1, learning_rate=1e-4)

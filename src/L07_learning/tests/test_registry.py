@@ -23,9 +23,9 @@ from L07_learning.models import (
     Verdict,
 )
 from L07_learning.observability.metrics import REGISTRY
-from L07_learning.services.artifact_store import MANIFEST_FILE, hash_local_tree, manifest_checksum
+from L07_learning.services.registry.artifact_store import MANIFEST_FILE, hash_local_tree, manifest_checksum
 from L07_learning.services.model_registry import ALLOWED, DEFAULT_BASE_MODEL, ModelRegistry
-from L07_learning.services.signing import SigningKeyring
+from L07_learning.services.registry.signing import SigningKeyring
 from L07_learning.store.db import Database
 from L07_learning.store.tables import (
     SqlAuditLog,
@@ -163,7 +163,7 @@ async def test_missing_or_unreadable_files_store_nothing(db, registry, tmp_path,
 
 
 def test_local_store_never_overwrites_a_version(tmp_path):
-    from L07_learning.services.artifact_store import ArtifactStore
+    from L07_learning.services.registry.artifact_store import ArtifactStore
 
     store = ArtifactStore(str(tmp_path / "artifacts"))
     src = make_model_dir(tmp_path / "src")
@@ -245,7 +245,7 @@ async def test_remote_fsspec_store_is_verified_on_the_downloaded_copy(sqlite_db,
 
     import fsspec
 
-    from L07_learning.services.artifact_store import ArtifactStore
+    from L07_learning.services.registry.artifact_store import ArtifactStore
 
     root = f"memory://l07-{uuid.uuid4().hex}"
     registry = ModelRegistry(db=sqlite_db, settings=settings, store=ArtifactStore(root, cache_dir=tmp_path / "cache"))

@@ -14,7 +14,7 @@ from L07_learning.models.error_codes import L07Error
 async def test_chat_completions_over_a_verified_model_and_tampering_refused(sqlite_db, settings, tmp_path):
     from L07_learning.api.serving import create_serving_app
     from L07_learning.pipelines.base_model import build_tiny_model
-    from L07_learning.services.model_loading import resolve_model_dirs
+    from L07_learning.services.registry.loading import resolve_model_dirs
     from L07_learning.services.model_registry import ModelRegistry
 
     from .test_validator import _chatty

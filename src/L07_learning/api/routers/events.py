@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from ...models.error_codes import L07Error, L07ErrorCode
-from ...services.ingestion import RawEvent, ingest_and_filter
+from ...services.ingestion.pipeline import RawEvent, ingest_and_filter
 from ..deps import CanIngest, ContextDep
 from ..errors import error_responses
 

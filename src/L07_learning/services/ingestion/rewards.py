@@ -19,10 +19,10 @@ import math
 from dataclasses import dataclass, field
 from itertools import combinations
 
-from ..models.error_codes import L07Error, L07ErrorCode
-from ..models.reward_signal import PreferencePair, RewardSignal
-from ..models.training_example import TrainingExample, normalise_text
-from ..observability.metrics import ERRORS, REWARD_SIGNALS_DROPPED
+from ...models.error_codes import L07Error, L07ErrorCode
+from ...models.reward_signal import PreferencePair, RewardSignal
+from ...models.training_example import TrainingExample, normalise_text
+from ...observability.metrics import ERRORS, REWARD_SIGNALS_DROPPED
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..models.model_artifact import ModelArtifact
+from ...models.model_artifact import ModelArtifact
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ A worker (``l07 worker``, or the embedded background task) loops over :meth:`Job
    checkpoint). See ``store/repositories/jobs.py`` for the claim (``FOR UPDATE SKIP LOCKED`` on PostgreSQL).
 2. Prepare its input in this process (base model through ``ModelRegistry.local_path``, verified; dataset through
    ``DatasetCurator``) and write a spec file into the job's work folder.
-3. Start ``python -m L07_learning.services.job_runner child SPEC`` (under ``torchrun`` for several processes). The
+3. Start ``python -m L07_learning.services.jobs.runner child SPEC`` (under ``torchrun`` for several processes). The
    child runs the job type's pipeline entry point (table :data:`JOB_KINDS`) and writes JSON lines (steps, evals,
    checkpoints, the result or an error code) on its stdout; library output goes to ``child.log``.
 4. While it runs: store step/eval events, heartbeat, publish ``learning.training_progress_updated`` at the configured
@@ -37,13 +37,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from ..events.outbox_relay import backoff_seconds
-from ..events.publisher import EventPublisher
-from ..models._base import utcnow
-from ..models.error_codes import L07Error, L07ErrorCode
-from ..models.model_artifact import ModelArtifact, ModelType
-from ..models.training_job import JobConfig, JobStatus, JobType, TrainingJob
-from ..observability.metrics import (
+from ...events.outbox_relay import backoff_seconds
+from ...events.publisher import EventPublisher
+from ...models._base import utcnow
+from ...models.error_codes import L07Error, L07ErrorCode
+from ...models.model_artifact import ModelArtifact, ModelType
+from ...models.training_job import JobConfig, JobStatus, JobType, TrainingJob
+from ...observability.metrics import (
     THROUGHPUT,
     TRAINING_JOB_DURATION,
     TRAINING_JOBS,
@@ -52,10 +52,10 @@ from ..observability.metrics import (
     VALIDATION_ACCURACY,
     VALIDATION_LOSS,
 )
-from ..settings import Settings, get_settings
-from ..store.db import Database, get_database
-from ..store.repositories.audit import audit
-from ..store.repositories.jobs import ACTIVE_STATES, JobRepository
+from ...settings import Settings, get_settings
+from ...store.db import Database, get_database
+from ...store.repositories.audit import audit
+from ...store.repositories.jobs import ACTIVE_STATES, JobRepository
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ async def prepare_supervised(job: TrainingJob, config: JobConfig, ctx: RunnerCon
     Raises:
         L07Error: E7032/E7201/E7207 from the registry, E7028/E7031 for the dataset.
     """
-    from ..pipelines.lora_targets import resolve_target_modules
+    from ...pipelines.lora_targets import resolve_target_modules
 
     base_dir = await ctx.registry.local_path(job.base_model_id)
     splits = await split_rows(job, config, ctx)
@@ -180,9 +180,9 @@ def _load_job_kind(job_type: JobType) -> JobKind:
         module = {JobType.RLHF: "rlhf_engine", JobType.DISTILLATION: "distillation_engine"}.get(job_type)
         if module:
             with contextlib.suppress(ModuleNotFoundError):
-                importlib.import_module(f".{module}", __package__)
+                importlib.import_module(f"..{module}", __package__)
             # In the child (``python -m``) this module is ``__main__``; kinds register on the package's job_runner.
-            JOB_KINDS.update(importlib.import_module(f"{__package__}.job_runner").JOB_KINDS)
+            JOB_KINDS.update(importlib.import_module(f"{__package__}.runner").JOB_KINDS)
     if job_type not in JOB_KINDS:
         raise L07Error(L07ErrorCode.CONFIGURATION_NOT_FOUND, f"no pipeline registered for job type {job_type.value}")
     return JOB_KINDS[job_type]
@@ -227,7 +227,7 @@ class JobRunner:
     @property
     def registry(self) -> Any:
         if self._registry is None:
-            from .model_registry import ModelRegistry
+            from ..model_registry import ModelRegistry
 
             self._registry = ModelRegistry(db=self.db, settings=self.settings)
         return self._registry
@@ -235,7 +235,7 @@ class JobRunner:
     @property
     def curator(self) -> Any:
         if self._curator is None:
-            from .dataset_curator import DatasetCurator
+            from ..dataset_curator import DatasetCurator
 
             self._curator = DatasetCurator(db=self.db, settings=self.settings)
         return self._curator
@@ -386,8 +386,8 @@ class JobRunner:
         nproc = int(config.extra.get("nproc_per_node", 1))
         if nproc > 1:
             return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                    "-m", "L07_learning.services.job_runner", "child", str(spec_path)]
-        return [sys.executable, "-m", "L07_learning.services.job_runner", "child", str(spec_path)]
+                    "-m", "L07_learning.services.jobs.runner", "child", str(spec_path)]
+        return [sys.executable, "-m", "L07_learning.services.jobs.runner", "child", str(spec_path)]
 
     async def _supervise(self, job: TrainingJob, config: JobConfig, workdir: Path, spec: dict[str, Any]) -> _Outcome:
         outcome = _Outcome()
@@ -756,5 +756,5 @@ def child_main(spec_path: str) -> int:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "child":
         sys.exit(child_main(sys.argv[2]))
-    sys.stderr.write("usage: python -m L07_learning.services.job_runner child SPEC_JSON\n")
+    sys.stderr.write("usage: python -m L07_learning.services.jobs.runner child SPEC_JSON\n")
     sys.exit(2)

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..models.error_codes import L07Error
-from ..settings import Settings
-from ..store.db import Database
+from ...models.error_codes import L07Error
+from ...settings import Settings
+from ...store.db import Database
 
 Progress = Callable[[str, dict[str, Any]], None]
 
@@ -67,9 +67,9 @@ async def run_demo(home: Path, *, executions: int = DEMO_EXECUTIONS, seed: int =
         task_types: Task types in the generated stream (default ``DEMO_TASK_TYPES``).
         training_overrides: JobConfig fields replacing the measured CPU defaults.
     """
-    from ..events.sample_stream import generate
-    from .fine_tuning_engine import load_preset
-    from .learning_service import LearningService
+    from .sample_stream import generate
+    from ..fine_tuning_engine import load_preset
+    from ..learning_service import LearningService
 
     t0 = time.perf_counter()
     home = Path(home)
@@ -152,8 +152,8 @@ async def run_demo(home: Path, *, executions: int = DEMO_EXECUTIONS, seed: int =
 
 
 async def _rejections(db: Database) -> dict[str, int]:
-    from ..store.repositories.events import RejectedEventRepository
-    from ..store.repositories.filter_decisions import FilterDecisionRepository
+    from ...store.repositories.events import RejectedEventRepository
+    from ...store.repositories.filter_decisions import FilterDecisionRepository
 
     async with db.session() as s:
         by_reason = await FilterDecisionRepository(s).counts_by_reason()

@@ -17,10 +17,10 @@ import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..models.reward_signal import RLHFConfig
+from ...models.reward_signal import RLHFConfig
 
 if TYPE_CHECKING:
-    from .rlhf_pipeline import PolicyGuard, RewardScorer
+    from ..rlhf_pipeline import PolicyGuard, RewardScorer
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ..models._base import L07Model, utcnow
-from ..models.error_codes import L07Error, L07ErrorCode
+from ...models._base import L07Model, utcnow
+from ...models.error_codes import L07Error, L07ErrorCode
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import fsspec
 
-from ..models.error_codes import L07Error, L07ErrorCode
+from ...models.error_codes import L07Error, L07ErrorCode
 
 log = logging.getLogger(__name__)
 

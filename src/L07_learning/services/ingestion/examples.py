@@ -13,11 +13,11 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from ..models._base import utcnow
-from ..models.curriculum import DifficultyLevel
-from ..models.reward_signal import RewardSignal
-from ..models.training_example import ExampleLabel, ExampleSource, TrainingExample, normalise_text
-from .json_text import canonical_dumps
+from ...models._base import utcnow
+from ...models.curriculum import DifficultyLevel
+from ...models.reward_signal import RewardSignal
+from ...models.training_example import ExampleLabel, ExampleSource, TrainingExample, normalise_text
+from ...events.json_text import canonical_dumps
 
 EXTRACTOR_VERSION = "1.0"
 EXTRACTED_BY = "TrainingDataExtractor/1.0"

@@ -12,8 +12,8 @@ import math
 from datetime import datetime
 from typing import Any
 
-from ..models.error_codes import L07Error, L07ErrorCode
-from .cloudevent import CloudEvent
+from ...models.error_codes import L07Error, L07ErrorCode
+from ...events.cloudevent import CloudEvent
 
 OUTCOMES = frozenset({"success", "failure", "constraint_violation", "timeout", "error"})
 FAILURE_CLASSES = frozenset({"success", "constraint_violation", "timeout", "error"})

@@ -34,15 +34,15 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..events import examples as build
-from ..events.cloudevent import PLAN, RESPONSE, SCORE, TRACE, CloudEvent, RawEvent, check_source, raw_text, read_event
-from ..events.records import parse_plan, parse_response, parse_score, parse_trace
-from ..events.sources import EventSource
-from ..models._base import utcnow
-from ..models.error_codes import L07Error, L07ErrorCode
-from ..models.reward_signal import PreferencePair, RewardSignal
-from ..models.training_example import ExampleSource, TrainingExample, normalise_text
-from ..observability.metrics import (
+from . import examples as build
+from ...events.cloudevent import PLAN, RESPONSE, SCORE, TRACE, CloudEvent, RawEvent, check_source, raw_text, read_event
+from .records import parse_plan, parse_response, parse_score, parse_trace
+from ...events.sources import EventSource
+from ...models._base import utcnow
+from ...models.error_codes import L07Error, L07ErrorCode
+from ...models.reward_signal import PreferencePair, RewardSignal
+from ...models.training_example import ExampleSource, TrainingExample, normalise_text
+from ...observability.metrics import (
     ERRORS,
     EVENTS_CONSUMED,
     EVENTS_PENDING_JOIN,
@@ -51,16 +51,16 @@ from ..observability.metrics import (
     EXTRACTION_LATENCY,
     PENDING_JOINS,
 )
-from ..settings import Settings, get_settings
-from ..store.db import Database, get_database
-from ..store.repositories.events import ProcessedEventRepository, RejectedEventRepository
-from ..store.repositories.examples import ExampleRepository
-from ..store.repositories.joins import PLAN_PREFIX, JoinRepository, JoinRow, window_cutoff
-from ..store.repositories.rewards import RewardRepository
-from .filtering import ContentScanner, FilterConfig
-from .filtering.gc_pause import paused_gc as _paused_gc
-from .filtering.scan import mask_secrets_deep
-from .reward_signals import MIN_PAIR_MARGIN, compute_rewards, pair_from_correction
+from ...settings import Settings, get_settings
+from ...store.db import Database, get_database
+from ...store.repositories.events import ProcessedEventRepository, RejectedEventRepository
+from ...store.repositories.examples import ExampleRepository
+from ...store.repositories.joins import PLAN_PREFIX, JoinRepository, JoinRow, window_cutoff
+from ...store.repositories.rewards import RewardRepository
+from ..filtering import ContentScanner, FilterConfig
+from ..filtering.gc_pause import paused_gc as _paused_gc
+from ..filtering.scan import mask_secrets_deep
+from .rewards import MIN_PAIR_MARGIN, compute_rewards, pair_from_correction
 
 log = logging.getLogger(__name__)
 
