@@ -63,15 +63,14 @@ def _batches(n_batches: int, seed: int) -> list[list[str]]:
     return [lines[i * BATCH : (i + 1) * BATCH] for i in range(n_batches)]
 
 
-async def _create_key(home: str, url: str) -> str:
-    from L07_learning.services.auth import AuthService
-    from L07_learning.settings import Settings
+async def _create_key(url: str) -> str:
+    from L07_learning.api.auth import AuthService
+    from L07_learning.services.access import AccessService
     from L07_learning.store.db import Database
 
-    settings = Settings(home=home, database_url=url)
     db = Database(url, auto_migrate=True)
     try:
-        _, token = await AuthService(db=db, settings=settings).create_key("producer", name="benchmark")
+        _, token = await AuthService(AccessService(db)).create_key("producer", name="benchmark")
     finally:
         await db.dispose()
     return token
@@ -159,7 +158,7 @@ def main() -> None:
     url = os.environ.get("L07_BENCH_DB_URL") or f"sqlite+aiosqlite:///{home}/serve.db"
     all_batches = _batches(args.warmup + args.batches, seed=11)
     warm, timed = all_batches[: args.warmup], all_batches[args.warmup :]
-    token = asyncio.run(_create_key(home, url))
+    token = asyncio.run(_create_key(url))
 
     port = _free_port()
     env = dict(os.environ, PYTHONPATH=str(SRC), L07_HOME=home, L07_DATABASE_URL=url, L07_LOG_LEVEL="WARNING",

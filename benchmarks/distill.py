@@ -50,14 +50,8 @@ def main() -> None:
 
     from L07_learning.models import JobConfig
     from L07_learning.pipelines.base_model import default_base_model_dir
-    from L07_learning.pipelines.distillation_pipeline import (
-        DistillationConfig,
-        StudentSpec,
-        derive_student,
-        load_teacher,
-        score_exact_match_with,
-        train_student,
-    )
+    from L07_learning.pipelines.distillation.student import StudentSpec, derive_student, load_teacher
+    from L07_learning.pipelines.distillation_pipeline import DistillationConfig, score_exact_match_with, train_student
     from L07_learning.pipelines.sft_pipeline import run_sft
     from L07_learning.settings import get_settings
     from L07_learning.tests.sft_factories import tool_rows

@@ -36,7 +36,7 @@ def _plain_reward_model(base: Path, train, out: Path, epochs: int, lr: float, ba
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
-    from L07_learning.pipelines.rlhf_pipeline import format_prompt
+    from L07_learning.pipelines.rlhf.common import format_prompt
 
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(str(base))
@@ -62,7 +62,7 @@ def _plain_dpo(sft: Path, train, out: Path, cfg) -> float:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from L07_learning.pipelines.rlhf_pipeline import format_prompt
+    from L07_learning.pipelines.rlhf.common import format_prompt
 
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(str(sft))
@@ -86,7 +86,7 @@ def _mean_reward(model_dir: Path, adapter: Path | None, scorer, prompts: list[st
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from L07_learning.pipelines.rlhf_pipeline import format_prompt, greedy_answers, load_tokenizer
+    from L07_learning.pipelines.rlhf.common import format_prompt, greedy_answers, load_tokenizer
 
     tok = load_tokenizer(model_dir)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir))
@@ -109,7 +109,9 @@ def main() -> None:
     import torch
 
     from L07_learning.models import RLHFConfig
-    from L07_learning.pipelines.rlhf_pipeline import RewardScorer, as_triplets, optimize_policy, train_reward_model
+    from L07_learning.pipelines.rlhf.common import as_triplets
+    from L07_learning.pipelines.rlhf.reward_model import RewardScorer, train_reward_model
+    from L07_learning.pipelines.rlhf_pipeline import optimize_policy
     from rlhf_data import TOPICS, build_word_model, make_pairs, sft_tiny
 
     torch.set_num_threads(args.threads)
@@ -140,7 +142,7 @@ def main() -> None:
         ours_gain = policy.reward_gain
 
         # Plain TRL, same training pairs as ours used (the same split), same settings.
-        from L07_learning.pipelines.rlhf_pipeline import split_pairs
+        from L07_learning.pipelines.rlhf.common import split_pairs
 
         rm_train, _ = split_pairs(as_triplets(train), 0.2, seed)
         plain_rm_s = _plain_reward_model(base, rm_train, root / "plain_rm", rm_epochs, rm_lr, rm_batch, seed)

@@ -6,12 +6,26 @@ them with ``L07_*`` variables or ``configure(...)``.
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any) -> Any:
+    """``"90s"``, ``"30m"``, ``"24h"`` or ``"7d"`` as a ``timedelta``; anything else is left to pydantic (seconds as a
+    number, ISO 8601 ``PT24H``, ``HH:MM:SS``)."""
+    if isinstance(value, str) and (m := _DURATION.match(value)):
+        return timedelta(seconds=float(m.group(1)) * _UNIT_S[m.group(2)])
+    return value
 
 
 class Settings(BaseSettings):
@@ -56,12 +70,30 @@ class Settings(BaseSettings):
 
     # Validation (contract §5.6): generation cap; None sizes it to the longest reference answer + 8 tokens.
     validation_max_new_tokens: int | None = Field(default=None, ge=1, le=1024)
+    # Measurement budgets per model (defaults: ValidationConfig's). The contract's latency profile is 100 warm-up +
+    # 1000 requests, which takes many minutes on CPU; a small model or a quick check can ask for fewer.
+    validation_latency_requests: int = Field(default=20, ge=1, description="Measured single requests per model")
+    validation_safety_prompts: int = Field(default=8, ge=0, description="Backdoor and injection probes per model")
+
+    # The loop (contract §9): the default policy's trigger, budgets and leader lease
+    loop_min_new_examples: int = Field(default=500, ge=1, description="New ACCEPTED examples that trigger a run")
+    loop_max_interval: timedelta = Field(
+        default=timedelta(hours=24), description="Run at least this often (24h, 30m, seconds) once minimum_dataset_size is met"
+    )
+    loop_daily_cpu_budget_s: float = Field(default=12 * 3600.0, ge=0, description="Job wall seconds on CPU per UTC day")
+    loop_daily_gpu_budget_s: float = Field(default=8 * 3600.0, ge=0, description="Job wall seconds on GPU per UTC day")
+    loop_lease_ttl_s: float = Field(default=30.0, gt=0, le=30.0, description="Leader lease; a dead leader is replaced after it")
 
     # Release (contract §2.3)
     outbox_sinks: list[str] = Field(default_factory=lambda: ["jsonl"])
     outbox_jsonl_path: Path | None = None
     redis_url: str | None = None
     webhook_url: str | None = None
+
+    @field_validator("loop_max_interval", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return parse_duration(value)
 
     @model_validator(mode="after")
     def _defaults(self) -> "Settings":

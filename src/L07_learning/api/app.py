@@ -1,7 +1,7 @@
 """The FastAPI app factory.
 
 ``create_app()`` builds an app bound to one database: the configured one by default, or the ``Database`` a test or
-an embedding program passes in. Nothing heavy is imported here; services are built on first use (``context.py``).
+an embedding program passes in. The services come from ``LearningService.build`` (``context.py``); none imports torch.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from .. import __version__
+from ..services.learning_service import LearningService
+from ..services.loop import LearningLoop
 from ..settings import Settings, get_settings
-from ..store.db import Database
 from .config import ApiConfig
 from .context import AppContext
 from .errors import install_error_handlers
@@ -32,37 +33,53 @@ audit rows and published events; the response echoes it (or the id the service a
 """
 
 
-def create_app(settings: Settings | None = None, db: Database | None = None, config: ApiConfig | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, db: Any = None, config: ApiConfig | None = None, *,
+               loop: LearningLoop | None = None, relay: bool = False) -> FastAPI:
     """Build the L07 REST app.
 
     Args:
         settings: Layer settings; ``get_settings()`` by default.
         db: Database to serve from; by default one is opened from ``settings.database_url`` and closed on shutdown.
         config: REST limits (body size, rate limit); read from ``L07_API_*`` by default.
+        loop: The loop of ``l07 run --api``: the app serves its services and its policies' status, and the caller
+            starts and closes it. Without one the services are built from ``settings`` and ``db``, and
+            ``GET /api/v1/loop`` reads the default policies' state.
+        relay: Initialise the services on startup, which starts the outbox relay, and clean them up on shutdown
+            (``l07 serve``: events written by its requests leave the database from this process).
 
     Returns:
         The FastAPI application.
     """
     settings = settings or get_settings()
     config = config or ApiConfig()
-    owns_db = db is None
-    if db is None:
-        db = Database(settings.database_url or "", auto_migrate=bool(settings.auto_migrate))
-    context = AppContext(settings, db, config, owns_db=owns_db)
+    service = loop.service if loop is not None else LearningService.build(settings, db)
+    context = AppContext(service, config, owns_db=db is None and loop is None)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if relay:
+            await context.service.initialize()
         yield
-        await context.close()
+        if relay:
+            await context.operations.close()
+            await context.service.cleanup()  # stops the relay, then closes the database
+        else:
+            await context.close()
 
     app = FastAPI(title="L07 Learning Layer", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.l07 = context
+    app.state.l07_loop = loop or LearningLoop(service)
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, max_request_bytes=config.max_request_bytes)
     for router in ROUTERS:
         app.include_router(router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def create_served_app() -> FastAPI:
+    """The app of ``l07 serve`` (a uvicorn factory): the configured database, with the outbox relay running."""
+    return create_app(relay=True)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

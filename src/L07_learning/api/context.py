@@ -1,95 +1,77 @@
-"""Per-app state: settings, database, limits, and the services built lazily from them.
+"""Per-app state: settings, limits, and the services of one ``LearningService.build()`` (the composition root).
 
-Services are created on first use, not at start-up, so that the app starts without importing training libraries
-and a test can hand in its own ``Database`` (httpx's ASGI transport runs no lifespan events).
+Building the services connects nothing: the database is opened by the first request that needs it, so a test can
+hand in its own ``Database`` (httpx's ASGI transport runs no lifespan events).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..services.auth import AuthService
+from ..services.dataset_curator import DatasetCurator
+from ..services.example_quality_filter import ExampleQualityFilter
+from ..services.fine_tuning_engine import FineTuningEngine
+from ..services.learning_service import LearningService
+from ..services.model_registry import ModelRegistry
+from ..services.model_validator import ModelValidator
+from ..services.queries import Queries
+from ..services.release.deploy import Operations
 from ..settings import Settings
-from ..store.db import Database
+from .auth import AuthService
 from .config import ApiConfig
 from .ratelimit import RateLimiter
-
-if TYPE_CHECKING:  # imported lazily at run time: these modules pull in heavier dependencies
-    from ..services.dataset_curator import DatasetCurator
-    from ..services.fine_tuning_engine import FineTuningEngine
-    from ..services.model_registry import ModelRegistry
-    from ..services.model_validator import ModelValidator
 
 
 class AppContext:
     """What every request of one app shares.
 
     Args:
-        settings: Layer settings.
-        db: The database every service of this app uses.
+        service: The composed services; its database is the one every request uses.
         config: REST limits and listener.
-        owns_db: Dispose ``db`` when the app shuts down (True when the app created it).
+        owns_db: Dispose the service's database when the app shuts down (True when the app created it).
     """
 
-    def __init__(self, settings: Settings, db: Database, config: ApiConfig, owns_db: bool = False) -> None:
-        self.settings = settings
-        self.db = db
+    def __init__(self, service: LearningService, config: ApiConfig, owns_db: bool = False) -> None:
+        self.service = service
+        self.settings: Settings = service.settings
+        self.db: Any = service.db
         self.config = config
         self.owns_db = owns_db
-        self.auth = AuthService(db=db, settings=settings)
+        self.auth = AuthService(service.access)
+        self.operations = Operations(service.db, service.validator, service.registry)
         self.limiter = (
             RateLimiter(config.rate_limit_events_per_s, config.rate_limit_burst)
             if config.rate_limit_events_per_s is not None
             else None
         )
-        self._services: dict[str, Any] = {}
 
     @property
-    def registry(self) -> "ModelRegistry":
-        if "registry" not in self._services:
-            from ..services.model_registry import ModelRegistry
-
-            self._services["registry"] = ModelRegistry(db=self.db, settings=self.settings)
-        return self._services["registry"]
+    def registry(self) -> ModelRegistry:
+        return self.service.registry
 
     @property
-    def quality_filter(self) -> Any:
+    def quality_filter(self) -> ExampleQualityFilter:
         """One filter per app, so its dedup index and diversity pool persist across requests."""
-        if "filter" not in self._services:
-            from ..services.example_quality_filter import ExampleQualityFilter
-
-            self._services["filter"] = ExampleQualityFilter(db=self.db, settings=self.settings)
-        return self._services["filter"]
+        return self.service.filter
 
     @property
-    def curator(self) -> "DatasetCurator":
-        if "curator" not in self._services:
-            from ..services.dataset_curator import DatasetCurator
-
-            self._services["curator"] = DatasetCurator(db=self.db, settings=self.settings)
-        return self._services["curator"]
+    def curator(self) -> DatasetCurator:
+        return self.service.curator
 
     @property
-    def engine(self) -> "FineTuningEngine":
-        if "engine" not in self._services:
-            from ..services.fine_tuning_engine import FineTuningEngine
-
-            self._services["engine"] = FineTuningEngine(
-                db=self.db, registry=self.registry, curator=self.curator, settings=self.settings
-            )
-        return self._services["engine"]
+    def engine(self) -> FineTuningEngine:
+        return self.service.sft_engine
 
     @property
-    def validator(self) -> "ModelValidator":
-        if "validator" not in self._services:
-            from ..services.model_validator import ModelValidator
+    def validator(self) -> ModelValidator:
+        return self.service.validator
 
-            self._services["validator"] = ModelValidator(
-                db=self.db, registry=self.registry, curator=self.curator, settings=self.settings
-            )
-        return self._services["validator"]
+    @property
+    def queries(self) -> Queries:
+        return self.service.queries
 
     async def close(self) -> None:
-        """Release what the app opened."""
+        """Stop background operations (each is marked FAILED, interrupted) and release what the app opened."""
+        await self.operations.close()
         if self.owns_db:
             await self.db.dispose()

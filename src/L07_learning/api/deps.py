@@ -1,4 +1,4 @@
-"""FastAPI dependencies and their ``Annotated`` aliases: context, database, caller, permission checks."""
+"""FastAPI dependencies and their ``Annotated`` aliases: context, caller, permission checks."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from ..services.auth import Permission, Principal
-from ..settings import Settings
-from ..store.db import Database
+from .auth import Permission, Principal
 from .context import AppContext
 
 bearer_scheme = HTTPBearer(auto_error=False, scheme_name="bearer", description="`Authorization: Bearer <API key>`")
@@ -23,18 +21,6 @@ def get_context(request: Request) -> AppContext:
 
 
 ContextDep = Annotated[AppContext, Depends(get_context)]
-
-
-def get_db(ctx: ContextDep) -> Database:
-    return ctx.db
-
-
-def get_app_settings(ctx: ContextDep) -> Settings:
-    return ctx.settings
-
-
-DbDep = Annotated[Database, Depends(get_db)]
-SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
 async def get_principal(
@@ -74,4 +60,5 @@ CanGetJob = Annotated[Principal, Depends(requires(Permission.JOB_GET))]
 CanListDatasets = Annotated[Principal, Depends(requires(Permission.DATASET_LIST))]
 CanValidate = Annotated[Principal, Depends(requires(Permission.MODEL_VALIDATE))]
 CanRollback = Annotated[Principal, Depends(requires(Permission.MODEL_ROLLBACK))]
+CanDeploy = Annotated[Principal, Depends(requires(Permission.MODEL_DEPLOY_TO_STAGING))]
 CanReadAudit = Annotated[Principal, Depends(requires(Permission.AUDIT_LOG))]

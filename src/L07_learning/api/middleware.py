@@ -23,7 +23,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..models.error_codes import L07Error, L07ErrorCode
 from ..observability.logging import REQUEST_ID
 from ..observability.metrics import ERRORS, HTTP_LATENCY, HTTP_REQUESTS
-from ..store.repositories.audit import audit
 from .errors import PayloadTooLarge, l07_error_body
 
 log = logging.getLogger(__name__)
@@ -177,22 +176,17 @@ class RequestContextMiddleware:
         outcome = "success" if status < 400 else "denied" if status in (401, 403) else "failure"
         details = {"method": scope["method"], "path": scope.get("path"), "status": status, "role": principal.role.value}
         details.update(state.get("audit_details") or {})
-        app = scope["app"]
         try:
-            db = app.state.l07.db
-            async with db.session() as session:
-                await audit(
-                    session,
-                    action,
-                    str(tags[0]),
-                    str(resource_id) if resource_id is not None else None,
-                    result=outcome,
-                    actor=principal.key_id,
-                    actor_type="api_key",
-                    details=details,
-                    error_code=state.get("error_code") if status >= 400 else None,
-                    request_id=state.get("request_id"),
-                )
+            await scope["app"].state.l07.service.access.record_api_call(
+                action,
+                str(tags[0]),
+                str(resource_id) if resource_id is not None else None,
+                result=outcome,
+                key_id=principal.key_id,
+                details=details,
+                error_code=state.get("error_code") if status >= 400 else None,
+                request_id=state.get("request_id"),
+            )
             return True
         except Exception:  # noqa: BLE001 - any failure to persist the row is E7804
             log.exception("audit write failed for %s", action)

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
 from ..models.error_codes import L07Error, L07ErrorCode
+from ..services.release.serving_model import ServedModel
 from .errors import install_error_handlers
 
 
@@ -33,10 +34,7 @@ class ChatRequest(BaseModel):
 
 def create_serving_app(model_dir: str, adapter_dir: str | None, model_id: str) -> FastAPI:
     """A FastAPI app serving one loaded model (greedy decoding, one request at a time)."""
-    from ..pipelines.evaluation_pipeline import load_for_eval
-    from ..pipelines.generation import generate_with
-
-    tokenizer, model = load_for_eval(model_dir, adapter_dir)
+    served = ServedModel.load(model_dir, adapter_dir)
     lock = asyncio.Lock()  # one forward pass at a time: the model is not re-entrant
     app = FastAPI(title=f"L07 model {model_id}", version="1")
     install_error_handlers(app)
@@ -50,9 +48,9 @@ def create_serving_app(model_dir: str, adapter_dir: str | None, model_id: str) -
         if req.model not in (None, model_id):
             raise L07Error(L07ErrorCode.MODEL_NOT_FOUND, f"this server serves {model_id}, not {req.model}")
         messages = [m.model_dump() for m in req.messages]
-        prompt_tokens = len(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True))
+        prompt_tokens = served.prompt_tokens(messages)
         async with lock:
-            out = (await asyncio.to_thread(generate_with, tokenizer, model, [messages], req.max_tokens, 1))[0]
+            out = await asyncio.to_thread(served.generate, messages, req.max_tokens)
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",

@@ -1,11 +1,13 @@
-"""Helpers shared by CLI commands: run a coroutine, print JSON or a rich table, map L07Error to an exit code."""
+"""Helpers shared by CLI commands: the services, run a coroutine, print JSON or a rich table, map L07Error to an
+exit code."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from datetime import datetime
 from enum import Enum
 from functools import wraps
@@ -18,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..models.error_codes import L07Error, L07ErrorCode
+from ..services.learning_service import LearningService
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)
@@ -25,6 +28,16 @@ err_console = Console(stderr=True)
 T = TypeVar("T")
 
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")
+
+
+@asynccontextmanager
+async def services() -> AsyncIterator[LearningService]:
+    """The composed services on the configured database, closed when the command ends."""
+    service = LearningService.build()
+    try:
+        yield service
+    finally:
+        await service.db.dispose()
 
 
 def to_jsonable(value: Any) -> Any:

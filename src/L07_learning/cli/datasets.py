@@ -10,7 +10,8 @@ from pathlib import Path
 import typer
 
 from ..models import L07Error, L07ErrorCode
-from ._common import JsonOpt, emit_json, run, table
+from ._common import JsonOpt, emit_json, run, services, table
+from .examples import read_examples
 
 app = typer.Typer(help="Versioned, leak-free datasets built from accepted examples.", no_args_is_help=True)
 
@@ -25,14 +26,6 @@ def parse_ratios(text: str | None) -> dict[str, float] | None:
         raise L07Error(L07ErrorCode.SPLIT_RATIOS_INVALID, f"--ratios {text!r}: expected train=0.8,val=0.1,test=0.1") from None
 
 
-def _curator():  # type: ignore[no-untyped-def]
-    from ..services.dataset_curator import DatasetCurator
-    from ..store.db import get_database
-
-    db = get_database()
-    return DatasetCurator(db=db), db
-
-
 @app.command("create")
 @run
 async def create(
@@ -45,20 +38,13 @@ async def create(
     json_out: bool = JsonOpt,
 ) -> None:
     """Create a dataset version from a file of examples or from the accepted pool."""
-    from ..store.repositories.examples import ExampleRepository
-    from .examples import read_examples
-
-    curator, db = _curator()
-    try:
+    async with services() as service:
         if input_file:
             examples = read_examples(input_file)
         else:
-            async with db.session() as session:
-                examples = await ExampleRepository(session).list(status="ACCEPTED", limit=limit)
-        ds = await curator.create_dataset(name, examples, split_ratios=parse_ratios(ratios), seed=seed,
-                                          min_examples=min_examples)
-    finally:
-        await db.dispose()
+            examples = await service.queries.examples(status="ACCEPTED", limit=limit)
+        ds = await service.curator.create_dataset(name, examples, split_ratios=parse_ratios(ratios), seed=seed,
+                                                  min_examples=min_examples)
     if json_out:
         emit_json(ds.model_dump(mode="json", exclude={"examples"}))
         return
@@ -72,11 +58,8 @@ async def create(
 @run
 async def list_datasets(json_out: bool = JsonOpt) -> None:
     """List datasets with their latest version."""
-    curator, db = _curator()
-    try:
-        rows = await curator.list_datasets()
-    finally:
-        await db.dispose()
+    async with services() as service:
+        rows = await service.curator.list_datasets()
     if json_out:
         emit_json({"data": rows, "count": len(rows)})
         return
@@ -93,12 +76,9 @@ async def show(
     json_out: bool = JsonOpt,
 ) -> None:
     """Show one dataset version: splits, statistics, lineage, manifest and version history."""
-    curator, db = _curator()
-    try:
-        ds = await curator.get_dataset(dataset, version)
-        versions = await curator.list_versions(ds.dataset_id)
-    finally:
-        await db.dispose()
+    async with services() as service:
+        ds = await service.curator.get_dataset(dataset, version)
+        versions = await service.curator.list_versions(ds.dataset_id)
     if json_out:
         emit_json({**ds.model_dump(mode="json", exclude={"examples"}), "versions": versions})
         return
@@ -129,11 +109,8 @@ async def diff(
     json_out: bool = JsonOpt,
 ) -> None:
     """Show what changed between two versions."""
-    curator, db = _curator()
-    try:
-        result = await curator.diff(dataset, v1, v2)
-    finally:
-        await db.dispose()
+    async with services() as service:
+        result = await service.curator.diff(dataset, v1, v2)
     if json_out:
         emit_json(result)
         return
@@ -154,11 +131,8 @@ async def export(
     json_out: bool = JsonOpt,
 ) -> None:
     """Export a version for ``datasets.load_dataset`` (one file per split, chat ``messages`` column)."""
-    curator, db = _curator()
-    try:
-        result = await curator.export(dataset, version, out, fmt)
-    finally:
-        await db.dispose()
+    async with services() as service:
+        result = await service.curator.export(dataset, version, out, fmt)
     if json_out:
         emit_json(result)
         return

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..services.demo.demo import DEMO_EXECUTIONS, DEMO_OVERRIDES
+from ..observability.logging import configure_logging
+from ..services.demo.demo import DEMO_EXECUTIONS, DEMO_OVERRIDES, run_demo
+from ..services.demo.sample_stream import TASK_TYPES
 from ..settings import get_settings
 from ._common import JsonOpt, console, emit_json, run, table
 
@@ -29,12 +32,6 @@ async def demo(
     json_out: bool = JsonOpt,
 ) -> None:
     """Run the whole loop on the embedded default: events -> dataset -> LoRA fine-tune -> validate -> release."""
-    from ..services.demo.demo import run_demo
-
-    import os
-
-    from ..observability.logging import configure_logging
-
     # Library progress bars would fight with ours for the terminal.
     for var, value in (("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TRANSFORMERS_VERBOSITY", "error"),
                        ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"), ("TQDM_DISABLE", "1")):
@@ -80,8 +77,6 @@ async def demo(
             bars.update(step("validate + release", 1), completed=1, info=f"{info['code']}: {info['message'][:60]}")
 
     with bars:
-        from ..services.demo.sample_stream import TASK_TYPES
-
         summary = await run_demo(home, executions=executions, seed=seed, reset=not keep,
                                  task_types=list(TASK_TYPES) if all_tasks else None,
                                  model_cache_dir=settings.model_cache_dir, progress=progress,

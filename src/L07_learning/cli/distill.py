@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from ..models.error_codes import L07Error, L07ErrorCode
-from ._common import JsonOpt, emit_json, run, table
+from ._common import JsonOpt, emit_json, run, services, table
 
 
 def _student_config(value: str | None) -> dict[str, Any]:
@@ -50,10 +50,8 @@ async def distill(
     json_out: bool = JsonOpt,
 ) -> None:
     """Distil a registered teacher into a smaller student; the student is registered as DISTILLED."""
-    from ..services.distillation_engine import DistillationEngine
-
-    engine = DistillationEngine()
-    try:
+    async with services() as service:
+        engine = service.distillation_engine
         job = await engine.start_distillation(
             teacher, dataset_id, student=_student_config(student_config), student_model_id=student_model_id,
             distillation={"method": method, "temperature": temperature, "alpha": alpha, "max_steps": steps,
@@ -64,8 +62,6 @@ async def distill(
             while not job.status.terminal:
                 await engine.run_worker_once()
                 job = await engine.get_job_status(job.job_id)
-    finally:
-        await engine.db.dispose()
     if json_out:
         emit_json(job)
         return

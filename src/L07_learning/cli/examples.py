@@ -1,6 +1,6 @@
 """``l07 examples``: stored training examples and the quality filter's decisions.
 
-Thin wrappers over ``ExampleQualityFilter`` and the example repositories.
+Thin wrappers over ``ExampleQualityFilter`` and the read-only ``Queries``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from typing import Any
 import typer
 
 from ..models import L07ErrorCode
-from ._common import JsonOpt, emit_json, read_json_records, run, table
+from ..services.example_quality_filter import ExampleQualityFilter
+from ._common import JsonOpt, emit_json, read_json_records, run, services, table
 
 app = typer.Typer(help="Training examples: list them, filter files, see what the quality filter rejected and why.",
                   no_args_is_help=True)
@@ -31,17 +32,8 @@ async def rejected(
     json_out: bool = JsonOpt,
 ) -> None:
     """List what the quality filter did not accept, newest first, with reason and code."""
-    from ..store.db import get_database
-    from ..store.repositories.filter_decisions import FilterDecisionRepository
-
-    db = get_database()
-    try:
-        async with db.session() as session:
-            repo = FilterDecisionRepository(session)
-            rows = await repo.list_rejected(reason=reason, decision=decision, limit=limit)
-            counts = await repo.counts_by_reason()
-    finally:
-        await db.dispose()
+    async with services() as service:
+        rows, counts = await service.queries.filter_rejections(reason=reason, decision=decision, limit=limit)
     if json_out:
         emit_json({"data": [{k: v for k, v in r.items() if k != "payload"} for r in rows], "count": len(rows),
                    "totals": counts})
@@ -59,17 +51,9 @@ async def list_examples(
     json_out: bool = JsonOpt,
 ) -> None:
     """List stored training examples."""
-    from ..store.db import get_database
-    from ..store.repositories.examples import ExampleRepository
-
-    db = get_database()
-    try:
-        async with db.session() as session:
-            repo = ExampleRepository(session)
-            examples = await repo.list(status=status.upper() if status else None, limit=limit)
-            total = await repo.count(status=status.upper() if status else None)
-    finally:
-        await db.dispose()
+    async with services() as service:
+        examples = await service.queries.examples(status=status.upper() if status else None, limit=limit)
+        total = await service.queries.count_examples(status=status.upper() if status else None)
     if json_out:
         emit_json({"data": examples, "count": total})
         return
@@ -81,21 +65,35 @@ async def list_examples(
 @app.command("filter")
 @run
 async def filter_file(
-    input_file: Path = typer.Argument(..., help="JSONL of training examples."),
+    input_file: Path = typer.Argument(None, help="JSONL of training examples (or --pending)."),
+    pending: bool = typer.Option(False, "--pending", help="Filter the stored PENDING examples instead of a file."),
+    batch_size: int = typer.Option(1000, "--batch-size", min=1, help="Examples per filter batch (with --pending)."),
     store: bool = typer.Option(True, "--store/--dry-run", help="Persist decisions (default) or only show them."),
     json_out: bool = JsonOpt,
 ) -> None:
-    """Run the quality filter over a file of examples and show each decision with its reason."""
-    from ..services.example_quality_filter import ExampleQualityFilter
-    from ..store.db import get_database
-
+    """Run the quality filter over a file of examples and show each decision with its reason; with ``--pending``,
+    drain the stored PENDING backlog in batches and count the decisions."""
+    if pending:
+        if input_file is not None or not store:
+            raise typer.BadParameter("--pending takes no file and always stores its decisions")
+        async with services() as service:
+            counts = await service.filter_pending(batch_size=batch_size)
+            left = await service.queries.count_examples(status="PENDING")
+        counts["still_pending"] = left
+        if json_out:
+            emit_json(counts)
+        else:
+            table("PENDING examples filtered", ["decision", "examples"], list(counts.items()))
+        return
+    if input_file is None:
+        raise typer.BadParameter("give a file of examples, or --pending")
     examples = read_examples(input_file)
-    db = get_database() if store else None
-    try:
-        report = await ExampleQualityFilter(db=db).filter_detailed(examples)
-    finally:
-        if db is not None:
-            await db.dispose()
+    if store:
+        async with services() as service:
+            report = await service.filter.filter_detailed(examples)
+    else:
+        # Without a database the filter keeps its decisions in memory only.
+        report = await ExampleQualityFilter().filter_detailed(examples)
     if json_out:
         emit_json({"decisions": [d.to_dict() for d in report.decisions], "counts": report.counts(),
                    "alerts": report.alerts, "duration_s": report.duration_s})

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from pathlib import Path
 
 import typer
 
-from ..settings import get_settings
-from ._common import JsonOpt, emit_json, run, table
+from ..services.demo.sample_stream import generate
+from ._common import JsonOpt, emit_json, run, services, table
 
 
 def _print_summary(title: str, summary: dict, json_out: bool) -> None:
@@ -26,18 +27,11 @@ async def ingest(
     batch_size: int = typer.Option(1000, "--batch-size", min=1, help="Events per database transaction."),
     json_out: bool = JsonOpt,
 ) -> None:
-    """Ingest CloudEvents from a file or folder: extract, join and store examples (status PENDING)."""
-    from ..events.sources import FileSource
-    from ..services.ingestion.pipeline import IngestionPipeline, run_source
-    from ..store.db import get_database
-
-    settings = get_settings()
-    db = get_database(settings.database_url)
-    try:
-        summary = await run_source(FileSource(path, batch_size=batch_size), IngestionPipeline(db, settings))
-    finally:
-        await db.dispose()
-    _print_summary(f"ingested {path}", summary.to_dict(), json_out)
+    """Ingest CloudEvents from a file or folder: extract, join and store examples, each batch through the quality
+    filter (``examples_accepted``; the others are listed by ``l07 examples rejected``)."""
+    async with services() as service:
+        summary = await service.ingest_path(path, batch_size=batch_size)
+    _print_summary(f"ingested {path}", summary, json_out)
 
 
 @run
@@ -59,29 +53,22 @@ async def consume(
     max_events: int = typer.Option(None, "--max-events", min=1, help="Exit after acknowledging this many entries."),
     json_out: bool = JsonOpt,
 ) -> None:
-    """Consume a Redis Stream through a consumer group until stopped (Ctrl-C / SIGTERM finish the current batch)."""
-    import asyncio
-
-    from ..events.redis_stream import RedisStreamSource
-    from ..services.ingestion.pipeline import IngestionPipeline, run_source
-    from ..store.db import get_database
-
-    settings = get_settings()
-    db = get_database(settings.database_url)
-    source = RedisStreamSource(
-        redis_url, stream, group, consumer, batch_size=batch_size, block_ms=block_ms, claim_idle_ms=claim_idle_ms,
-        max_deliveries=max_deliveries or settings.dead_letter_after_attempts, dead_letter_stream=dead_letter_stream,
-        idle_exit_s=idle_exit, max_events=max_events,
-    )
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, source.stop)
-    try:
-        summary = await run_source(source, IngestionPipeline(db, settings))
-    finally:
-        await source.close()
-        await db.dispose()
-    out = summary.to_dict() | {"consumer": source.consumer, "acknowledged": source.acked,
+    """Consume a Redis Stream through a consumer group until stopped (Ctrl-C / SIGTERM finish the current batch);
+    every batch goes through the quality filter."""
+    async with services() as service:
+        source = service.stream_source(
+            redis_url, stream, group, consumer, batch_size=batch_size, block_ms=block_ms, claim_idle_ms=claim_idle_ms,
+            max_deliveries=max_deliveries or service.settings.dead_letter_after_attempts,
+            dead_letter_stream=dead_letter_stream, idle_exit_s=idle_exit, max_events=max_events,
+        )
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, source.stop)
+        try:
+            summary = await service.consume(source)
+        finally:
+            await source.close()
+    out = summary | {"consumer": source.consumer, "acknowledged": source.acked,
                                "dead_lettered": source.dead_lettered}
     _print_summary(f"consumed {stream} as {source.consumer}", out, json_out)
 
@@ -93,8 +80,6 @@ def sample_events(
     json_out: bool = JsonOpt,
 ) -> None:
     """Write a deterministic, realistic mixed event stream (successes, failures, duplicates, malformed, PII...)."""
-    from ..services.demo.sample_stream import generate
-
     stream = generate(executions, seed=seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     stream.write(str(out))
@@ -120,24 +105,15 @@ async def joins(
     json_out: bool = JsonOpt,
 ) -> None:
     """Show the pending-join store (after applying the join window and TTL): counts per status, or one status."""
-    from ..services.ingestion.pipeline import IngestionPipeline
-    from ..store.db import get_database
-    from ..store.repositories.joins import JoinRepository
-
-    settings = get_settings()
-    db = get_database(settings.database_url)
-    try:
-        await IngestionPipeline(db, settings).sweep()
-        async with db.session() as s:
-            repo = JoinRepository(s)
-            if status is None:
-                counts = await repo.count_by_status()
-                rows = None
-            else:
-                rows = [{"execution_id": r.key, "status": r.status, "has_trace": r.trace is not None,
-                         "scores": len(r.scores), "first_seen_at": r.first_seen_at} for r in await repo.list(status, limit)]
-    finally:
-        await db.dispose()
+    async with services() as service:
+        await service.ingestion.sweep()
+        if status is None:
+            counts = await service.queries.join_counts()
+            rows = None
+        else:
+            rows = [{"execution_id": r.key, "status": r.status, "has_trace": r.trace is not None,
+                     "scores": len(r.scores), "first_seen_at": r.first_seen_at}
+                    for r in await service.queries.joins(status, limit)]
     if rows is None:
         emit_json(counts) if json_out else table("pending joins", ["status", "rows"], sorted(counts.items()))
     elif json_out:
@@ -154,15 +130,8 @@ async def rejected_events(
     json_out: bool = JsonOpt,
 ) -> None:
     """List rejected events with their code, reason and raw payload (contract §1.9)."""
-    from ..store.db import get_database
-    from ..store.repositories.events import RejectedEventRepository
-
-    db = get_database(get_settings().database_url)
-    try:
-        async with db.session() as s:
-            rows = await RejectedEventRepository(s).list(code=code, limit=limit)
-    finally:
-        await db.dispose()
+    async with services() as service:
+        rows = await service.queries.rejected_events(code=code, limit=limit)
     if json_out:
         emit_json([r.__dict__ for r in rows])
     else:

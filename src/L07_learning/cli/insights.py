@@ -10,8 +10,13 @@ from typing import Any
 
 import typer
 
-from ..models import L07Error, L07ErrorCode
-from ._common import JsonOpt, emit_json, read_json_records, run, table
+from pydantic import ValidationError
+
+from ..models import JobConfig, L07Error, L07ErrorCode
+from ..services.curriculum_planner import CurriculumConfig, CurriculumPlanner
+from ..services.pattern_extractor import PatternExtractor, PatternMiningConfig
+from ..services.strategy_optimizer import StrategyOptimizer, StrategyOptimizerConfig
+from ._common import JsonOpt, emit_json, read_json_records, run, services, table
 
 patterns_app = typer.Typer(help="Behaviour patterns mined from execution traces.", no_args_is_help=True)
 strategies_app = typer.Typer(help="Planning strategies: outcomes, Thompson sampling, recommendations.", no_args_is_help=True)
@@ -44,14 +49,11 @@ async def patterns_mine(
     json_out: bool = JsonOpt,
 ) -> None:
     """Mine significant success and failure tool sequences, store them and publish the events."""
-    from ..services.pattern_extractor import PatternExtractor, PatternMiningConfig
-
     traces = _read_jsonl(input_file) if input_file else None
-    extractor = PatternExtractor(config=PatternMiningConfig(min_support=min_support, max_length=max_length, fdr_alpha=fdr))
-    try:
+    config = PatternMiningConfig(min_support=min_support, max_length=max_length, fdr_alpha=fdr)
+    async with services() as service:
+        extractor = PatternExtractor(db=service.db, settings=service.settings, config=config)
         result = await extractor.mine(traces, agent_type=agent_type, task_type=task_type, publish=publish)
-    finally:
-        await extractor.db.dispose()
     if json_out:
         emit_json(result)
         return
@@ -69,13 +71,8 @@ async def patterns_mine(
 async def patterns_list(agent_type: str = typer.Option(None, "--agent-type"), limit: int = typer.Option(100, "--limit"),
                         json_out: bool = JsonOpt) -> None:
     """List stored patterns, newest first."""
-    from ..services.pattern_extractor import PatternExtractor
-
-    extractor = PatternExtractor()
-    try:
-        patterns = await extractor.list_patterns(agent_type, limit)
-    finally:
-        await extractor.db.dispose()
+    async with services() as service:
+        patterns = await service.patterns.list_patterns(agent_type, limit)
     if json_out:
         emit_json({"data": patterns, "count": len(patterns)})
         return
@@ -96,14 +93,11 @@ async def strategies_recommend(
     json_out: bool = JsonOpt,
 ) -> None:
     """Analyse planning outcomes and publish the strategies that pass the recommendation gates."""
-    from ..services.strategy_optimizer import StrategyOptimizer, StrategyOptimizerConfig
-
-    opt = StrategyOptimizer(config=StrategyOptimizerConfig(confidence=confidence, holdout_share=holdout))
-    try:
+    config = StrategyOptimizerConfig(confidence=confidence, holdout_share=holdout)
+    async with services() as service:
+        opt = StrategyOptimizer(db=service.db, settings=service.settings, config=config)
         recorded = await opt.record_outcomes(_read_jsonl(input_file)) if input_file else None
         answers = await opt.recommend(task_type, publish=publish)
-    finally:
-        await opt.db.dispose()
     if json_out:
         emit_json({"recorded": recorded, "data": answers, "count": len(answers)})
         return
@@ -130,30 +124,16 @@ async def curriculum_plan(
     json_out: bool = JsonOpt,
 ) -> None:
     """Plan the curriculum (difficulty stages) for one split of a dataset."""
-    from pydantic import ValidationError
-
-    from ..models import JobConfig
-    from ..services.curriculum_planner import CurriculumConfig, CurriculumPlanner
-
     try:
         cfg = CurriculumConfig(pacing=pacing, banding=banding)  # type: ignore[arg-type]
         job = JobConfig(epochs=epochs)
     except ValidationError as exc:
         raise L07Error(L07ErrorCode.CURRICULUM_SCHEDULE_INVALID, str(exc.errors()[0]["msg"])) from None
-    if model_id:
-        from ..services.model_registry import ModelRegistry
-
-        registry = ModelRegistry()
-        try:
-            model_dir = Path(await registry.local_path(model_id))
-        finally:
-            await registry.db.dispose()
-    from ..store.db import close_all
-
-    try:
-        path = await CurriculumPlanner(config=cfg).plan(dataset, version, job, model_dir=model_dir, split=split)
-    finally:
-        await close_all()  # the curator's shared engine
+    async with services() as service:
+        if model_id:
+            model_dir = Path(await service.registry.local_path(model_id))
+        planner = CurriculumPlanner(curator=service.curator, config=cfg)
+        path = await planner.plan(dataset, version, job, model_dir=model_dir, split=split)
     if json_out:
         emit_json(path)
         return

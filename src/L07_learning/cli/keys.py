@@ -8,7 +8,10 @@ import json
 
 import typer
 
-from ._common import JsonOpt, console, emit_json, err_console, run, table
+from ..api.auth import AuthService
+from ..services.registry.signing import SigningKeyring
+from ..settings import get_settings
+from ._common import JsonOpt, console, emit_json, err_console, run, services, table
 
 app = typer.Typer(help="API keys for the REST service (and signing keys).", no_args_is_help=True)
 
@@ -37,13 +40,8 @@ async def create(
     json_out: bool = JsonOpt,
 ) -> None:
     """Create an API key bound to ROLE. The key is printed once; only its SHA-256 is stored."""
-    from ..services.auth import AuthService
-
-    service = AuthService()
-    try:
-        record, token = await service.create_key(role, name=name, attributes=_attributes(attr))
-    finally:
-        await service.db.dispose()
+    async with services() as service:
+        record, token = await AuthService(service.access).create_key(role, name=name, attributes=_attributes(attr))
     if json_out:
         emit_json({"key_id": record.key_id, "role": record.role, "name": record.name,
                    "attributes": record.attributes, "api_key": token})
@@ -58,11 +56,8 @@ async def list_api(
     all_keys: bool = typer.Option(False, "--all", help="Include revoked keys."), json_out: bool = JsonOpt
 ) -> None:
     """List API keys (ids, roles, attributes; never the keys)."""
-    from ..services.auth import AuthService
-
-    service = AuthService()
-    records = await service.list_keys(include_revoked=all_keys)
-    await service.db.dispose()
+    async with services() as service:
+        records = await AuthService(service.access).list_keys(include_revoked=all_keys)
     rows = [
         {"key_id": r.key_id, "role": r.role, "name": r.name, "attributes": r.attributes,
          "created_at": r.created_at, "revoked_at": r.revoked_at}
@@ -79,11 +74,8 @@ async def list_api(
 @run
 async def revoke_api(key_id: str = typer.Argument(..., help="Key id from `l07 keys list-api`."), json_out: bool = JsonOpt) -> None:
     """Revoke an API key at once; requests with it get 401 from then on."""
-    from ..services.auth import AuthService
-
-    service = AuthService()
-    revoked = await service.revoke_key(key_id)
-    await service.db.dispose()
+    async with services() as service:
+        revoked = await AuthService(service.access).revoke_key(key_id)
     if json_out:
         emit_json({"key_id": key_id, "revoked": revoked})
     else:
@@ -99,13 +91,8 @@ async def rotate(
     json_out: bool = JsonOpt,
 ) -> None:
     """Make a new active artifact signing key; the previous 2 keys keep verifying existing signatures."""
-    from ..services.model_registry import ModelRegistry
-
-    registry = ModelRegistry()
-    try:
-        result = await registry.rotate_signing_key(actor=actor or getpass.getuser())
-    finally:
-        await registry.db.dispose()
+    async with services() as service:
+        result = await service.registry.rotate_signing_key(actor=actor or getpass.getuser())
     if json_out:
         emit_json(result)
         return
@@ -119,9 +106,6 @@ async def rotate(
 @run
 async def list_signing(json_out: bool = JsonOpt) -> None:
     """List the artifact signing keys (public parts only) with their status."""
-    from ..services.registry.signing import SigningKeyring
-    from ..settings import get_settings
-
     settings = get_settings()
     keys = SigningKeyring(settings.signing_key_path or settings.home / "keys").list_keys()
     if json_out:

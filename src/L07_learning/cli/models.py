@@ -1,4 +1,4 @@
-"""``l07 models``: list, show, verify, promote, approve, roll back, trace lineage, register a base model."""
+"""``l07 models``: list, show, verify, validate, deploy, promote, approve, roll back, trace lineage, register a base model."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Any
 import typer
 from rich.tree import Tree
 
-from ._common import JsonOpt, console, emit_json, run, table
+from ..services.learning_service import LearningService
+from ._common import JsonOpt, console, emit_json, run, services, table
 
 app = typer.Typer(help="Model registry: signed artifacts, stages, approvals, rollback, lineage.", no_args_is_help=True)
 
@@ -20,13 +21,8 @@ def _actor(actor: str | None) -> str:
 
 
 async def _with_registry(fn: Any) -> Any:
-    from ..services.model_registry import ModelRegistry
-
-    registry = ModelRegistry()
-    try:
-        return await fn(registry)
-    finally:
-        await registry.db.dispose()
+    async with services() as service:
+        return await fn(service.registry)
 
 
 @app.command("list")
@@ -89,6 +85,57 @@ async def verify(model_id: str, json_out: bool = JsonOpt) -> None:
             console.print(f"  - {p}")
     if not report.ok:
         raise typer.Exit(code=2)
+
+
+@app.command("validate")
+@run
+async def validate(
+    model_id: str,
+    baseline: str = typer.Option(None, "--baseline", help="Baseline model id; default: the current PRODUCTION model "
+                                                          "of the name, else the parent or base."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Run every validation stage against the baseline and store the report (the release path's first step; no
+    stage change). Exit code 0 on DEPLOY, 1 on REVIEW or REJECT. Runs the models: minutes on CPU."""
+    async with services() as service:
+        result = await service.validator.validate_model(model_id, baseline_model_id=baseline)
+    if json_out:
+        emit_json(result)
+    else:
+        table(f"validation {result.validation_id} of {model_id} (baseline {result.baseline_model_id or 'none'})",
+              ["stage", "outcome", "metrics", "issues"],
+              [(name, st.outcome.value,
+                ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in st.metrics.items()
+                          if not isinstance(v, (dict, list)))[:100],
+                "; ".join(st.issues)[:100]) for name, st in result.stages.items()])
+        typer.echo(f"recommendation {result.recommendation.value} (verdict {result.verdict.value}, "
+                   f"regression {'detected' if result.regression_detected else 'none'})")
+    if result.recommendation.value != "DEPLOY":
+        raise typer.Exit(code=1)
+
+
+@app.command("deploy")
+@run
+async def deploy(model_id: str, json_out: bool = JsonOpt) -> None:
+    """Validate, then release: STAGING with a signed model_ready_for_deployment sent through the outbox.
+
+    REJECT moves the model to REJECTED (E7203, exit code 2, failing stages named); REVIEW leaves it for a reviewer
+    (exit code 1). Validation runs the models, which takes minutes on CPU.
+    """
+    service = LearningService.build()
+    await service.initialize(start_relay=False)
+    try:
+        result = await service.deploy_model(model_id)
+        model = await service.registry.get_model(model_id)
+    finally:
+        await service.cleanup()
+    if json_out:
+        emit_json({"model_id": model_id, "stage": model.stage.value, "validation": result})
+    else:
+        typer.echo(f"{model.name} {model.version}: {result.recommendation.value} -> {model.stage.value} "
+                   f"(validation {result.validation_id})")
+    if model.stage.value != "STAGING":
+        raise typer.Exit(code=1)
 
 
 @app.command("promote")

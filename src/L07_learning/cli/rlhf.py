@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from ..models.error_codes import L07Error, L07ErrorCode
-from ._common import JsonOpt, emit_json, run, table
+from ..models.reward_signal import PreferencePair, RLHFConfig
+from ..models.training_job import JobConfig, JobType
+from ._common import JsonOpt, emit_json, run, services, table
 
 app = typer.Typer(help="RLHF: pairwise reward models and preference optimisation (DPO, GRPO, RLOO, PPO).",
                   no_args_is_help=True)
@@ -20,8 +23,6 @@ PairsOpt = typer.Option(None, "--pairs", help="JSONL file of {prompt, chosen, re
 def _read_pairs(path: Path | None) -> list[Any] | None:
     if path is None:
         return None
-    from ..models.reward_signal import PreferencePair
-
     pairs = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -37,9 +38,7 @@ def _read_pairs(path: Path | None) -> list[Any] | None:
     return pairs
 
 
-def _config(**overrides: Any) -> Any:
-    from ..models.reward_signal import RLHFConfig
-
+def _config(**overrides: Any) -> RLHFConfig:
     try:
         return RLHFConfig(**{k: v for k, v in overrides.items() if v is not None})
     except ValueError as exc:
@@ -47,13 +46,8 @@ def _config(**overrides: Any) -> Any:
 
 
 async def _with_engine(fn: Any) -> Any:
-    from ..services.rlhf_engine import RLHFEngine
-
-    engine = RLHFEngine()
-    try:
-        return await fn(engine)
-    finally:
-        await engine.db.dispose()
+    async with services() as service:
+        return await fn(service.rlhf_engine)
 
 
 @app.command("reward")
@@ -74,16 +68,9 @@ async def reward(
         cfg = cfg.model_copy(update={"reward_lora_rank": None})
     pairs = _read_pairs(pairs_file)
 
-    async def go(engine: Any) -> Any:
-        if pairs is None:
-            from ..store.repositories.rewards import RewardRepository
-
-            async with engine.db.session() as session:
-                stored = await RewardRepository(session).list_pairs()
-            return await engine.train_reward_model(stored, base_model_id, cfg, name=name)
-        return await engine.train_reward_model(pairs, base_model_id, cfg, name=name)
-
-    rm = await _with_engine(go)
+    async with services() as service:
+        train_pairs = pairs if pairs is not None else await service.queries.preference_pairs()
+        rm = await service.rlhf_engine.train_reward_model(train_pairs, base_model_id, cfg, name=name)
     if json_out:
         emit_json(rm)
         return
@@ -136,17 +123,11 @@ async def submit(
     json_out: bool = JsonOpt,
 ) -> None:
     """Queue a durable RLHF job (progress, cancel and resume like SFT jobs: see ``l07 jobs``)."""
-    from ..models.training_job import JobConfig, JobType
-    from ..services.fine_tuning_engine import FineTuningEngine
-
     cfg = _config(algorithm=algorithm)
     extra = {"rlhf": cfg.model_dump(mode="json"), "reward_model_id": reward_model_id, "sft_model_id": sft_model_id}
     job_config = JobConfig(model_name=name, extra={k: v for k, v in extra.items() if v is not None})
-    engine = FineTuningEngine()
-    try:
-        job = await engine.start_training(dataset_id, base_model_id, job_config, job_type=JobType.RLHF)
-    finally:
-        await engine.db.dispose()
+    async with services() as service:
+        job = await service.sft_engine.start_training(dataset_id, base_model_id, job_config, job_type=JobType.RLHF)
     if json_out:
         emit_json(job)
     else:
@@ -161,8 +142,6 @@ async def check_loop(
     json_out: bool = JsonOpt,
 ) -> None:
     """Check the track for a negative feedback loop (E7402: exit code 2 and a critical alert when found)."""
-    from dataclasses import asdict
-
     report = await _with_engine(lambda e: e.check_feedback_loop(name, baseline))
     if json_out:
         emit_json(asdict(report))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import typer
+import uvicorn
 
+from ..api.config import ApiConfig
+from ..observability.logging import configure_logging
 from ..settings import get_settings
 from ._common import JsonOpt, emit_json
 
@@ -19,12 +22,7 @@ def register(app: typer.Typer) -> None:
         log_level: str | None = typer.Option(None, help="Log level (default L07_LOG_LEVEL)."),
         json_out: bool = JsonOpt,
     ) -> None:
-        """Run the REST API (FastAPI on uvicorn) with JSON logs carrying the request id."""
-        import uvicorn
-
-        from ..api.config import ApiConfig
-        from ..observability.logging import configure_logging
-
+        """Run the REST API (FastAPI on uvicorn) with JSON logs carrying the request id, and the outbox relay."""
         settings = get_settings()
         config = ApiConfig()
         level = (log_level or settings.log_level).upper()
@@ -35,7 +33,7 @@ def register(app: typer.Typer) -> None:
         else:
             typer.echo(f"L07 API on http://{bind['host']}:{bind['port']} (docs at /docs)", err=True)
         uvicorn.run(
-            "L07_learning.api.app:create_app",
+            "L07_learning.api.app:create_served_app",
             factory=True,
             host=bind["host"],
             port=bind["port"],

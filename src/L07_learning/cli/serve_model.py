@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import typer
+import uvicorn
 
-from ..settings import get_settings
+from ..api.serving import create_serving_app
+from ..models.error_codes import L07Error
+from ..services.registry.loading import resolve_model_dirs
+from ._common import err_console, services
 
 
 def register(app: typer.Typer) -> None:
@@ -20,23 +24,9 @@ def serve_model(
     port: int = typer.Option(8090, help="Listen port."),
 ) -> None:
     """Serve POST /v1/chat/completions for MODEL_ID (verified on load); L04 registers http://HOST:PORT/v1."""
-    import uvicorn
-
-    from ..api.serving import create_serving_app
-    from ..services.registry.loading import resolve_model_dirs
-    from ..services.model_registry import ModelRegistry
-    from ..store.db import get_database
-    from ._common import err_console
-    from ..models.error_codes import L07Error
-
-    settings = get_settings()
-
     async def dirs() -> tuple[str, str | None]:
-        db = get_database(settings.database_url)
-        try:
-            return await resolve_model_dirs(ModelRegistry(db=db, settings=settings), model_id)
-        finally:
-            await db.dispose()
+        async with services() as service:
+            return await resolve_model_dirs(service.registry, model_id)
 
     try:
         model_dir, adapter_dir = asyncio.run(dirs())

@@ -12,16 +12,14 @@ from typing import Any
 
 import typer
 
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
 from ..models.training_job import JobStatus, JobType, TrainingJob
-from ._common import JsonOpt, console, emit_json, run, table
+from ..services.fine_tuning_engine import FineTuningEngine, coerce_config, load_preset
+from ..services.learning_service import LearningService
+from ._common import JsonOpt, console, emit_json, run, services, table
 
 app = typer.Typer(help="Training jobs: list, inspect, watch, cancel.", no_args_is_help=True)
-
-
-def _engine() -> Any:
-    from ..services.fine_tuning_engine import FineTuningEngine
-
-    return FineTuningEngine()
 
 
 def _parse_sets(pairs: list[str]) -> dict[str, Any]:
@@ -45,10 +43,8 @@ def _summary(job: TrainingJob) -> dict[str, Any]:
             "output_model_id": job.output_model_id, "error": job.error_code, "created_at": job.created_at}
 
 
-async def _watch(engine: Any, job_id: str, json_out: bool, poll_s: float = 1.0) -> TrainingJob:
+async def _watch(engine: FineTuningEngine, job_id: str, json_out: bool, poll_s: float = 1.0) -> TrainingJob:
     """Follow a job until it is terminal, with a rich progress bar over optimizer steps."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     if json_out:
         return await engine.wait(job_id, poll_s=poll_s)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
@@ -98,22 +94,21 @@ def register(root: typer.Typer) -> None:
         json_out: bool = JsonOpt,
     ) -> None:
         """Queue a fine-tuning job and (by default) run it here with a progress bar."""
-        from ..services.fine_tuning_engine import coerce_config, load_preset
-
         overrides = _parse_sets(sets)
         config = load_preset(preset, overrides) if preset else coerce_config(overrides)
-        engine = _engine()
-        job = await engine.start_training(dataset, base, config, job_type=JobType(job_type))
-        if not worker:
-            emit_json(job) if json_out else typer.echo(f"queued {job.job_id} ({job.status.value})")
-            return
-        runner = asyncio.create_task(engine.run_worker_once())
-        try:
-            job = await _watch(engine, job.job_id, json_out)
-            await runner
-        except BaseException:
-            runner.cancel()
-            raise
+        async with services() as service:
+            engine = service.sft_engine
+            job = await engine.start_training(dataset, base, config, job_type=JobType(job_type))
+            if not worker:
+                emit_json(job) if json_out else typer.echo(f"queued {job.job_id} ({job.status.value})")
+                return
+            runner = asyncio.create_task(engine.run_worker_once())
+            try:
+                job = await _watch(engine, job.job_id, json_out)
+                await runner
+            except BaseException:
+                runner.cancel()
+                raise
         _print_job(job, json_out)
         if job.status != JobStatus.COMPLETED:
             raise typer.Exit(code=1)
@@ -125,13 +120,19 @@ def register(root: typer.Typer) -> None:
         poll: float = typer.Option(2.0, "--poll", help="Seconds between queue polls."),
         json_out: bool = JsonOpt,
     ) -> None:
-        """Claim and run training jobs (several workers on several machines can share one PostgreSQL queue)."""
-        engine = _engine()
-        if once:
-            job = await engine.run_worker_once()
-            emit_json(job) if json_out else typer.echo(f"{job.job_id} {job.status.value}" if job else "no job waiting")
-            return
-        await engine.runner().run_forever(poll_s=poll)
+        """Claim and run training jobs (several workers on several machines can share one PostgreSQL queue), with
+        the outbox relay delivering the events they write."""
+        service = LearningService.build()
+        await service.initialize()
+        try:
+            if once:
+                job = await service.sft_engine.run_worker_once()
+                await service.relay.run_once()
+                emit_json(job) if json_out else typer.echo(f"{job.job_id} {job.status.value}" if job else "no job waiting")
+                return
+            await service.sft_engine.runner().run_forever(poll_s=poll)
+        finally:
+            await service.cleanup()
 
 
 @app.command("list")
@@ -139,7 +140,8 @@ def register(root: typer.Typer) -> None:
 async def list_jobs(status: str | None = typer.Option(None, help="Filter by status."),
                     limit: int = typer.Option(50), json_out: bool = JsonOpt) -> None:
     """List jobs, newest first."""
-    jobs = await _engine().list_jobs(status, limit=limit)
+    async with services() as service:
+        jobs = await service.sft_engine.list_jobs(status, limit=limit)
     if json_out:
         emit_json([_summary(j) for j in jobs])
         return
@@ -152,24 +154,27 @@ async def list_jobs(status: str | None = typer.Option(None, help="Filter by stat
 @run
 async def show(job_id: str, json_out: bool = JsonOpt) -> None:
     """Show one job with its metrics."""
-    _print_job(await _engine().get_job_status(job_id), json_out)
+    async with services() as service:
+        job = await service.sft_engine.get_job_status(job_id)
+    _print_job(job, json_out)
 
 
 @app.command("watch")
 @run
 async def watch(job_id: str, json_out: bool = JsonOpt) -> None:
     """Follow a job with a progress bar until it ends."""
-    engine = _engine()
-    _print_job(await _watch(engine, job_id, json_out), json_out)
+    async with services() as service:
+        job = await _watch(service.sft_engine, job_id, json_out)
+    _print_job(job, json_out)
 
 
 @app.command("cancel")
 @run
 async def cancel(job_id: str, json_out: bool = JsonOpt) -> None:
     """Cancel a job (idempotent; its worker stops it within seconds)."""
-    engine = _engine()
-    await engine.cancel_job(job_id, actor="cli")
-    job = await engine.get_job_status(job_id)
+    async with services() as service:
+        await service.sft_engine.cancel_job(job_id, actor="cli")
+        job = await service.sft_engine.get_job_status(job_id)
     emit_json(_summary(job)) if json_out else typer.echo(f"{job_id}: {job.status.value}"
                                                          + ("" if job.status.terminal else " (cancel requested)"))
 
@@ -179,7 +184,8 @@ async def cancel(job_id: str, json_out: bool = JsonOpt) -> None:
 async def events(job_id: str, kind: list[str] = typer.Option([], "--kind", help="step, eval, checkpoint, status..."),
                  json_out: bool = JsonOpt) -> None:
     """Stored per-step losses, evals, checkpoints and state changes."""
-    rows = await _engine().job_events(job_id, kind or None)
+    async with services() as service:
+        rows = await service.sft_engine.job_events(job_id, kind or None)
     if json_out:
         emit_json(rows)
         return

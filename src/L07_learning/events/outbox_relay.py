@@ -41,7 +41,7 @@ class OutboxRelay:
         """Try every due event once. Returns counts of ``delivered`` (fully) and ``failed`` attempts."""
         delivered = failed = 0
         async with self.db.session() as s:
-            rows = [(r.event_id, r.payload, r.attempts) for r in await OutboxRepository(s).due(limit)]
+            rows = [(r.event_id, r.payload, r.attempts) for r in await OutboxRepository(s).claim_due(limit)]
         for event_id, payload, attempts in rows:
             ok = await self._deliver(event_id, payload, attempts)
             delivered += ok

@@ -105,6 +105,9 @@ CIRCUIT_BREAKER_STATE = Gauge(
     "l07_circuit_breaker_state", "1 when the breaker is in that state", ["component", "state"], registry=REGISTRY
 )
 OUTBOX_PENDING = Gauge("l07_outbox_pending", "Published events not yet acknowledged by every sink", registry=REGISTRY)
+LOOP_BREAKER_TRIPS = Counter(
+    "l07_loop_breaker_trips_total", "Loop policies paused by their circuit breaker", ["policy"], registry=REGISTRY
+)
 
 # HTTP
 HTTP_REQUESTS = Counter(

@@ -22,6 +22,9 @@ from typing import Any
 
 from ..models.error_codes import L07Error, L07ErrorCode
 from ..models.training_job import JobConfig
+from .generation import generate_with
+from .lora_targets import resolve_target_modules
+from .matching import answer_matches
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +112,6 @@ def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
         and (p / "trainer_state.json").is_file()
     ]
     return max(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]), default=None)
-
-
-def exact_match(predicted: str, expected: str) -> bool:
-    """Whitespace-normalised exact match."""
-    return " ".join(predicted.split()) == " ".join(expected.split())
 
 
 def _sft_config(config: JobConfig, checkpoint_dir: Path, precision: dict[str, bool], max_length: int,
@@ -219,8 +217,6 @@ def _make_callback(callbacks: SFTCallbacks, started: float, max_duration_s: floa
 
 def _generation_accuracy(model: Any, tokenizer: Any, rows: list[Messages], max_new_tokens: int,
                          batch_size: int) -> tuple[float, list[str]]:
-    from .generation import generate_with
-
     prompts = [r[:-1] for r in rows]
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
@@ -228,7 +224,7 @@ def _generation_accuracy(model: Any, tokenizer: Any, rows: list[Messages], max_n
         outs = generate_with(tokenizer, model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     finally:
         tokenizer.padding_side = side
-    hits = sum(exact_match(o.text, r[-1]["content"]) for o, r in zip(outs, rows))
+    hits = sum(answer_matches(o.text, r[-1]["content"]) for o, r in zip(outs, rows))
     return hits / max(len(rows), 1), [o.text for o in outs]
 
 
@@ -256,8 +252,9 @@ def run_sft(
         config: Hyper-parameters (contract §3.4).
         output_dir: Where the final adapter (and tokenizer) is saved.
         checkpoint_dir: Trainer checkpoints (kept for resumption).
-        test_rows: Held-out examples: test loss, and exact-match accuracy by greedy generation for the tuned model
-            and the base model (adapter disabled), on at most ``MAX_GENERATION_EVAL`` of them.
+        test_rows: Held-out examples: test loss, and accuracy by greedy generation (``matching.answer_matches``, the
+            validator's measure) for the tuned model and the base model (adapter disabled), on at most
+            ``MAX_GENERATION_EVAL`` of them.
         target_modules: Already-resolved LoRA targets (see ``lora_targets.resolve_target_modules``).
         callbacks: Progress hooks and cancellation.
         measure_generation: Measure generation accuracy on ``test_rows``.
@@ -272,7 +269,6 @@ def run_sft(
     from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback
 
     from .answer_loss import AnswerLossSFTTrainer
-    from .lora_targets import resolve_target_modules
 
     callbacks = callbacks or SFTCallbacks()
     started = time.monotonic()

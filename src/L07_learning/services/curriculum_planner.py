@@ -2,8 +2,9 @@
 
 Difficulty of an example (0 easy … 1 hard) starts from the contract's formula (§5.3) and adds two signals:
 
-* base = 0.3 × ``trace_length`` (tool steps / 10, capped at 1) + 0.3 × ``tool_steps`` (distinct tools / 5, capped)
-  + 0.4 × ``quality`` (1 - quality_score / 100), so an example with no other signal keeps the contract's value;
+* base: the §5.3 formula of ``models/curriculum.py``, 0.3 × ``trace_length`` (tool steps / 10, capped at 1)
+  + 0.3 × ``tool_steps`` (distinct tools / 5, capped) + 0.4 × ``quality`` (1 - quality_score / 100), so an example
+  with no other signal keeps the contract's value (and its 0.5 when that value cannot be computed);
 * ``failure_history``: half the example's own outcome (1 when it failed) and half the failure rate of its task type
   in the same set; it moves the score towards 1 by ``weights.failure_history`` × failure × (1 - base);
 * ``model_loss`` (optional): the percentile rank of the base model's own loss on the example, measured by a real
@@ -38,7 +39,10 @@ from ..models import (
     LearningPath,
     TrainingExample,
 )
+from ..models.curriculum import DIFFICULTY_WEIGHTS, bounded_difficulty, difficulty_terms, weighted_difficulty
 from ..observability.metrics import ERRORS
+from ..pipelines.example_loss import example_losses
+from .dataset_curator import DatasetCurator
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +54,9 @@ TARGET_MIX = (0.3, 0.5, 0.2)  # contract §3.7: easy/medium/hard share used by q
 class DifficultyWeights(BaseModel):
     """Weights of the contract's base formula (§5.3), the pull of failure history, and the model-loss share."""
 
-    trace_length: float = Field(default=0.3, ge=0)
-    tool_steps: float = Field(default=0.3, ge=0)
-    quality: float = Field(default=0.4, ge=0)
+    trace_length: float = Field(default=DIFFICULTY_WEIGHTS["trace_length"], ge=0)
+    tool_steps: float = Field(default=DIFFICULTY_WEIGHTS["tool_steps"], ge=0)
+    quality: float = Field(default=DIFFICULTY_WEIGHTS["quality"], ge=0)
     failure_history: float = Field(default=0.3, ge=0, le=1)
     model_loss: float = Field(default=0.5, ge=0, le=1)
 
@@ -132,8 +136,8 @@ def score_examples(examples: Sequence[TrainingExample], losses: dict[str, float]
     task_rate = {t: sum(v) / len(v) for t, v in failed_by_task.items()}
     loss_rank = _percentile_ranks({e.example_id: losses[e.example_id] for e in examples if e.example_id in losses}) if losses else {}
 
-    heur_total = w.trace_length + w.tool_steps + w.quality
-    if heur_total <= 0:
+    base_weights = {"trace_length": w.trace_length, "tool_steps": w.tool_steps, "quality": w.quality}
+    if sum(base_weights.values()) <= 0:
         raise L07Error(L07ErrorCode.CURRICULUM_SCHEDULE_INVALID, "difficulty weights must not all be zero")
     out: dict[str, DifficultyBreakdown] = {}
     for e in examples:
@@ -142,14 +146,9 @@ def score_examples(examples: Sequence[TrainingExample], losses: dict[str, float]
         own = _outcome_failed(e)
         rate = task_rate.get(e.task_type, 0.0)
         failure = rate if own is None else 0.5 * float(own) + 0.5 * rate
-        signals = {
-            "trace_length": min(steps / 10, 1.0),
-            "tool_steps": min(len(set(tools)) / 5, 1.0),
-            "quality": 1 - e.quality_score / 100,
-            "failure_history": failure,
-        }
-        score = (w.trace_length * signals["trace_length"] + w.tool_steps * signals["tool_steps"]
-                 + w.quality * signals["quality"]) / heur_total
+        signals = difficulty_terms(steps, len(set(tools)), e.quality_score)
+        score = bounded_difficulty(weighted_difficulty(signals, base_weights))
+        signals["failure_history"] = failure
         score += w.failure_history * failure * (1 - score)
         if e.example_id in loss_rank:
             signals["model_loss"] = loss_rank[e.example_id]
@@ -309,8 +308,6 @@ class CurriculumPlanner:
 
     def _get_curator(self):  # type: ignore[no-untyped-def]
         if self._curator is None:
-            from .dataset_curator import DatasetCurator
-
             self._curator = DatasetCurator()
         return self._curator
 
@@ -321,8 +318,6 @@ class CurriculumPlanner:
         Raises:
             L07Error: E7032 when the model cannot be loaded.
         """
-        from ..pipelines.example_loss import example_losses
-
         try:
             values = await asyncio.to_thread(example_losses, model_dir, [e.chat_messages() for e in examples], batch_size)
         except (OSError, ValueError) as exc:

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from .. import __version__
+from ..events.publisher import EventPublisher
 from ..models._base import bump_version, new_id, utcnow
 from ..models.dataset import (
     DEFAULT_SPLIT_RATIOS,
@@ -35,6 +36,9 @@ from ..models.training_example import TrainingExample
 from ..observability.metrics import DATASET_QUALITY_MEAN, DATASET_QUALITY_STDDEV, DATASET_SIZE, DATASETS_CREATED
 from ..settings import Settings, get_settings
 from ..store.db import Database, get_database
+from ..store.repositories.audit import audit
+from ..store.repositories.datasets import DatasetRepository
+from ..store.repositories.examples import ExampleRepository
 from .curation.export import FORMATS, write_split_files
 from .curation.splits import SPLIT_ORDER, assign_splits, extend_splits, member_hash, strata, version_checksum
 from .curation.statistics import compute_statistics
@@ -111,7 +115,6 @@ class DatasetCurator:
         examples = self._downsample(examples, seed)
         split_of = assign_splits(examples, ratios, seed, self.filter_config.near_duplicate_jaccard)
         async with self.db.session() as session:
-            from ..store.repositories.datasets import DatasetRepository
 
             existing = await DatasetRepository(session).get_by_name(name)
         if existing is None:
@@ -198,8 +201,6 @@ class DatasetCurator:
             L07Error: E7028 for an unknown dataset or version; E7031 when a stored example no longer matches the
                 content hash the version recorded (``verify``).
         """
-        from ..store.repositories.datasets import DatasetRepository
-        from ..store.repositories.examples import ExampleRepository
 
         async with self.db.session() as session:
             repo = DatasetRepository(session)
@@ -239,7 +240,6 @@ class DatasetCurator:
 
     async def get_version(self, dataset_id: str, version: str | None = None) -> DatasetVersion:
         """The version record (change type, added/removed ids, split counts, checksum)."""
-        from ..store.repositories.datasets import DatasetRepository
 
         async with self.db.session() as session:
             repo = DatasetRepository(session)
@@ -261,7 +261,6 @@ class DatasetCurator:
 
     async def list_datasets(self) -> list[dict[str, Any]]:
         """Every dataset with its latest version, number of versions and latest split counts."""
-        from ..store.repositories.datasets import DatasetRepository
 
         async with self.db.session() as session:
             repo = DatasetRepository(session)
@@ -279,7 +278,6 @@ class DatasetCurator:
 
     async def list_versions(self, dataset_id: str) -> list[DatasetVersion]:
         """Every version of a dataset, oldest first."""
-        from ..store.repositories.datasets import DatasetRepository
 
         async with self.db.session() as session:
             repo = DatasetRepository(session)
@@ -417,10 +415,6 @@ class DatasetCurator:
         min_examples: int, added: list[str], removed: list[str], reason: str, created_by: str, new_dataset: bool,
         started: float,
     ) -> Dataset:
-        from ..events.publisher import EventPublisher
-        from ..store.repositories.audit import audit
-        from ..store.repositories.datasets import DatasetRepository
-        from ..store.repositories.examples import ExampleRepository
 
         # Members in a stable order: split, then the order the examples were given in.
         ordered = [ex for s in SPLIT_ORDER for ex in examples if split_of[ex.example_id] == s]

@@ -1,8 +1,8 @@
 """``DistillationEngine``: durable teacher -> student distillation jobs (contract §3.3, §5.7, E76xx).
 
 A distillation job is a ``TrainingJob`` with ``job_type=DISTILLATION`` run by the same worker as SFT
-(``services/jobs/runner.py``): this module plugs its ``prepare`` and ``register`` hooks and the pipeline entry point
-(``pipelines/distillation_pipeline.py:entry``) into the runner's table on import.
+(``services/jobs/runner.py``); its worker-side ``prepare`` and ``register`` hooks are in
+``services/jobs/distillation.py``, its child side is ``pipelines/distillation_pipeline.py:entry``.
 
 * Teacher: any registered model. A ``LORA_ADAPTER`` is resolved to its parent's folder plus the adapter folder and
   merged in the child; every folder comes from ``ModelRegistry.local_path`` (hash and signature verified).
@@ -22,21 +22,17 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..models.error_codes import L07Error, L07ErrorCode
-from ..models.model_artifact import ModelArtifact, ModelType
 from ..models.training_job import JobConfig, JobStatus, JobType, TrainingJob
-from ..pipelines.distillation_pipeline import DistillationConfig, StudentSpec, check_temperature
+from ..pipelines.distillation.student import StudentSpec, student_config
+from ..pipelines.distillation_pipeline import DistillationConfig, check_temperature
 from ..settings import Settings, get_settings
 from ..store.db import Database, get_database
-from ..store.repositories.audit import audit
 from ..store.repositories.jobs import JobRepository
 from .fine_tuning_engine import FineTuningEngine
-from .jobs.runner import JobKind, RunnerContext, register_job_kind, split_rows
+from .jobs.distillation import EXTRA_KEY
+from .registry.loading import resolve_model_dirs
 
 log = logging.getLogger(__name__)
-
-ENTRY_POINT = "L07_learning.pipelines.distillation_pipeline:entry"
-# Where the distillation settings travel inside the job's JobConfig (``extra`` is the model's open slot).
-EXTRA_KEY = "distillation"
 
 
 def _validated(model: type, value: Any, what: str) -> Any:
@@ -119,8 +115,7 @@ class DistillationEngine:
                 existing = await JobRepository(session).find_by_idempotency_key(idempotency_key)
             if existing is not None:
                 return existing
-        teacher = await self.registry.get_model(teacher_model_id)
-        teacher_dir, _ = await self._teacher_dirs(teacher)
+        teacher_dir, _ = await resolve_model_dirs(self.registry, teacher_model_id)
         teacher_cfg = json.loads((Path(teacher_dir) / "config.json").read_text())
         if student_model_id is not None:
             student_dir = await self.registry.local_path(student_model_id)
@@ -132,7 +127,7 @@ class DistillationEngine:
         if not dataset.split_examples("train"):
             raise L07Error(L07ErrorCode.DATASET_LOADING_FAILURE, f"dataset {dataset_id} has no training examples")
         # The JobConfig carries learning rate and batch size in its own ranges so the runner's retry policy can
-        # adjust them (NaN: halve the rate; OOM: halve the batch); prepare_distillation applies those changes.
+        # adjust them (NaN: halve the rate; OOM: halve the batch); jobs/distillation.py:prepare applies those changes.
         carrier_lr, carrier_batch = min(max(cfg.learning_rate, 1e-6), 1e-3), min(cfg.batch_size, 128)
         job_config = JobConfig(
             learning_rate=carrier_lr, batch_size=carrier_batch, epochs=1, max_steps=cfg.max_steps, seed=cfg.seed,
@@ -146,20 +141,12 @@ class DistillationEngine:
             dataset_id=dataset_id, dataset_version=dataset.version, dataset_size=len(dataset.examples),
             base_model_id=teacher_model_id, created_by=created_by, idempotency_key=idempotency_key,
         )
-        async with self.db.session() as session:
-            repo = JobRepository(session)
-            await repo.add(job)
-            repo.add_event(job.job_id, "status", {"status": JobStatus.PENDING.value})
-            await audit(session, "training_job.submit", "training_job", job.job_id, actor=created_by,
-                        details={"job_type": JobType.DISTILLATION.value, "teacher_model_id": teacher_model_id,
-                                 "student_model_id": student_model_id, "dataset_id": dataset_id,
-                                 "dataset_version": dataset.version, "temperature": cfg.temperature})
+        await self.jobs.lifecycle.submit(job, created_by, {
+            "job_type": JobType.DISTILLATION.value, "teacher_model_id": teacher_model_id,
+            "student_model_id": student_model_id, "dataset_id": dataset_id, "dataset_version": dataset.version,
+            "temperature": cfg.temperature})
         log.info("distillation job queued", extra={"job_id": job.job_id})
         return job
-
-    async def _teacher_dirs(self, teacher: ModelArtifact) -> tuple[str, str | None]:
-        """(model folder, adapter folder or None), both verified through the registry."""
-        return await teacher_dirs(self.registry, teacher)
 
     async def get_job_status(self, job_id: str) -> TrainingJob:
         """Live status and metrics. Unknown id: E7410."""
@@ -178,25 +165,12 @@ class DistillationEngine:
         return await self.jobs.run_worker_once(**runner_kwargs)
 
 
-async def teacher_dirs(registry: Any, teacher: ModelArtifact) -> tuple[str, str | None]:
-    """Verified folders of a teacher: its own folder, or for a LoRA adapter its parent's folder and the adapter's.
-
-    Raises:
-        L07Error: E7604 for an adapter without a parent model; E7250/E7201/E7207 from the registry.
-    """
-    from .registry.loading import resolve_model_dirs
-
-    return await resolve_model_dirs(registry, teacher.model_id)
-
-
 def _check_spec(teacher_cfg: dict[str, Any], spec: StudentSpec) -> None:
     """Reject at submission a student that is not smaller than its teacher (same rules as the pipeline)."""
     from transformers import AutoConfig
 
-    from ..pipelines.distillation_pipeline import _student_config
-
     config = AutoConfig.for_model(**teacher_cfg)
-    _student_config(config, spec)
+    student_config(config, spec)
     n_teacher = teacher_cfg.get("num_hidden_layers", 0)
     if spec.layer_indices is not None and (
         len(spec.layer_indices) != spec.num_layers or any(not 0 <= i < n_teacher for i in spec.layer_indices)
@@ -210,76 +184,3 @@ def _check_registered_student(teacher_cfg: dict[str, Any], student_cfg: dict[str
         raise L07Error(L07ErrorCode.KNOWLEDGE_TRANSFER_FAILED,
                        "student and teacher must share a vocabulary for logit distillation"
                        f" ({student_cfg.get('vocab_size')} vs {teacher_cfg.get('vocab_size')})")
-
-
-# --- job-runner hooks ---------------------------------------------------------------------------------------------
-
-
-async def prepare_distillation(job: TrainingJob, config: JobConfig, ctx: RunnerContext) -> dict[str, Any]:
-    """Spec for the child: verified teacher (and student) folders, the dataset's splits as chat rows, settings.
-
-    Raises:
-        L07Error: E7250/E7201/E7207 from the registry, E7028/E7031 for the dataset.
-    """
-    settings = dict(config.extra.get(EXTRA_KEY) or {})
-    teacher = await ctx.registry.get_model(job.base_model_id)
-    teacher_dir, adapter_dir = await teacher_dirs(ctx.registry, teacher)
-    splits = await split_rows(job, config, ctx)
-    student_model_id = settings.get("student_model_id")
-    distillation = dict(settings.get("config") or {})
-    carrier = settings.get("carrier") or {}
-    if carrier and distillation:
-        # Retries adjust the carrier (contract §4.1); carry the same change over to the distillation settings.
-        distillation["learning_rate"] *= config.learning_rate / carrier["learning_rate"]
-        if config.batch_size != carrier["batch_size"]:
-            distillation["batch_size"] = config.batch_size
-    spec: dict[str, Any] = {
-        "teacher_dir": teacher_dir,
-        "teacher_adapter_dir": adapter_dir,
-        "train_rows": splits["train"],
-        "test_rows": splits["test"],
-        "distillation": distillation,
-        "student": settings.get("student") or {},
-        "output_dir": str(ctx.workdir / "student"),
-        "max_new_tokens_eval": 32,
-    }
-    if student_model_id:
-        spec["student_dir"] = await ctx.registry.local_path(student_model_id)
-    return spec
-
-
-async def register_distilled(job: TrainingJob, result: dict[str, Any], ctx: RunnerContext) -> str | None:
-    """Register the trained student as DISTILLED with lineage to its teacher, the job and the dataset version."""
-    teacher = await ctx.registry.get_model(job.base_model_id)
-    config = JobConfig(**job.config) if isinstance(job.config, dict) else job.config
-    metrics = result.get("metrics", {})
-    settings = config.extra.get(EXTRA_KEY) or {}
-    name = config.model_name or f"{teacher.name.split('/')[-1].lower()}-distilled"
-    artifact = ModelArtifact(
-        name=name,
-        model_type=ModelType.DISTILLED,
-        parent_model_id=teacher.model_id,
-        training_job_id=job.job_id,
-        dataset_id=job.dataset_id,
-        dataset_version=job.dataset_version,
-        base_model_name=teacher.base_model_name or teacher.name,
-        base_model_version=teacher.base_model_version or teacher.version,
-        metrics={
-            "training_metrics": {k: v for k, v in metrics.items()
-                                 if k not in ("loss_curve", "kd_loss_curve", "teacher_accuracy", "eval_accuracy",
-                                              "score_ratio", "latency_ratio")},
-            "validation_metrics": {k: metrics.get(k) for k in ("teacher_accuracy", "eval_accuracy", "score_ratio",
-                                                                "latency_ratio", "generation_eval_examples")},
-            "baseline_comparison": {"baseline_model_id": teacher.model_id,
-                                    "improvement_percent": 100 * metrics["improvement_vs_baseline"]
-                                    if metrics.get("improvement_vs_baseline") is not None else None,
-                                    "cost_ratio": metrics.get("parameter_ratio")},
-        },
-        config={"distillation": settings.get("config"), "student": settings.get("student"),
-                "student_model_id": settings.get("student_model_id"), "teacher_model_id": teacher.model_id},
-        tags=["distillation", str(metrics.get("method", "logit"))],
-    )
-    return await ctx.registry.register_model(artifact, source_dir=result["output_dir"])
-
-
-register_job_kind(JobType.DISTILLATION, JobKind(ENTRY_POINT, prepare_distillation, register_distilled))

@@ -3,7 +3,8 @@
 ``start_training`` validates everything that can be checked at submission (config ranges E7500, LoRA targets against
 the base model's architecture E7036, sequence length against the model's positions, dataset existence E7028) and stores
 the job as PENDING; a worker (``l07 worker``, ``run_worker_once`` or the embedded background worker) runs it in its own
-process through ``services/jobs/runner.py``.
+process through ``services/jobs/runner.py``. Every change of a job's state goes through ``services/jobs/lifecycle.py``;
+the SFT kind's worker side is ``services/jobs/sft.py``, its child side ``pipelines/sft_pipeline.py``.
 """
 
 from __future__ import annotations
@@ -16,60 +17,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from ..models.error_codes import L07Error, L07ErrorCode
 from ..models.training_job import JobConfig, JobStatus, JobType, TrainingJob
+from ..pipelines.lora_targets import resolve_target_modules
 from ..settings import Settings, get_settings
 from ..store.db import Database, get_database
-from ..store.repositories.audit import audit
 from ..store.repositories.jobs import JobRepository
+from .dataset_curator import DatasetCurator
+from .jobs.lifecycle import JobLifecycle
+from .jobs.presets import coerce_config, list_presets, load_preset
 from .jobs.runner import JobRunner
+from .model_registry import ModelRegistry
+
+# The presets are part of this engine's public surface (``l07 train --preset``, the demo).
+__all__ = ["FineTuningEngine", "coerce_config", "list_presets", "load_preset"]
 
 log = logging.getLogger(__name__)
-
-
-def coerce_config(config: JobConfig | dict[str, Any] | None) -> JobConfig:
-    """A ``JobConfig`` from a model, a dict or None (defaults).
-
-    Raises:
-        L07Error: E7500 naming each out-of-range field.
-    """
-    if config is None:
-        return JobConfig()
-    if isinstance(config, JobConfig):
-        return config
-    try:
-        return JobConfig(**config)
-    except ValidationError as exc:
-        problems = [{"field": ".".join(str(p) for p in e["loc"]), "error": e["msg"]} for e in exc.errors()]
-        raise L07Error(L07ErrorCode.HYPERPARAMETER_CONFIG_INVALID,
-                       "; ".join(f"{p['field']}: {p['error']}" for p in problems), problems=problems) from exc
-
-
-PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"
-
-
-def list_presets() -> list[str]:
-    """Names of the shipped JobConfig presets (``configs/sft-<name>.yaml``)."""
-    return sorted(p.stem[len("sft-"):] for p in PRESETS_DIR.glob("sft-*.yaml"))
-
-
-def load_preset(name: str, overrides: dict[str, Any] | None = None) -> JobConfig:
-    """A ``JobConfig`` from a shipped preset (e.g. ``cpu-small``) or a YAML file path, plus overrides.
-
-    Raises:
-        L07Error: E7905 unknown preset, E7500 out-of-range values.
-    """
-    import yaml
-
-    path = Path(name)
-    if not path.is_file():
-        path = PRESETS_DIR / f"sft-{name}.yaml"
-    if not path.is_file():
-        raise L07Error(L07ErrorCode.CONFIGURATION_NOT_FOUND, f"no preset {name!r}; known: {list_presets()}")
-    values = yaml.safe_load(path.read_text()) or {}
-    return coerce_config({**values, **(overrides or {})})
 
 
 class FineTuningEngine:
@@ -86,26 +49,11 @@ class FineTuningEngine:
                  settings: Settings | None = None) -> None:
         self.settings = settings or get_settings()
         self.db = db or get_database(self.settings.database_url)
-        self._registry = registry
-        self._curator = curator
+        self.registry = registry if registry is not None else ModelRegistry(db=self.db, settings=self.settings)
+        self.curator = curator if curator is not None else DatasetCurator(db=self.db, settings=self.settings)
+        self.lifecycle = JobLifecycle(self.db)
         self._worker_task: asyncio.Task | None = None
         self._worker_stop: asyncio.Event | None = None
-
-    @property
-    def registry(self) -> Any:
-        if self._registry is None:
-            from .model_registry import ModelRegistry
-
-            self._registry = ModelRegistry(db=self.db, settings=self.settings)
-        return self._registry
-
-    @property
-    def curator(self) -> Any:
-        if self._curator is None:
-            from .dataset_curator import DatasetCurator
-
-            self._curator = DatasetCurator(db=self.db, settings=self.settings)
-        return self._curator
 
     def runner(self, **kwargs: Any) -> JobRunner:
         """A worker bound to this engine's collaborators."""
@@ -120,7 +68,7 @@ class FineTuningEngine:
             dataset_id: Dataset to train on (its latest version, recorded on the job).
             base_model_id: Registry id of the base model; default: the registered default base (registered on first use).
             config: Hyper-parameters (contract §3.4 defaults).
-            job_type: SFT, RLHF or DISTILLATION (each has its pipeline in the runner's table).
+            job_type: SFT, RLHF or DISTILLATION (table ``services/jobs/kinds.py``).
             created_by: Requester (audit).
             idempotency_key: Submitting the same key again returns the first job.
 
@@ -149,20 +97,14 @@ class FineTuningEngine:
             created_by=created_by, idempotency_key=idempotency_key,
             metrics={"resolved_target_modules": targets},
         )
-        async with self.db.session() as session:
-            repo = JobRepository(session)
-            await repo.add(job)
-            repo.add_event(job.job_id, "status", {"status": JobStatus.PENDING.value})
-            await audit(session, "training_job.submit", "training_job", job.job_id, actor=created_by,
-                        details={"job_type": job_type.value, "dataset_id": dataset_id,
-                                 "dataset_version": dataset.version, "base_model_id": base_model_id})
+        await self.lifecycle.submit(job, created_by, {"job_type": job_type.value, "dataset_id": dataset_id,
+                                                      "dataset_version": dataset.version,
+                                                      "base_model_id": base_model_id})
         log.info("training job queued", extra={"job_id": job.job_id, "job_type": job_type.value})
         return job
 
     @staticmethod
     def _check_model_fit(cfg: JobConfig, base_dir: str) -> list[str]:
-        from ..pipelines.lora_targets import resolve_target_modules
-
         targets = resolve_target_modules(cfg.target_modules, base_dir)
         model_config = json.loads((Path(base_dir) / "config.json").read_text())
         max_pos = model_config.get("max_position_embeddings") or model_config.get("n_positions")
@@ -194,21 +136,7 @@ class FineTuningEngine:
 
         A PENDING job is cancelled at once; a running one is stopped by its worker within seconds.
         """
-        async with self.db.session() as session:
-            repo = JobRepository(session)
-            before = await repo.get(job_id)
-            if before.status.terminal:
-                return
-            after = await repo.request_cancel(job_id)
-            repo.add_event(job_id, "status", {"cancel_requested": True, "by": actor})
-            await audit(session, "training_job.cancel", "training_job", job_id, actor=actor,
-                        details={"status_before": before.status.value, "status_after": after.status.value})
-            if after.status == JobStatus.CANCELLED:
-                from .jobs.runner import JobRunner as _Runner
-
-                runner = _Runner(db=self.db, registry=self._registry, curator=self._curator, settings=self.settings)
-                await runner._completed_event(session, after, None, 0.0)
-                runner._observe(after, 0.0)
+        await self.lifecycle.request_cancel(job_id, actor)
 
     async def wait(self, job_id: str, timeout: float | None = None, poll_s: float = 0.5) -> TrainingJob:
         """Block until the job is terminal.

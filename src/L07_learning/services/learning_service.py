@@ -1,7 +1,8 @@
-"""The orchestrator: one object that runs the whole loop, from an event to a released model.
+"""The orchestrator and the composition root: one object that runs the whole loop, from an event to a released model.
 
-Every component is optional; a missing one is built from settings on ``initialize()``, so ``LearningService()``
-works on the embedded default (SQLite in ``~/.l07``). The CLI, the REST API and the demo all call these methods.
+``LearningService.build(settings, db)`` constructs the database and every engine with its collaborators; the REST API,
+the CLI and the demo all start from it. ``LearningService()`` still works on the embedded default (SQLite in
+``~/.l07``): what it was not given is built on ``initialize()``.
 """
 
 from __future__ import annotations
@@ -9,20 +10,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from ..events.outbox_relay import OutboxRelay
-from ..events.publisher import EventPublisher
+from ..events.redis_stream import RedisStreamSource
 from ..events.sinks import sinks_from_settings
+from ..events.sources import FileSource
 from ..models.dataset import Dataset
 from ..models.error_codes import L07Error, L07ErrorCode
-from ..models.model_artifact import ModelStage, ModelType
+from ..models.model_artifact import ModelStage
 from ..models.training_example import TrainingExample
 from ..models.training_job import JobConfig, TrainingJob
-from ..models.validation import Recommendation, ValidationResult
+from ..models.validation import ValidationResult
 from ..settings import Settings, get_settings
-from ..store.db import Database, get_database
-from .release.gateway import CANARY_CONFIG, register_with_gateway
+from ..store.db import Database
+from .access import AccessService
+from .dataset_curator import DatasetCurator
+from .distillation_engine import DistillationEngine
+from .example_quality_filter import Decision, ExampleQualityFilter
+from .fine_tuning_engine import FineTuningEngine
+from .ingestion.pipeline import IngestionPipeline, ingest_and_filter, run_source
+from .model_registry import ModelRegistry
+from .model_validator import ModelValidator, ValidationConfig
+from .pattern_extractor import PatternExtractor
+from .queries import Queries
+from .release import deploy
+from .release.gateway import register_with_gateway
+from .rlhf_engine import RLHFEngine
+from .strategy_optimizer import StrategyOptimizer
+from .training_data_extractor import TrainingDataExtractor
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +63,11 @@ class LearningService:
         db: Database (default: the settings' URL).
     """
 
-    def __init__(self, extractor: Any = None, filter: Any = None, curator: Any = None, registry: Any = None,  # noqa: A002 - the brief's name
-                 sft_engine: Any = None, validator: Any = None, rlhf_engine: Any = None, *,
+    def __init__(self, extractor: TrainingDataExtractor | None = None,
+                 filter: ExampleQualityFilter | None = None,  # noqa: A002 - the brief's name
+                 curator: DatasetCurator | None = None, registry: ModelRegistry | None = None,
+                 sft_engine: FineTuningEngine | None = None, validator: ModelValidator | None = None,
+                 rlhf_engine: RLHFEngine | None = None, *,
                  settings: Settings | None = None, db: Database | None = None) -> None:
         self.settings = settings or get_settings()
         self.db = db
@@ -57,11 +78,49 @@ class LearningService:
         self.sft_engine = sft_engine
         self.validator = validator
         self.rlhf_engine = rlhf_engine
-        self.publisher = EventPublisher()
+        self.distillation_engine: DistillationEngine | None = None
+        self.patterns: PatternExtractor | None = None
+        self.strategies: StrategyOptimizer | None = None
+        self.ingestion: IngestionPipeline | None = None
+        self.queries: Queries | None = None
+        self.access: AccessService | None = None
         self.relay: OutboxRelay | None = None
         self._relay_stop: asyncio.Event | None = None
         self._relay_task: asyncio.Task | None = None
         self._initialized = False
+
+    @classmethod
+    def build(cls, settings: Settings | None = None, db: Database | None = None) -> "LearningService":
+        """The composition root: the database (from ``settings.database_url`` unless given) and every engine, each
+        handed the collaborators it uses. Nothing connects yet; the first query or ``initialize()`` does.
+        """
+        service = cls(settings=settings, db=db)
+        service._compose()
+        return service
+
+    def _compose(self) -> None:
+        s = self.settings
+        if self.db is None:
+            self.db = Database(s.database_url or "", auto_migrate=bool(s.auto_migrate))
+        db = self.db
+        self.extractor = self.extractor or TrainingDataExtractor(db=db, settings=s)
+        self.filter = self.filter or ExampleQualityFilter(db=db, settings=s)
+        self.curator = self.curator or DatasetCurator(db=db, settings=s)
+        self.registry = self.registry or ModelRegistry(db=db, settings=s)
+        self.sft_engine = self.sft_engine or FineTuningEngine(db=db, registry=self.registry, curator=self.curator, settings=s)
+        self.validator = self.validator or ModelValidator(
+            db=db, registry=self.registry, curator=self.curator, settings=s,
+            config=ValidationConfig(max_new_tokens=s.validation_max_new_tokens,
+                                    latency_requests=s.validation_latency_requests,
+                                    safety_prompts=s.validation_safety_prompts))
+        self.rlhf_engine = self.rlhf_engine or RLHFEngine(db=db, registry=self.registry, settings=s, validator=self.validator)
+        self.distillation_engine = self.distillation_engine or DistillationEngine(
+            db=db, registry=self.registry, curator=self.curator, settings=s)
+        self.patterns = self.patterns or PatternExtractor(db=db, settings=s)
+        self.strategies = self.strategies or StrategyOptimizer(db=db, settings=s)
+        self.ingestion = self.ingestion or IngestionPipeline(db, s)
+        self.queries = self.queries or Queries(db)
+        self.access = self.access or AccessService(db)
 
     # ------------------------------------------------------------------------------------------------ lifecycle
     async def initialize(self, start_relay: bool = True) -> None:
@@ -69,24 +128,9 @@ class LearningService:
         re-register STAGING/PRODUCTION models with L04 when it runs in this process."""
         if self._initialized:
             return
-        if self.db is None:
-            self.db = get_database(self.settings.database_url)
+        self._compose()
         await self.db.connect()
-        from .dataset_curator import DatasetCurator
-        from .example_quality_filter import ExampleQualityFilter
-        from .fine_tuning_engine import FineTuningEngine
-        from .model_registry import ModelRegistry
-        from .model_validator import ModelValidator
-        from .training_data_extractor import TrainingDataExtractor
-
-        s, db = self.settings, self.db
-        self.extractor = self.extractor or TrainingDataExtractor(db=db, settings=s)
-        self.filter = self.filter or ExampleQualityFilter(db=db, settings=s)
-        self.curator = self.curator or DatasetCurator(db=db, settings=s)
-        self.registry = self.registry or ModelRegistry(db=db, settings=s)
-        self.sft_engine = self.sft_engine or FineTuningEngine(db=db, registry=self.registry, curator=self.curator, settings=s)
-        self.validator = self.validator or ModelValidator(db=db, registry=self.registry, curator=self.curator, settings=s)
-        self.relay = OutboxRelay(db, sinks_from_settings(s))
+        self.relay = OutboxRelay(self.db, sinks_from_settings(self.settings))
         if start_relay:
             self._relay_stop = asyncio.Event()
             self._relay_task = asyncio.create_task(self.relay.serve(self._relay_stop, poll_s=1.0))
@@ -131,18 +175,64 @@ class LearningService:
             The ingestion summary plus ``examples_accepted``.
         """
         await self._ensure()
-        from .ingestion.pipeline import ingest_and_filter
-
         result, accepted = await ingest_and_filter(events, transport, db=self.db, settings=self.settings,
                                                    quality_filter=self.filter)
         out = result.summary.to_dict()
         out["examples_accepted"] = len(accepted)
         return out
 
+    async def ingest_path(self, path: str | Path, batch_size: int = 1000) -> dict[str, Any]:
+        """Ingest CloudEvents from a JSONL file or a folder of them, each batch then through the quality filter.
+
+        Returns:
+            The ingestion summary plus ``examples_accepted``.
+        """
+        await self._ensure()
+        return await self._run_filtered(FileSource(path, batch_size=batch_size))
+
+    @staticmethod
+    def stream_source(redis_url: str, stream: str, group: str, consumer: str | None = None,
+                      **options: Any) -> RedisStreamSource:
+        """A Redis Streams consumer-group source for ``consume`` (``options``: ``RedisStreamSource``'s keywords)."""
+        return RedisStreamSource(redis_url, stream, group, consumer, **options)
+
+    async def consume(self, source: RedisStreamSource) -> dict[str, Any]:
+        """Ingest from ``source`` until it stops, each batch through the quality filter, acknowledging each batch
+        after its commit. Returns the ingestion summary plus ``examples_accepted``."""
+        await self._ensure()
+        return await self._run_filtered(source)
+
+    async def _run_filtered(self, source: Any) -> dict[str, Any]:
+        filtered = _FilteredIngestion(self)
+        out = (await run_source(source, filtered)).to_dict()  # type: ignore[arg-type]
+        out["examples_accepted"] = filtered.accepted
+        return out
+
     async def filter_examples(self, examples: list[TrainingExample]) -> list[TrainingExample]:
         """Run the quality filter; returns only ACCEPTed examples, in input order."""
         await self._ensure()
         return await self.filter.filter(list(examples))
+
+    async def filter_pending(self, batch_size: int = 1000) -> dict[str, int]:
+        """Drain the stored PENDING backlog (examples ingested before every door filtered) through the quality
+        filter, oldest first, ``batch_size`` at a time.
+
+        Returns:
+            Decisions counted by ``ACCEPT``, ``REVIEW``, ``REJECT`` and ``QUARANTINE``, plus ``batches``.
+        """
+        await self._ensure()
+        counts: Counter[str] = Counter({d.value: 0 for d in Decision})
+        seen: set[str] = set()
+        batches = 0
+        while True:
+            batch = await self.queries.examples(status="PENDING", limit=batch_size)
+            if not batch or {e.example_id for e in batch} <= seen:
+                break  # nothing left, or only examples the filter could not decide (they stay PENDING)
+            seen.update(e.example_id for e in batch)
+            report = await self.filter.filter_detailed(batch)
+            counts.update(d.decision.value for d in report.decisions)
+            batches += 1
+        return {**counts, "batches": batches}
 
     async def create_training_dataset(self, name: str, examples: list[TrainingExample] | None = None,
                                       min_examples: int = 1000, split_ratios: dict[str, float] | None = None) -> Dataset:
@@ -153,10 +243,7 @@ class LearningService:
         """
         await self._ensure()
         if examples is None:
-            from ..store.repositories.examples import ExampleRepository
-
-            async with self.db.session() as s:
-                examples = await ExampleRepository(s).list(status="ACCEPTED", limit=MAX_DATASET_SIZE)
+            examples = await self.queries.examples(status="ACCEPTED", limit=MAX_DATASET_SIZE)
         if not examples:
             raise L07Error(L07ErrorCode.INSUFFICIENT_EXAMPLES, f"no examples to build dataset {name!r}", name=name)
         kwargs: dict[str, Any] = {"min_examples": min_examples}
@@ -178,7 +265,8 @@ class LearningService:
     # ------------------------------------------------------------------------------------------------ deployment
     async def deploy_model(self, model_id: str) -> ValidationResult:
         """Validate, then DEVELOPMENT -> STAGING on DEPLOY with ``model_ready_for_deployment`` in the same
-        transaction; REJECT moves the model to REJECTED; REVIEW leaves it for a reviewer.
+        transaction, flushed through the outbox at once; REJECT moves the model to REJECTED; REVIEW leaves it for a
+        reviewer. The one release path (``services/release/deploy.py``), shared with the CLI and REST.
 
         Returns:
             The validation result (the contract's ``None`` plus the report a caller needs).
@@ -187,61 +275,7 @@ class LearningService:
             L07Error: E7203 when validation rejects the model (failing stages in ``details``).
         """
         await self._ensure()
-        result = await self.validator.validate_model(model_id)
-        model = await self.registry.get_model(model_id)
-        if result.recommendation is Recommendation.REJECT:
-            failing = [k for k, v in result.stages.items() if v.outcome.value == "FAIL"]
-            await self.registry.promote_model(model_id, ModelStage.REJECTED.value, actor="l07-validator",
-                                              events=[("learning.model_deployment_failed", {
-                                                  "model_id": model_id, "version": model.version,
-                                                  "stage": model.stage.value,
-                                                  "error_code": L07ErrorCode.MODEL_DEPLOYMENT_VALIDATION_FAILED.value,
-                                                  "error_message": f"validation rejected the model: {', '.join(failing)}",
-                                                  "rolled_back_to": None, "failed_at": _now_iso()})])
-            raise L07Error(L07ErrorCode.MODEL_DEPLOYMENT_VALIDATION_FAILED,
-                           f"validation rejected model {model_id}; failing stages: {', '.join(failing)}",
-                           model_id=model_id, failing_stages=failing, validation_id=result.validation_id)
-        if result.recommendation is Recommendation.REVIEW:
-            log.warning("model needs a reviewer before STAGING", extra={"model_id": model_id})
-            return result
-        release = await self._release_event(model_id, result)
-        await self.registry.promote_model(model_id, ModelStage.STAGING.value, actor="l07-validator",
-                                          events=[("learning.model_ready_for_deployment", release)])
-        staged = await self.registry.get_model(model_id)
-        register_with_gateway(staged, int(staged.config.get("max_seq_length", 2048)))
-        if self.relay is not None:
-            await self.relay.run_once()
-        return result
-
-    async def _release_event(self, model_id: str, result: ValidationResult) -> dict[str, Any]:
-        model = await self.registry.get_model(model_id, verify=True)
-        base_name = model.base_model_name
-        if model.model_type is ModelType.LORA_ADAPTER and model.parent_model_id and not base_name:
-            base_name = (await self.registry.get_model(model.parent_model_id)).name
-        bench = result.stages.get("benchmark")
-        lat = result.stages.get("latency")
-        return {
-            "model_id": model.model_id,
-            "model_type": model.model_type.value,
-            "base_model": base_name,
-            "artifact_url": _as_url(model.artifact_path),
-            "artifact_checksum": model.checksum,
-            "artifact_signature": model.signature,
-            "signing_key_version": model.signing_key_version,
-            "validation_status": "APPROVED" if result.passed else "CONDITIONAL",
-            "validation_id": result.validation_id,
-            "canary_config": dict(CANARY_CONFIG),
-            "performance_metrics": {
-                "accuracy": bench.metrics.get("candidate_accuracy") if bench else None,
-                "latency_p99_ms": (lat.metrics.get("candidate") or {}).get("p99_ms") if lat else None,
-                "improvement_vs_baseline": bench.metrics.get("relative_accuracy_change") if bench else None,
-            },
-            "training_lineage": {
-                "training_job_id": model.training_job_id, "dataset_id": model.dataset_id,
-                "dataset_version": model.dataset_version, "base_model": base_name,
-                "parent_model_id": model.parent_model_id,
-            },
-        }
+        return await deploy.deploy_model(model_id, validator=self.validator, registry=self.registry, relay=self.relay)
 
     async def _reregister_with_gateway(self) -> None:
         for stage in (ModelStage.STAGING, ModelStage.PRODUCTION):
@@ -249,11 +283,17 @@ class LearningService:
                 register_with_gateway(m, int(m.config.get("max_seq_length", 2048)))
 
 
-def _as_url(path: str) -> str:
-    return path if "://" in path else f"file://{path}"
+class _FilteredIngestion:
+    """What ``run_source`` drives for ``ingest_path`` and ``consume``: every batch goes through ``ingest_and_filter``,
+    the path ``process_events`` and ``POST /api/v1/events`` take, so no door leaves examples PENDING."""
 
+    def __init__(self, service: LearningService) -> None:
+        self.service = service
+        self.accepted = 0
 
-def _now_iso() -> str:
-    from ..models._base import utcnow
-
-    return utcnow().isoformat()
+    async def ingest(self, raw_events: Any, transport: str, **_: Any) -> Any:
+        s = self.service
+        result, accepted = await ingest_and_filter(raw_events, transport, db=s.db, settings=s.settings,
+                                                   quality_filter=s.filter)
+        self.accepted += len(accepted)
+        return result

@@ -28,9 +28,21 @@ from ..models.validation import (
     Verdict,
 )
 from ..observability import metrics
+from ..pipelines.evaluation_pipeline import (
+    BACKDOOR_TRIGGERS,
+    CANARY_RE,
+    EvalCase,
+    ModelReport,
+    evaluate_model,
+    paired_bootstrap,
+)
+from ..pipelines.matching import infer_match_mode
 from ..settings import Settings, get_settings
 from ..store.db import Database, get_database
 from ..store.repositories.golden import GoldenCaseRepository
+from .dataset_curator import DatasetCurator
+from .model_registry import ModelRegistry
+from .registry.loading import resolve_model_dirs
 
 log = logging.getLogger(__name__)
 
@@ -79,17 +91,14 @@ class ModelValidator:
         config: Gate thresholds and budgets.
     """
 
-    def __init__(self, db: Database | None = None, registry: Any = None, curator: Any = None,
-                 settings: Settings | None = None, config: ValidationConfig | None = None) -> None:
+    def __init__(self, db: Database | None = None, registry: ModelRegistry | None = None,
+                 curator: DatasetCurator | None = None, settings: Settings | None = None,
+                 config: ValidationConfig | None = None) -> None:
         self.settings = settings or get_settings()
         self.db = db or get_database(self.settings.database_url)
         if registry is None:
-            from .model_registry import ModelRegistry
-
             registry = ModelRegistry(db=self.db, settings=self.settings)
         if curator is None:
-            from .dataset_curator import DatasetCurator
-
             curator = DatasetCurator(db=self.db, settings=self.settings)
         self.registry = registry
         self.curator = curator
@@ -186,8 +195,6 @@ class ModelValidator:
         if not cases:
             raise L07Error(L07ErrorCode.DATASET_LOADING_FAILURE, f"no regression cases for model {model_id}")
         model_dir, adapter = await self._load_dirs(model)
-        from ..pipelines.evaluation_pipeline import evaluate_model
-
         report = await asyncio.to_thread(evaluate_model, model_dir, cases, adapter_dir=adapter,
                                          max_new_tokens=self.config.max_new_tokens, batch_size=self.config.batch_size,
                                          latency_requests=0, latency_warmup=0, safety_prompts=0)
@@ -195,9 +202,7 @@ class ModelValidator:
 
     # ----------------------------------------------------------------------------------------------------------
     def _measure(self, model_dir: str, adapter: str | None, regression_cases: list, test_cases: list,
-                 probes: list) -> tuple[Any, Any]:
-        from ..pipelines.evaluation_pipeline import evaluate_model
-
+                 probes: list) -> tuple[ModelReport, ModelReport]:
         cfg = self.config
         test_report = evaluate_model(model_dir, test_cases or regression_cases, adapter_dir=adapter,
                                      max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
@@ -221,8 +226,6 @@ class ModelValidator:
 
     async def _load_dirs(self, model: ModelArtifact) -> tuple[str, str | None]:
         """Verified local folders: (model dir, adapter dir or None). An adapter loads on its verified parent."""
-        from .registry.loading import resolve_model_dirs
-
         return await resolve_model_dirs(self.registry, model.model_id)
 
     async def _dataset(self, model: ModelArtifact) -> Dataset | None:
@@ -230,9 +233,7 @@ class ModelValidator:
             return None
         return await self.curator.get_dataset(model.dataset_id, model.dataset_version)
 
-    async def _held_out_cases(self, model: ModelArtifact) -> tuple[list, list]:
-        from ..pipelines.evaluation_pipeline import EvalCase, infer_match_mode
-
+    async def _held_out_cases(self, model: ModelArtifact) -> tuple[list[EvalCase], list]:
         dataset = await self._dataset(model)
         if dataset is None:
             return [], []
@@ -246,9 +247,7 @@ class ModelValidator:
                                   difficulty=(ex.difficulty_level.value if ex.difficulty_level else "MEDIUM")))
         return cases, dataset.split_examples("train")
 
-    async def _golden_cases(self, model: ModelArtifact) -> list:
-        from ..pipelines.evaluation_pipeline import EvalCase
-
+    async def _golden_cases(self, model: ModelArtifact) -> list[EvalCase]:
         suite = self.config.golden_suite or model.name
         async with self.db.session() as s:
             rows = await GoldenCaseRepository(s).list_suite(suite)
@@ -259,8 +258,6 @@ class ModelValidator:
     @staticmethod
     def _memorisation_probes(train_examples: list) -> list[tuple[list[dict[str, str]], str]]:
         """Probes from training examples that carry planted canaries: prompt in, the canary must not come out."""
-        from ..pipelines.evaluation_pipeline import CANARY_RE
-
         probes = []
         for ex in train_examples:
             match = CANARY_RE.search(ex.output_text)
@@ -269,7 +266,7 @@ class ModelValidator:
         return probes[:20]
 
     # ---- stages --------------------------------------------------------------------------------------------------
-    def _regression_stage(self, cand: Any, base: Any) -> StageResult:
+    def _regression_stage(self, cand: ModelReport, base: ModelReport | None) -> StageResult:
         cfg = self.config
         results = _test_results(cand, base)
         issues: list[str] = []
@@ -291,7 +288,7 @@ class ModelValidator:
         m["failures"] = m["failures"][:20]
         return StageResult(passed=outcome is StageOutcome.PASS, outcome=outcome, metrics=m, issues=issues)
 
-    def _benchmark_stage(self, cand: Any, base: Any) -> StageResult:
+    def _benchmark_stage(self, cand: ModelReport, base: ModelReport | None) -> StageResult:
         cfg = self.config
         m: dict[str, Any] = {"candidate_accuracy": cand.accuracy, "cases": len(cand.cases),
                              "candidate_latency": cand.latency}
@@ -324,9 +321,7 @@ class ModelValidator:
             issues.append(f"p99 latency {p99_ratio:.2f}x the baseline's (pass up to {cfg.latency_p99_pass_ratio}x)")
         return StageResult(passed=outcome is StageOutcome.PASS, outcome=outcome, metrics=m, issues=issues)
 
-    def _ab_stage(self, cand: Any, base: Any) -> StageResult:
-        from ..pipelines.evaluation_pipeline import paired_bootstrap
-
+    def _ab_stage(self, cand: ModelReport, base: ModelReport | None) -> StageResult:
         if base is None:
             return StageResult(passed=True, outcome=StageOutcome.PASS, metrics={"n": len(cand.cases)},
                                issues=["no baseline to compare against"])
@@ -346,9 +341,7 @@ class ModelValidator:
             outcome, issues = StageOutcome.PASS, []
         return StageResult(passed=outcome is StageOutcome.PASS, outcome=outcome, metrics=stats, issues=issues)
 
-    def _safety_stage(self, cand: Any, base: Any) -> StageResult:
-        from ..pipelines.evaluation_pipeline import BACKDOOR_TRIGGERS
-
+    def _safety_stage(self, cand: ModelReport, base: ModelReport | None) -> StageResult:
         s = dict(cand.safety)
         b = base.safety if base is not None else {}
         issues = []
@@ -373,7 +366,7 @@ class ModelValidator:
         outcome = StageOutcome.FAIL if issues else StageOutcome.PASS
         return StageResult(passed=not issues, outcome=outcome, metrics=s, issues=issues)
 
-    def _diversity_stage(self, cand: Any, base: Any) -> StageResult:
+    def _diversity_stage(self, cand: ModelReport, base: ModelReport | None) -> StageResult:
         per_task = cand.accuracy_by("task_type")
         m: dict[str, Any] = {"candidate_by_task_type": per_task, **cand.diversity}
         issues = []
@@ -390,7 +383,7 @@ class ModelValidator:
         outcome = StageOutcome.REVIEW if issues else StageOutcome.PASS
         return StageResult(passed=not issues, outcome=outcome, metrics=m, issues=issues)
 
-    def _latency_stage(self, cand: Any, base: Any) -> StageResult:
+    def _latency_stage(self, cand: ModelReport, base: ModelReport | None) -> StageResult:
         cfg = self.config
         m: dict[str, Any] = {"candidate": cand.latency, "candidate_memory_peak_bytes": cand.memory_peak_bytes}
         if base is None:
@@ -414,7 +407,7 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b else (1.0 if a == 0 else float("inf"))
 
 
-def _test_results(report: Any, baseline: Any) -> TestResults:
+def _test_results(report: ModelReport, baseline: ModelReport | None) -> TestResults:
     total = len(report.cases)
     passed = sum(c.correct for c in report.cases)
     return TestResults(

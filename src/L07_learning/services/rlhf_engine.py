@@ -7,9 +7,10 @@ the last good weights are kept), reward hacking (E7305: the model is registered 
 ``validation_status=FAILED`` and tagged ``quarantined``, and the call raises), and the negative-feedback-loop check
 across RLHF iterations (E7402).
 
-The same work runs as a durable job (``job_type=RLHF``) through the fine-tuning engine's runner: this module registers
-its ``JobKind`` on import (prepare: dataset -> preference pairs; entry: ``rlhf_pipeline.entry``; register hook).
-Heavy compute runs in a worker thread (direct calls) or the job's child process; torch is never imported here.
+The same work runs as a durable job (``job_type=RLHF``) through the fine-tuning engine's runner: its worker-side hooks
+(dataset -> preference pairs; registration through this engine) are in ``services/jobs/rlhf.py``, the child side is
+``rlhf_pipeline.entry``. Heavy compute runs in a worker thread (direct calls) or the job's child process; torch is
+never imported here.
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ from typing import Any
 from ..models.error_codes import L07Error, L07ErrorCode
 from ..models.model_artifact import ModelArtifact, ModelType
 from ..models.reward_signal import PreferencePair, RewardModel, RLHFConfig
-from ..models.training_job import JobConfig, JobType, TrainingJob
 from ..observability.metrics import CIRCUIT_BREAKER_STATE, ERRORS, REWARD_MODEL_ACCURACY, RLHF_ALERTS
+from ..pipelines import rlhf_pipeline
 from ..settings import Settings, get_settings
 from ..store.db import Database, get_database
 from ..store.repositories.audit import audit
 from ..store.repositories.rewards import RewardRepository
-from .ingestion.rewards import build_preference_pairs
+from .jobs.register import Provenance, default_name, model_record
+from .model_registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +127,7 @@ class RLHFEngine:
                  validator: Any = None) -> None:
         self.settings = settings or get_settings()
         self.db = db or get_database(self.settings.database_url)
-        if registry is None:
-            from .model_registry import ModelRegistry
-
-            registry = ModelRegistry(db=self.db, settings=self.settings)
-        self.registry = registry
+        self.registry = registry if registry is not None else ModelRegistry(db=self.db, settings=self.settings)
         self.validator = validator
         self.training_blocked: FeedbackLoopReport | None = None
 
@@ -138,7 +136,7 @@ class RLHFEngine:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    async def _alert(self, code: L07ErrorCode, resource_id: str, message: str, details: dict[str, Any]) -> None:
+    async def alert(self, code: L07ErrorCode, resource_id: str, message: str, details: dict[str, Any]) -> None:
         RLHF_ALERTS.labels(code=code.value).inc()
         ERRORS.labels(error_code=code.value, error_type=code.spec.severity).inc()
         level = logging.CRITICAL if code.spec.severity == "C" else logging.WARNING
@@ -180,8 +178,6 @@ class RLHFEngine:
         Raises:
             L07Error: E7300 too few pairs or training failed; E7110 invalid pairs; registry errors.
         """
-        from ..pipelines import rlhf_pipeline
-
         cfg = config or RLHFConfig()
         pairs = _coerce_pairs(preference_pairs)
         if len(pairs) < 2:
@@ -200,12 +196,12 @@ class RLHFEngine:
                 validation_split=cfg.reward_validation_split, batch_size=cfg.reward_batch_size,
                 lora_rank=cfg.reward_lora_rank, max_length=cfg.max_length, seed=cfg.seed,
             )
-            model_id = await self._register_reward_model(result, base, pairs, cfg, name, dataset_id, dataset_version,
-                                                         training_job_id)
+            model_id = await self.register_reward_model(result, base, pairs, cfg, name,
+                                                        Provenance(training_job_id, dataset_id, dataset_version))
         finally:
             shutil.rmtree(work, ignore_errors=True)
         for alert in result.alerts:
-            await self._alert(L07ErrorCode(alert.code), model_id, alert.message, alert.details)
+            await self.alert(L07ErrorCode(alert.code), model_id, alert.message, alert.details)
         REWARD_MODEL_ACCURACY.set(result.val_accuracy)
         artifact = await self.registry.get_model(model_id)
         return RewardModel(
@@ -217,18 +213,11 @@ class RLHFEngine:
                      "alerts": [a.code for a in result.alerts]},
         )
 
-    async def _register_reward_model(self, result: Any, base: ModelArtifact, pairs: list[PreferencePair],
-                                     cfg: RLHFConfig, name: str | None, dataset_id: str | None,
-                                     dataset_version: str | None, training_job_id: str | None) -> str:
-        artifact = ModelArtifact(
-            name=name or f"{base.name.split('/')[-1].lower()}-reward",
-            model_type=ModelType.REWARD_MODEL,
-            parent_model_id=base.model_id,
-            training_job_id=training_job_id,
-            dataset_id=dataset_id,
-            dataset_version=dataset_version,
-            base_model_name=base.name,
-            base_model_version=base.version,
+    async def register_reward_model(self, result: Any, base: ModelArtifact, pairs: list[PreferencePair],
+                                    cfg: RLHFConfig, name: str | None, provenance: Provenance) -> str:
+        """Register a trained reward model (``rlhf_pipeline.RewardTrainResult``); returns its ``model_id``."""
+        artifact = model_record(
+            name or default_name(base, "reward"), ModelType.REWARD_MODEL, base, provenance,
             metrics={"training_metrics": {
                 "train_pairwise_accuracy": result.train_accuracy, "val_pairwise_accuracy": result.val_accuracy,
                 "train_val_gap": result.train_val_gap, "train_pairs": result.train_pairs,
@@ -278,8 +267,6 @@ class RLHFEngine:
                 E7250 unknown models; E7305 reward hacking (the model is registered quarantined); E7303 training
                 failure; E7020 too few pairs.
         """
-        from ..pipelines import rlhf_pipeline
-
         if self.training_blocked is not None:
             raise L07Error(L07ErrorCode.NEGATIVE_FEEDBACK_LOOP_DETECTED,
                            "training is blocked by a negative feedback loop; reset it after review",
@@ -313,27 +300,22 @@ class RLHFEngine:
         try:
             result = await asyncio.to_thread(rlhf_pipeline.optimize_policy, base_dir, rm_dir, train, val,
                                              work / "policy", cfg, sft_adapter_dir=sft_dir)
-            model_id = await self._register_policy(result, base, rm_id, sft_model_id, pairs, cfg, name, dataset_id,
-                                                   dataset_version, None)
+            model_id = await self.register_policy(result, base, rm_id, sft_model_id, pairs, cfg, name,
+                                                  Provenance(dataset_id=dataset_id, dataset_version=dataset_version))
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        return await self._after_policy(model_id, result.alerts, validate)
+        return await self.after_policy(model_id, result.alerts, validate)
 
-    async def _register_policy(self, result: Any, base: ModelArtifact, reward_model_id: str, sft_model_id: str | None,
-                               pairs: list[PreferencePair], cfg: RLHFConfig, name: str | None,
-                               dataset_id: str | None, dataset_version: str | None,
-                               training_job_id: str | None) -> str:
+    async def register_policy(self, result: Any, base: ModelArtifact, reward_model_id: str, sft_model_id: str | None,
+                              pairs: list[PreferencePair], cfg: RLHFConfig, name: str | None,
+                              provenance: Provenance) -> str:
+        """Register an optimised policy (``rlhf_pipeline.PolicyResult``), quarantined on E7305; returns its id."""
         merged = result.merged_dir is not None
         hacked = any(a.code == L07ErrorCode.REWARD_HACKING_DETECTED.value for a in result.alerts)
-        artifact = ModelArtifact(
-            name=name or f"{base.name.split('/')[-1].lower()}-rlhf-{cfg.algorithm}",
-            model_type=ModelType.FINE_TUNED if merged else ModelType.LORA_ADAPTER,
+        artifact = model_record(
+            name or default_name(base, f"rlhf-{cfg.algorithm}"),
+            ModelType.FINE_TUNED if merged else ModelType.LORA_ADAPTER, base, provenance,
             parent_model_id=sft_model_id or base.model_id,
-            training_job_id=training_job_id,
-            dataset_id=dataset_id,
-            dataset_version=dataset_version,
-            base_model_name=base.name,
-            base_model_version=base.version,
             metrics={"training_metrics": {
                 "algorithm": result.algorithm, "steps": result.steps, "stopped_reason": result.stopped_reason,
                 "reward_before": result.before["mean_reward"], "reward_after": result.after["mean_reward"],
@@ -356,9 +338,10 @@ class RLHFEngine:
         )
         return await self.registry.register_model(artifact, source_dir=result.merged_dir or result.adapter_dir)
 
-    async def _after_policy(self, model_id: str, alerts: list[Any], validate: bool) -> ModelArtifact:
+    async def after_policy(self, model_id: str, alerts: list[Any], validate: bool) -> ModelArtifact:
+        """Raise the run's guard alerts; E7305 when the policy was quarantined; optionally validate it."""
         for alert in alerts:
-            await self._alert(L07ErrorCode(alert.code), model_id, alert.message, {"step": alert.step})
+            await self.alert(L07ErrorCode(alert.code), model_id, alert.message, {"step": alert.step})
         if any(a.code == L07ErrorCode.REWARD_HACKING_DETECTED.value for a in alerts):
             raise L07Error(L07ErrorCode.REWARD_HACKING_DETECTED,
                            "reward rose while held-out validation fell; the policy is quarantined", model_id=model_id)
@@ -391,7 +374,7 @@ class RLHFEngine:
             self.training_blocked = report
             CIRCUIT_BREAKER_STATE.labels(component="training", state="open").set(1)
             CIRCUIT_BREAKER_STATE.labels(component="training", state="closed").set(0)
-            await self._alert(L07ErrorCode.NEGATIVE_FEEDBACK_LOOP_DETECTED, models[-1].model_id,
+            await self.alert(L07ErrorCode.NEGATIVE_FEEDBACK_LOOP_DETECTED, models[-1].model_id,
                               "quality falling across RLHF iterations; training breaker open",
                               {"reasons": report.reasons, "qualities": qualities, "baseline": baseline})
             raise L07Error(L07ErrorCode.NEGATIVE_FEEDBACK_LOOP_DETECTED, "negative feedback loop detected",
@@ -412,82 +395,3 @@ def _last_good(models: list[ModelArtifact], tm: list[dict[str, Any]], baseline: 
         if float(t.get("validation_accuracy_after", -1)) >= FEEDBACK_LOOP_RATIO * baseline:
             return m.model_id
     return None
-
-
-# --- durable jobs (job_type=RLHF) ---------------------------------------------------------------------------------
-
-
-def rlhf_config_of(config: JobConfig) -> RLHFConfig:
-    """The RLHF settings of a job: ``JobConfig.extra["rlhf"]`` (learning rate and seed default from the job)."""
-    raw = dict(config.extra.get("rlhf") or {})
-    raw.setdefault("seed", config.seed)
-    return RLHFConfig.model_validate(raw)
-
-
-async def prepare_rlhf(job: TrainingJob, config: JobConfig, ctx: Any) -> dict[str, Any]:
-    """Job spec: verified base / SFT / reward model folders and preference pairs built from the dataset version.
-
-    ``config.extra``: ``rlhf`` (RLHFConfig dict), optional ``reward_model_id`` (else the job trains one first) and
-    ``sft_model_id``. Pairs come from the train split (§5.5 rules); held-out pairs from the val and test splits.
-
-    Raises:
-        L07Error: E7020 when the dataset yields fewer than 2 training pairs or no held-out pair.
-    """
-    cfg = rlhf_config_of(config)
-    dataset = await ctx.curator.get_dataset(job.dataset_id, job.dataset_version)
-    train = build_preference_pairs(dataset.split_examples("train"))
-    val = build_preference_pairs(dataset.split_examples("val") + dataset.split_examples("test"))
-    if len(train) < 2 or not val:
-        raise L07Error(L07ErrorCode.INSUFFICIENT_EXAMPLES,
-                       f"dataset {job.dataset_id} yields {len(train)} training and {len(val)} held-out preference pairs",
-                       train_pairs=len(train), val_pairs=len(val))
-    extra = config.extra
-    reward_id = extra.get("reward_model_id")
-    sft_id = extra.get("sft_model_id")
-    return {
-        "base_model_dir": str(await ctx.registry.local_path(job.base_model_id)),
-        "reward_model_dir": str(await ctx.registry.local_path(reward_id)) if reward_id else None,
-        "sft_adapter_dir": str(await ctx.registry.local_path(sft_id)) if sft_id else None,
-        "train_pairs": [p.model_dump(mode="json") for p in train],
-        "val_pairs": [p.model_dump(mode="json") for p in val],
-        "rlhf": cfg.model_dump(mode="json"),
-        "output_dir": str(ctx.workdir / "rlhf"),
-    }
-
-
-async def register_rlhf(job: TrainingJob, result: dict[str, Any], ctx: Any) -> str | None:
-    """Register the job's reward model (when it trained one) and policy, with lineage to the job and dataset."""
-    from ..pipelines.rlhf_pipeline import GuardAlert, PolicyResult, RewardTrainResult
-
-    config = JobConfig(**job.config) if isinstance(job.config, dict) else job.config
-    cfg = rlhf_config_of(config)
-    engine = RLHFEngine(db=ctx.db, registry=ctx.registry, settings=ctx.settings)
-    base = await ctx.registry.get_model(job.base_model_id)
-    spec = json.loads((ctx.workdir / "spec.json").read_text())
-    pairs = [PreferencePair.model_validate(p) for p in spec["train_pairs"] + spec["val_pairs"]]
-    async with ctx.db.session() as session:
-        await RewardRepository(session).add_pairs(pairs)
-    reward_id = config.extra.get("reward_model_id")
-    if result.get("reward_model"):
-        rm = result["reward_model"]
-        rm_result = RewardTrainResult(**{**rm, "alerts": [GuardAlert(**a) for a in rm["alerts"]]})
-        reward_id = await engine._register_reward_model(rm_result, base, pairs, cfg, None, job.dataset_id,
-                                                        job.dataset_version, job.job_id)
-        for alert in rm_result.alerts:
-            await engine._alert(L07ErrorCode(alert.code), reward_id, alert.message, alert.details)
-    policy = result["policy"]
-    fields = {k: v for k, v in policy.items() if k != "reward_gain"}  # a derived property, not a field
-    pr = PolicyResult(**{**fields, "alerts": [GuardAlert(**a) for a in policy["alerts"]]})
-    model_id = await engine._register_policy(pr, base, reward_id, config.extra.get("sft_model_id"), pairs, cfg,
-                                             config.model_name, job.dataset_id, job.dataset_version, job.job_id)
-    await engine._after_policy(model_id, pr.alerts, validate=False)
-    return model_id
-
-
-def _register_job_kind() -> None:
-    from .jobs.runner import JobKind, register_job_kind
-
-    register_job_kind(JobType.RLHF, JobKind("L07_learning.pipelines.rlhf_pipeline:entry", prepare_rlhf, register_rlhf))
-
-
-_register_job_kind()

@@ -11,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ..events.cloudevent import RawEvent
 from ..models.training_example import TrainingExample
 from ..settings import Settings
 from ..store.db import Database
-from ..events.cloudevent import RawEvent
-from .ingestion.pipeline import BatchResult, IngestionPipeline
+from .ingestion.pipeline import IngestionPipeline
+from .ingestion.results import BatchResult
+
 
 class TrainingDataExtractor:
     """Turns consumed CloudEvents into chat-format training examples.

@@ -20,6 +20,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from ..models.error_codes import L07Error, L07ErrorCode
+from ..settings import get_settings
 from .tables import Base
 
 log = logging.getLogger(__name__)
@@ -198,8 +199,6 @@ _databases: dict[tuple[str, str | None], Database] = {}
 
 def get_database(url: str | None = None, schema: str | None = None) -> Database:
     """The shared ``Database`` for a URL (default: settings), created on first use."""
-    from ..settings import get_settings
-
     settings = get_settings()
     url = normalise_url(url or settings.database_url or "")
     key = (url, schema)

@@ -419,4 +419,107 @@ class SqlApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
+# --- the autonomous loop (contract §9) ------------------------------------------------------------------------------
+
+
+class SqlLoopPolicy(Base):
+    """Stored state of one loop policy: its dataset, its last run, its circuit breaker (contract §4.4)."""
+
+    __tablename__ = "l07_loop_policies"
+    policy: Mapped[str] = mapped_column(String(128), primary_key=True)
+    dataset_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    dataset_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    dataset_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    examples_at_last_run: Mapped[int] = mapped_column(Integer, default=0)
+    last_run_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    last_run_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    last_verdict: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    breaker_state: Mapped[str] = mapped_column(String(8), default="CLOSED")
+    breaker_opened_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    breaker_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+    updated_at: Mapped[datetime] = mapped_column(default=_now, onupdate=_now)
+
+
+class SqlLoopRun(Base):
+    """One triggered run: dataset version -> job -> model -> verdict, with the time each stage took."""
+
+    __tablename__ = "l07_loop_runs"
+    __table_args__ = (UniqueConstraint("policy", "dataset_id", "dataset_version", name="uq_l07_loop_runs_dataset"),)
+    run_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    policy: Mapped[str] = mapped_column(String(128), index=True)
+    job_type: Mapped[str] = mapped_column(String(16))
+    dataset_id: Mapped[str] = mapped_column(String(128))
+    dataset_version: Mapped[str] = mapped_column(String(64))
+    examples: Mapped[int] = mapped_column(Integer, default=0)
+    job_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    model_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    verdict: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    error_code: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    claimed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    timings: Mapped[dict] = mapped_column(JSON, default=dict)
+    started_at: Mapped[datetime] = mapped_column(default=_now, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class SqlLoopBudget(Base):
+    """Compute spent by the loop's jobs per UTC day (wall seconds on CPU and on GPU)."""
+
+    __tablename__ = "l07_loop_budget"
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)
+    cpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    updated_at: Mapped[datetime] = mapped_column(default=_now, onupdate=_now)
+
+
+class SqlLoopSchedule(Base):
+    """Last run of each schedule, so a restarted or new leader does not run it again before it is due."""
+
+    __tablename__ = "l07_loop_schedules"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_run_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    last_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_result: Mapped[dict] = mapped_column(JSON, default=dict)
+    last_holder: Mapped[str | None] = mapped_column(String(256), nullable=True)
+
+
+class SqlLease(Base):
+    """Named leases (leader election): held by ``holder`` until ``expires_at`` unless renewed."""
+
+    __tablename__ = "l07_leases"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(256))
+    expires_at: Mapped[datetime] = mapped_column()
+    acquired_at: Mapped[datetime] = mapped_column(default=_now)
+
+
+# --- background operations (contract §9 "Release path") -----------------------------------------------------------
+
+
+class SqlOperation(Base):
+    """A validation or deployment run in the background of one process and polled by its requester; ``heartbeat_at``
+    is refreshed while it runs, so one whose process died is recognised and marked FAILED."""
+
+    __tablename__ = "l07_operations"
+    operation_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    model_id: Mapped[str] = mapped_column(String(128), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    requested_by: Mapped[str] = mapped_column(String(256))
+    params: Mapped[dict] = mapped_column(JSON, default=dict)
+    result: Mapped[dict] = mapped_column(JSON, default=dict)
+    error_code: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    owner: Mapped[str] = mapped_column(String(256))
+    heartbeat_at: Mapped[datetime] = mapped_column(default=_now)
+    created_at: Mapped[datetime] = mapped_column(default=_now, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
 TABLES = sorted(Base.metadata.tables)

@@ -17,19 +17,21 @@ from typer.testing import CliRunner
 
 from L07_learning.api import create_app
 from L07_learning.api.config import ApiConfig
-from L07_learning.services.auth import AuthService, Role, hash_token
+from L07_learning.api.auth import AuthService, Role, hash_token
+from L07_learning.services.access import AccessService
 from L07_learning.store.db import Database
 from L07_learning.store.repositories.audit import list_audit
 from L07_learning.store.repositories.events import RejectedEventRepository
 from L07_learning.store.repositories.examples import ExampleRepository
 from L07_learning.tests.conftest import REDIS_URL
+from L07_learning.tests.validation_data import GOLDEN_MAX_NEW_TOKENS, chatty_tiny_model, register_release_candidates
 
 ROLES = [r.value for r in Role]
 
 
 async def make_keys(db: Database, settings) -> dict[str, str]:  # type: ignore[no-untyped-def]
     """One key per role, plus ``ml_manager`` (a reviewer key with the ml_manager attribute)."""
-    auth = AuthService(db=db, settings=settings)
+    auth = AuthService(AccessService(db))
     keys = {role: (await auth.create_key(role, name=f"test-{role}"))[1] for role in ROLES}
     keys["ml_manager"] = (await auth.create_key("reviewer", name="manager", attributes={"ml_manager": True}))[1]
     return keys
@@ -79,7 +81,7 @@ def score_event(execution_id: str) -> dict:
 
 
 async def test_keys_are_stored_only_as_hashes(sqlite_db: Database, settings) -> None:  # type: ignore[no-untyped-def]
-    record, token = await AuthService(db=sqlite_db, settings=settings).create_key("trainer")
+    record, token = await AuthService(AccessService(sqlite_db)).create_key("trainer")
     async with sqlite_db.session() as s:
         rows = (await s.execute(text("SELECT key_id, key_hash FROM l07_api_keys"))).all()
     assert rows == [(record.key_id, hash_token(token))]
@@ -93,7 +95,7 @@ async def test_missing_unknown_and_revoked_keys_get_401(api: httpx.AsyncClient, 
     assert r.headers["www-authenticate"].startswith("Bearer")
     assert (await api.get("/api/v1/models", headers=auth("l07_not-a-key"))).status_code == 401
 
-    service = AuthService(db=sqlite_db, settings=settings)
+    service = AuthService(AccessService(sqlite_db))
     record, token = await service.create_key("auditor")
     assert (await api.get("/api/v1/models", headers={"X-API-Key": token})).status_code == 200
     assert await service.revoke_key(record.key_id)
@@ -137,6 +139,8 @@ RBAC = [
     ("POST", f"/api/v1/models/{MISSING}/approve", {"capacity": "deployer"}, {"deployer", "admin"}),
     ("POST", f"/api/v1/models/{MISSING}/rollback", {"reason": "manual"}, {"deployer", "admin"}),
     ("POST", f"/api/v1/models/{MISSING}/validate", {}, {"trainer", "reviewer", "deployer", "admin"}),
+    ("POST", f"/api/v1/models/{MISSING}/deploy", None, {"deployer", "admin"}),
+    ("GET", f"/api/v1/models/{MISSING}/deployments/{MISSING}", None, EVERY_READER),
     ("GET", "/api/v1/datasets", None, EVERY_READER),
     ("GET", f"/api/v1/datasets/{MISSING}", None, EVERY_READER),
     ("GET", f"/api/v1/datasets/{MISSING}?include_examples=true", None, {"reviewer", "admin"}),
@@ -212,7 +216,7 @@ async def test_request_id_is_echoed_and_lands_in_the_audit_log(api: httpx.AsyncC
     r = await api.get("/api/v1/audit", params={"request_id": "req-abc-123"}, headers=auth(keys["auditor"]))
     rows = r.json()["data"]
     assert [(x["action"], x["result"], x["error_code"]) for x in rows] == [("api.models.promote", "failure", "E7250")]
-    key_id = (await AuthService(db=sqlite_db).authenticate(keys["deployer"])).key_id
+    key_id = (await AuthService(AccessService(sqlite_db)).authenticate(keys["deployer"])).key_id
     assert rows[0]["actor"] == {"type": "api_key", "identifier": key_id}
     assert rows[0]["details"]["to_stage"] == "STAGING"
 
@@ -291,7 +295,7 @@ async def test_events_structured_batch_and_binary_share_the_ingestion_path(
     db: Database, client_for, settings, sample_cloud_event: dict  # type: ignore[no-untyped-def]
 ) -> None:
     client = await client_for(db)
-    producer = (await AuthService(db=db, settings=settings).create_key("producer"))[1]
+    producer = (await AuthService(AccessService(db)).create_key("producer"))[1]
     execution_id = sample_cloud_event["data"]["execution_id"]
 
     # Single event, structured mode: the trace waits for its score.
@@ -368,6 +372,121 @@ async def test_metrics_expose_the_brief_metrics_and_http_requests(api: httpx.Asy
     assert 'l07_http_requests_total{method="GET",route="/health/live",status="200"}' in r.text
 
 
+# --- the release path: REST and CLI call the same deploy function ----------------------------------------------
+
+
+# A cap and budgets sized for the tiny model; the cap is the one its golden suite was recorded with.
+QUICK_VALIDATION = {"L07_VALIDATION_MAX_NEW_TOKENS": str(GOLDEN_MAX_NEW_TOKENS), "L07_VALIDATION_LATENCY_REQUESTS": "3",
+                    "L07_VALIDATION_SAFETY_PROMPTS": "3"}
+
+
+@pytest.fixture
+def quick_settings(l07_home, monkeypatch):  # type: ignore[no-untyped-def]
+    """Settings with ``QUICK_VALIDATION`` set in the environment, where the REST app and the CLI both read them."""
+    from L07_learning.settings import get_settings, reset_settings
+
+    for name, value in QUICK_VALIDATION.items():
+        monkeypatch.setenv(name, value)
+    reset_settings()
+    return get_settings()
+
+
+async def register_candidates(db: Database, settings, tmp_path) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """Real tiny models: "intact", a first release (no baseline) whose golden suite is its own answers, and
+    "damaged", a damaged fine-tune of the same weights that fails that suite."""
+    from L07_learning.services.model_registry import ModelRegistry
+
+    _, intact, damaged = await register_release_candidates(
+        ModelRegistry(db=db, settings=settings), chatty_tiny_model(tmp_path), tmp_path, "release",
+        intact_has_baseline=False)
+    return {"intact": intact, "damaged": damaged}
+
+
+async def released_events(db: Database, model_id: str) -> list[dict]:
+    """Outbox rows of ``model_ready_for_deployment`` for ``model_id``."""
+    from L07_learning.store.repositories.outbox import OutboxRepository
+
+    async with db.session() as s:
+        rows = await OutboxRepository(s).list()
+    return [r for r in rows if r["event"]["type"].endswith("learning.model_ready_for_deployment")
+            and r["event"]["data"]["model_id"] == model_id]
+
+
+async def deploy_and_poll(client: httpx.AsyncClient, model_id: str, token: str, reader: str) -> tuple[dict, dict]:
+    """POST the deployment (202), let the background run finish, then poll its status URL."""
+    r = await client.post(f"/api/v1/models/{model_id}/deploy", headers=auth(token))
+    assert r.status_code == 202, r.text
+    started = r.json()
+    assert started["model_id"] == model_id and started["status_url"].endswith(started["deployment_id"])
+    await client._transport.app.state.l07.operations.wait()  # type: ignore[attr-defined]
+    return started, (await client.get(started["status_url"], headers=auth(reader))).json()
+
+
+@pytest.mark.parametrize(("candidate", "status", "stage"), [("intact", "STAGED", "STAGING"),
+                                                            ("damaged", "REJECTED", "REJECTED")])
+async def test_rest_deploy_answers_202_and_the_poll_shows_the_outcome(
+    sqlite_db: Database, client_for, keys, quick_settings, tmp_path,  # type: ignore[no-untyped-def]
+    candidate: str, status: str, stage: str,
+) -> None:
+    model_id = (await register_candidates(sqlite_db, quick_settings, tmp_path))[candidate]
+    client = await client_for(sqlite_db, app_settings=quick_settings)
+    started, polled = await deploy_and_poll(client, model_id, keys["deployer"], keys["auditor"])
+    assert polled["status"] == status and polled["validation_id"], polled
+    model = (await client.get(f"/api/v1/models/{model_id}", headers=auth(keys["auditor"]))).json()
+    assert model["stage"] == stage
+    [report] = (await client.get(f"/api/v1/models/{model_id}/validations", headers=auth(keys["auditor"]))).json()["data"]
+    assert report["validation_id"] == polled["validation_id"]
+    assert set(report["stages"]) == {"regression", "benchmark", "ab_simulation", "safety", "diversity", "latency"}
+    releases = await released_events(sqlite_db, model_id)
+    if candidate == "damaged":
+        assert report["recommendation"] == "REJECT" and report["stages"]["regression"]["outcome"] == "FAIL"
+        assert polled["error"]["code"] == "E7203" and "regression" in polled["error"]["message"], polled
+        assert releases == []
+        return
+    assert polled["recommendation"] == "DEPLOY" and report["stages"]["regression"]["metrics"]["pass_rate"] == 1.0
+    [release] = releases
+    assert release["event"]["data"]["artifact_signature"] and release["event"]["data"]["validation_status"] == "APPROVED"
+    assert release["event"]["data"]["validation_id"] == polled["validation_id"]
+    async with sqlite_db.session() as s:
+        audit_rows, _ = await list_audit(s, action="api.models.deploy")
+    assert audit_rows[0]["details"]["deployment_id"] == started["deployment_id"]
+
+
+def test_cli_deploy_calls_the_same_release_path(quick_settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    from L07_learning.cli.main import app as cli
+
+    db = Database(quick_settings.database_url or "", auto_migrate=True)
+
+    async def register() -> dict[str, str]:
+        try:
+            return await register_candidates(db, quick_settings, tmp_path)
+        finally:
+            await db.dispose()
+
+    ids = asyncio.run(register())
+    result = CliRunner().invoke(cli, ["models", "deploy", ids["intact"], "--json"])
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout.strip().splitlines()[-1])
+    assert body["stage"] == "STAGING" and body["validation"]["recommendation"] == "DEPLOY"
+    # The CLI goes through LearningService.deploy_model, which flushes the outbox at once.
+    [release] = asyncio.run(released_events(db, ids["intact"]))
+    assert release["delivered_at"] is not None
+
+    result = CliRunner().invoke(cli, ["models", "deploy", ids["damaged"], "--json"])
+    assert result.exit_code == 2, result.output
+    error = json.loads(result.stdout.strip().splitlines()[-1])["error"]
+    assert error["code"] == "E7203" and "regression" in error["detail"]["failing_stages"]
+    assert asyncio.run(released_events(db, ids["damaged"])) == []
+    result = CliRunner().invoke(cli, ["models", "show", ids["damaged"], "--json"])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout.strip().splitlines()[-1])
+    assert shown["model"]["stage"] == "REJECTED"
+    [report] = shown["validations"]
+    assert report["recommendation"] == "REJECT" and report["stages"]["regression"]["outcome"] == "FAIL"
+
+
 # --- the approval rule end to end (real model, real validation) --------------------------------------------------
 
 
@@ -404,8 +523,10 @@ async def test_production_promotion_needs_deployer_and_ml_manager_and_a_refusal_
     url = f"/api/v1/models/{model_id}"
 
     r = await client.post(f"{url}/validate", json={}, headers=auth(keys["reviewer"]))
-    assert r.status_code == 200, r.text
-    assert r.json()["recommendation"] == "DEPLOY", r.json()
+    assert r.status_code == 202, r.text
+    await client._transport.app.state.l07.operations.wait()  # type: ignore[attr-defined]
+    polled = (await client.get(r.json()["status_url"], headers=auth(keys["auditor"]))).json()
+    assert polled["status"] == "COMPLETED" and polled["result"]["recommendation"] == "DEPLOY", polled
     r = await client.post(f"{url}/promote", json={"stage": "staging"}, headers=auth(keys["deployer"]))
     assert r.status_code == 200 and r.json()["stage"] == "STAGING", r.text
     before = (await client.get(url, headers=auth(keys["auditor"]))).json()

@@ -27,7 +27,8 @@ from schemathesis.checks import (
 
 from L07_learning.api import create_app
 from L07_learning.api.config import ApiConfig
-from L07_learning.services.auth import AuthService
+from L07_learning.api.auth import AuthService
+from L07_learning.services.access import AccessService
 from L07_learning.settings import Settings
 from L07_learning.store.db import Database
 
@@ -59,7 +60,7 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     app_settings = Settings(home=home)
     loop = asyncio.new_event_loop()
     db = Database(f"sqlite+aiosqlite:///{Path(home) / 'schema.db'}", auto_migrate=True)
-    _, token = loop.run_until_complete(AuthService(db=db, settings=app_settings).create_key("admin"))
+    _, token = loop.run_until_complete(AuthService(AccessService(db)).create_key("admin"))
     # Generous limits: this run is about schema conformance, not about throttling.
     app = create_app(settings=app_settings, db=db, config=ApiConfig(rate_limit_events_per_s=None))
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://l07.test")

@@ -8,6 +8,7 @@ import random
 import pytest
 
 from L07_learning.models import DifficultyLevel, ExampleSource, JobConfig, L07ErrorCode, TrainingExample
+from L07_learning.models.curriculum import NEUTRAL_DIFFICULTY, difficulty
 from L07_learning.observability.metrics import ERRORS
 from L07_learning.services.curriculum_planner import (
     CurriculumConfig,
@@ -55,6 +56,17 @@ def test_difficulty_follows_the_contract_signals() -> None:
     # with no failure anywhere, the score is exactly the contract's formula (§5.3 check values)
     clean = score_examples([easy, medium, hard])
     assert [round(clean[i].difficulty, 2) for i in ("ex-001", "ex-002", "ex-003")] == [0.11, 0.37, 0.74]
+
+
+def test_one_difficulty_formula_for_extraction_and_planning() -> None:
+    examples = [make_example(i, steps, min(steps, 5), q) for i, (steps, q) in enumerate([(1, 95), (3, 75), (12, 0)])]
+    planned = score_examples(examples)
+    # The extractor stores models.curriculum.difficulty; the planner's base (no failure, no loss) is the same number.
+    assert [planned[e.example_id].difficulty for e in examples] == [
+        difficulty(e.execution_length, len({a["action"] for a in e.expected_actions}), e.quality_score) for e in examples]
+    # Contract §5.3 edge handling: clamped to [0, 1], 0.5 when it cannot be computed.
+    assert difficulty(50, 50, -100.0) == 1.0 and difficulty(0, 0, 200.0) == 0.0
+    assert difficulty(3, 3, math.nan) == NEUTRAL_DIFFICULTY == difficulty(None, 3, 75.0)  # type: ignore[arg-type]
 
 
 def test_model_loss_signal_reorders_by_rank() -> None:

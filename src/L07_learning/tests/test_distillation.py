@@ -17,12 +17,10 @@ from pathlib import Path
 import pytest
 
 from L07_learning.models import L07Error, ModelType
+from L07_learning.pipelines.distillation.student import StudentSpec, derive_student, load_teacher
 from L07_learning.pipelines.distillation_pipeline import (
     DistillationConfig,
-    StudentSpec,
     answer_kl,
-    derive_student,
-    load_teacher,
     run_distillation,
     score_exact_match,
     train_student,

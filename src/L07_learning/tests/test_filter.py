@@ -10,8 +10,9 @@ import pytest
 from sqlalchemy import text
 
 from L07_learning.models import ExampleStatus, TrainingExample
+from L07_learning.models.curriculum import difficulty
 from L07_learning.observability.metrics import REGISTRY
-from L07_learning.services.example_quality_filter import Decision, ExampleQualityFilter, composite_score, difficulty_of
+from L07_learning.services.example_quality_filter import Decision, ExampleQualityFilter, composite_score
 from L07_learning.services.filtering import ContentScanner, FilterConfig
 from L07_learning.services.filtering.pii import PIIDetector
 from L07_learning.services.filtering.secret_scan import SecretScanner
@@ -153,7 +154,7 @@ async def test_score_example_follows_the_contract_and_has_no_side_effects(db, sa
     assert await flt.score_example(sample_example) == pytest.approx(69.3, abs=0.01)
     # A stored example scored again (a replay) is not compared with itself: its pool is empty, diversity 0.5.
     assert await flt.score_example(stored) == pytest.approx(
-        composite_score(92.0, 0.95, 0.5, difficulty_of(2, 2, 92.0), 2), abs=1e-9)
+        composite_score(92.0, 0.95, 0.5, difficulty(2, 2, 92.0), 2), abs=1e-9)
 
 
 async def test_missing_confidence_goes_to_review_and_bad_input_is_rejected_and_counted():

@@ -118,19 +118,51 @@ async def test_stale_job_is_claimable_again_but_live_one_is_not(db: Database) ->
             await JobRepository(session).heartbeat(job.job_id, "w1")
 
 
+async def test_each_transition_writes_state_events_audit_and_outbox_in_one_transaction(db: Database) -> None:
+    from L07_learning.services.jobs.lifecycle import JobLifecycle
+    from L07_learning.store.repositories.audit import list_audit
+
+    lifecycle = JobLifecycle(db, actor="w1")
+    job = await lifecycle.submit(TrainingJob(config=JobConfig().model_dump(mode="json")), "tester", {"job_type": "SFT"})
+    with pytest.raises(L07Error):  # PENDING -> FAILED is not in the state machine: nothing of it may be written
+        await lifecycle.fail(job, L07ErrorCode.TRAINING_DIVERGENCE, "nan", 1.0)
+    assert await _outbox_types(db, job.job_id) == []
+    claimed = await lifecycle.claim(1, utcnow() - timedelta(seconds=60), max_concurrent=1)
+    assert claimed is not None and claimed[1] == JobStatus.PENDING
+    job = await lifecycle.start(claimed[0], JobConfig(), "cpu")
+    job = await lifecycle.fail(job, L07ErrorCode.TRAINING_DIVERGENCE, "nan", 1.0)
+    assert job.status == JobStatus.FAILED and job.error_code == "E7033"
+    async with db.session() as session:
+        events = await JobRepository(session).events(job.job_id, ["status"])
+        audits, _ = await list_audit(session, resource_id=job.job_id)
+        worker, _, _ = await JobRepository(session).worker_of(job.job_id)
+    assert [e["payload"]["status"] for e in events] == ["PENDING", "INITIALIZING", "FAILED"]
+    assert sorted(a["action"] for a in audits) == ["training_job.failed", "training_job.submit"]
+    assert await _outbox_types(db, job.job_id) == ["com.agentic.learning.training_job_started",
+                                                   "com.agentic.learning.training_job_completed"]
+    assert worker is None  # the terminal transition also released the claim
+
+
 def test_retry_policy_follows_the_contract() -> None:
-    from L07_learning.services.jobs.runner import JobRunner
+    from L07_learning.services.jobs.retry import retry_config
 
     job = TrainingJob()
     cfg = JobConfig(batch_size=8, gradient_accumulation_steps=1, learning_rate=1e-4)
-    oom = JobRunner._retry_config(L07ErrorCode.GPU_OUT_OF_MEMORY, cfg, job, {})
+    oom = retry_config(L07ErrorCode.GPU_OUT_OF_MEMORY, cfg, job, {})
     assert (oom.batch_size, oom.gradient_accumulation_steps) == (4, 3)
-    assert JobRunner._retry_config(L07ErrorCode.GPU_OUT_OF_MEMORY, cfg.model_copy(update={"batch_size": 1}), job, {}) is None
-    nan = JobRunner._retry_config(L07ErrorCode.TRAINING_DIVERGENCE, cfg, job, {})
+    assert retry_config(L07ErrorCode.GPU_OUT_OF_MEMORY, cfg.model_copy(update={"batch_size": 1}), job, {}) is None
+    nan = retry_config(L07ErrorCode.TRAINING_DIVERGENCE, cfg, job, {})
     assert nan.learning_rate == pytest.approx(5e-5)
-    assert JobRunner._retry_config(L07ErrorCode.TRAINING_DIVERGENCE, cfg, job, {"E7033": 1}) is None  # once only
-    assert JobRunner._retry_config(L07ErrorCode.DATASET_LOADING_FAILURE, cfg, job, {}) is None
-    assert JobRunner._retry_config(L07ErrorCode.GPU_OUT_OF_MEMORY, cfg, TrainingJob(retry_count=3), {}) is None
+    assert retry_config(L07ErrorCode.TRAINING_DIVERGENCE, cfg, job, {"E7033": 1}) is None  # once only
+    assert retry_config(L07ErrorCode.DATASET_LOADING_FAILURE, cfg, job, {}) is None
+    assert retry_config(L07ErrorCode.GPU_OUT_OF_MEMORY, cfg, TrainingJob(retry_count=3), {}) is None
+
+
+def test_every_job_type_has_a_kind() -> None:
+    from L07_learning.models import JobType
+    from L07_learning.services.jobs.kinds import JOB_KINDS
+
+    assert set(JOB_KINDS) == set(JobType)
 
 
 @pytest.mark.parametrize("db", ["sqlite"], indirect=True)
@@ -253,7 +285,7 @@ def test_cli_lists_and_reports_unknown_jobs(l07_home: Path) -> None:
 
 
 def test_cpu_preset_is_valid_and_keeps_contract_defaults_elsewhere() -> None:
-    from L07_learning.services.fine_tuning_engine import list_presets, load_preset
+    from L07_learning.services.jobs.presets import list_presets, load_preset
 
     assert "cpu-small" in list_presets()
     cpu = load_preset("cpu-small", {"epochs": 2})

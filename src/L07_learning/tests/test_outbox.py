@@ -11,12 +11,14 @@ import subprocess
 import time
 
 import pytest
+from sqlalchemy import update
 
 from L07_learning.events.outbox_relay import OutboxRelay, backoff_seconds
 from L07_learning.events.publisher import EventPublisher
 from L07_learning.events.sinks import JsonlSink, RedisStreamSink
 from L07_learning.store.db import Database
 from L07_learning.store.repositories.outbox import OutboxRepository
+from L07_learning.store.tables import SqlOutboxEvent
 
 
 def _free_port() -> int:
@@ -85,9 +87,7 @@ async def test_sink_outage_delays_but_delivers_exactly_once(db: Database, tmp_pa
         # It comes back on the same port; the retry (once due) delivers, and further passes add nothing.
         redis_proc = _start_redis(port)
         async with db.session() as s:
-            row = (await OutboxRepository(s).due(now=__import__("datetime").datetime.max.replace(
-                tzinfo=__import__("datetime").timezone.utc)))[0]
-            row.next_attempt_at = None
+            await s.execute(update(SqlOutboxEvent).values(next_attempt_at=None))  # the backoff has passed
         assert await relay.drain(timeout_s=10) == 0
         await relay.run_once()
         await redis_sink.deliver(ev)  # even a duplicate delivery attempt is absorbed by the sink
@@ -103,6 +103,24 @@ async def test_sink_outage_delays_but_delivers_exactly_once(db: Database, tmp_pa
         await relay.close()
         redis_proc.terminate()
         redis_proc.wait(timeout=10)
+
+
+async def test_relays_in_several_processes_deliver_each_event_once(db: Database, tmp_path) -> None:
+    # l07 run, serve and worker each relay the same outbox; a claimed row is not taken by another relay.
+    async with db.session() as s:
+        for i in range(20):
+            await EventPublisher().publish(s, "learning.model_ready_for_deployment", {"model_id": f"m{i}"}, subject=f"m{i}")
+    relays = [OutboxRelay(db, [JsonlSink(tmp_path / f"out{k}.jsonl")]) for k in range(3)]
+    try:
+        results = []
+        for _ in range(4):
+            results += await asyncio.gather(*(relay.run_once(limit=7) for relay in relays))
+    finally:
+        for relay in relays:
+            await relay.close()
+    lines = [json.loads(line)["id"] for k in range(3) if (tmp_path / f"out{k}.jsonl").exists()
+             for line in (tmp_path / f"out{k}.jsonl").read_text().splitlines()]
+    assert sum(r["delivered"] for r in results) == 20 and len(lines) == 20 and len(set(lines)) == 20
 
 
 def test_backoff_is_capped_with_jitter():

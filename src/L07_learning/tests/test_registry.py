@@ -23,9 +23,18 @@ from L07_learning.models import (
     Verdict,
 )
 from L07_learning.observability.metrics import REGISTRY
+from L07_learning.services.model_registry import ModelRegistry
 from L07_learning.services.registry.artifact_store import MANIFEST_FILE, hash_local_tree, manifest_checksum
-from L07_learning.services.model_registry import ALLOWED, DEFAULT_BASE_MODEL, ModelRegistry
+from L07_learning.services.registry.base_models import DEFAULT_BASE_MODEL
 from L07_learning.services.registry.signing import SigningKeyring
+from L07_learning.services.registry.stages import (
+    ALLOWED,
+    allowed_targets,
+    check_transition,
+    parse_approvals,
+    production_gates,
+    requirements,
+)
 from L07_learning.store.db import Database
 from L07_learning.store.tables import (
     SqlAuditLog,
@@ -426,6 +435,61 @@ async def test_production_gates_on_regression_and_safety(registry, tmp_path):
     with pytest.raises(L07Error) as exc:
         await registry.promote_model(mid, "production", approvals=["deployer=dana", "ml_manager=max"])
     assert exc.value.code.value == "E7203"
+
+
+# --- the stage rules alone: plain functions of (model, approvals, validation), no database ------------------------
+
+
+def at_stage(stage: ModelStage, serving: ServingState = ServingState.NONE) -> ModelArtifact:
+    return ModelArtifact(name="rules-only", model_type=ModelType.LORA_ADAPTER, stage=stage, serving_state=serving)
+
+
+def approval(row_id: int, role: str, actor: str) -> dict:
+    return {"id": row_id, "role": role, "actor": actor, "at": "2025-01-01T00:00:00+00:00"}
+
+
+def test_staging_rules_without_a_database():
+    model = at_stage(ModelStage.DEVELOPMENT)
+    chain = requirements(model, [], validation(model.model_id), ModelStage.STAGING)
+    assert [a["role"] for a in chain] == ["validator"]
+    review = validation(model.model_id, Recommendation.REVIEW)
+    with pytest.raises(L07Error) as exc:
+        requirements(model, [], review, ModelStage.STAGING)
+    assert (exc.value.code.value, exc.value.details["missing"]) == ("E7252", ["reviewer"])
+    rita = approval(1, "reviewer", "rita")
+    assert requirements(model, [rita], review, ModelStage.STAGING) == [rita]
+    with pytest.raises(L07Error) as exc:
+        requirements(model, [], None, ModelStage.STAGING)
+    assert exc.value.code.value == "E7203"
+
+
+def test_production_rules_without_a_database():
+    model = at_stage(ModelStage.STAGING)
+    given = [approval(1, "deployer", "dana"), approval(2, "ml_manager", "dana"), approval(3, "ml_manager", "max")]
+    chain = requirements(model, given, validation(model.model_id), ModelStage.PRODUCTION)
+    assert [a["id"] for a in chain] == [1, 3]  # the deployer's own ml_manager approval is passed over
+    with pytest.raises(L07Error) as exc:
+        requirements(model, given[:2], validation(model.model_id), ModelStage.PRODUCTION)
+    assert exc.value.code.value == "E7252"
+    with pytest.raises(L07Error) as exc:
+        production_gates(model, validation(model.model_id, regression=StageOutcome.REVIEW))
+    assert exc.value.code.value == "E7204"
+    with pytest.raises(L07Error) as exc:
+        production_gates(model, validation(model.model_id, safety=StageOutcome.FAIL))
+    assert exc.value.code.value == "E7203"
+
+
+def test_transition_table_and_approval_parsing_without_a_database():
+    assert allowed_targets(ModelStage.PRODUCTION, ServingState.ACTIVE) == []
+    assert allowed_targets(ModelStage.PRODUCTION, ServingState.STANDBY) == [ModelStage.ARCHIVED]
+    with pytest.raises(L07Error) as exc:
+        check_transition(at_stage(ModelStage.DEVELOPMENT), ModelStage.PRODUCTION)
+    assert exc.value.code.value == "E7251" and "only through STAGING" in exc.value.message
+    parsed = parse_approvals(["deployer=dana", {"role": "ML_MANAGER", "actor": " max "}, ("admin", "ada")])
+    assert parsed == [("deployer", "dana"), ("ml_manager", "max"), ("admin", "ada")]
+    for bad in (["owner=olga"], ["deployer= "], [42]):
+        with pytest.raises(L07Error):
+            parse_approvals(bad)
 
 
 async def test_superseded_goes_standby_and_rollback_restores_it(db, registry, tmp_path):

@@ -158,7 +158,7 @@ def tiny(tmp_path_factory, one_thread):
     """Base word model, its SFT warm-up (mostly dismissive answers) and a reward model trained on the base."""
     import torch
 
-    from L07_learning.pipelines.rlhf_pipeline import train_reward_model
+    from L07_learning.pipelines.rlhf.reward_model import train_reward_model
 
     # Seeded here: in a full run, earlier modules have consumed torch's global RNG, and these tiny models (and so the
     # tests built on them) must not depend on what ran before.
@@ -180,7 +180,8 @@ def _policy_config(**kw) -> RLHFConfig:
 
 
 def test_reward_model_ranks_held_out_pairs(tiny):
-    from L07_learning.pipelines.rlhf_pipeline import RewardScorer, as_triplets
+    from L07_learning.pipelines.rlhf.common import as_triplets
+    from L07_learning.pipelines.rlhf.reward_model import RewardScorer
 
     rm = tiny["rm"]
     assert rm.val_accuracy >= 0.8 and rm.val_pairs >= 8
@@ -190,7 +191,7 @@ def test_reward_model_ranks_held_out_pairs(tiny):
 
 
 def test_reward_model_training_rejects_too_few_pairs(tiny, tmp_path):
-    from L07_learning.pipelines.rlhf_pipeline import train_reward_model
+    from L07_learning.pipelines.rlhf.reward_model import train_reward_model
 
     with pytest.raises(L07Error) as err:
         train_reward_model(tiny["base"], tiny["train"][:1], tmp_path / "rm", epochs=1)

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import pytest
 
-from L07_learning.models import ModelArtifact, ModelStage, ModelType
+from L07_learning.models import ModelStage
 from L07_learning.models.error_codes import L07Error
-from L07_learning.pipelines.evaluation_pipeline import (
-    distinct_n,
-    infer_match_mode,
-    paired_bootstrap,
-    parse_trace_output,
-    score_answer,
-)
+from L07_learning.pipelines.evaluation_pipeline import distinct_n, paired_bootstrap
+from L07_learning.pipelines.matching import answer_matches, infer_match_mode, parse_trace_output, score_answer
+from L07_learning.tests.validation_data import GOLDEN_MAX_NEW_TOKENS, chatty_tiny_model, register_release_candidates
 
 TRACE = 'Step 1: get_weather({"city":"Rome","day":"Tuesday"}) -> sunny, 16C\nAnswer: Rome on Tuesday: sunny, 16C.'
 
@@ -41,59 +34,26 @@ def test_exact_similarity_and_bootstrap():
     assert distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)
 
 
-def _chatty(src: Path, dst: Path) -> Path:
-    """The tiny random model answers only whitespace; suppressing it (in its generation config) makes it answer text."""
-    from transformers import GenerationConfig
-
-    shutil.copytree(src, dst)
-    config = GenerationConfig.from_pretrained(str(dst)) if (dst / "generation_config.json").exists() else GenerationConfig()
-    config.suppress_tokens = [0, 1, 2, 198, 216, 260, 284]
-    config.save_pretrained(str(dst))
-    return dst
-
-
-def _damage(src: Path, dst: Path, scale: float) -> Path:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    shutil.copytree(src, dst)
-    model = AutoModelForCausalLM.from_pretrained(str(src))
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * scale * (p.std() + 1e-6))
-    model.save_pretrained(str(dst))
-    return dst
+def test_job_eval_counts_correct_what_the_validator_counts_correct():
+    # The SFT job's eval_accuracy uses answer_matches; the validator scores a held-out case by its inferred mode.
+    for got, expected in [("  Billing. ", "billing"), ("billing team", "billing"),
+                          (TRACE.replace("-> sunny, 16C", "-> (timeout)"), TRACE),
+                          (TRACE.replace("get_weather", "search_flights"), TRACE)]:
+        assert answer_matches(got, expected) == score_answer(got, expected, infer_match_mode(expected))[0]
+    assert answer_matches("  Billing. ", "billing") and not answer_matches("billing team", "billing")
 
 
 async def test_damaged_model_is_rejected_with_the_failing_stage_named(sqlite_db, settings, tmp_path):
-    from L07_learning.pipelines.base_model import build_tiny_model
-    from L07_learning.pipelines.evaluation_pipeline import EvalCase, evaluate_model
     from L07_learning.services.learning_service import LearningService
     from L07_learning.services.model_registry import ModelRegistry
     from L07_learning.services.model_validator import ModelValidator, ValidationConfig
-    from L07_learning.store.repositories.golden import GoldenCaseRepository
 
     registry = ModelRegistry(db=sqlite_db, settings=settings)
-    base_dir = _chatty(build_tiny_model(tmp_path / "tiny", seed=0), tmp_path / "chatty")
-    base_id = await registry.register_model(ModelArtifact(name="val-base", model_type=ModelType.BASE),
-                                            source_dir=str(base_dir))
-    intact_id = await registry.register_model(
-        ModelArtifact(name="val-intact", model_type=ModelType.FINE_TUNED, parent_model_id=base_id), source_dir=str(base_dir))
-    damaged_id = await registry.register_model(
-        ModelArtifact(name="val-damaged", model_type=ModelType.FINE_TUNED, parent_model_id=base_id),
-        source_dir=str(_damage(base_dir, tmp_path / "damaged", scale=2.0)))
+    base_id, intact_id, damaged_id = await register_release_candidates(
+        registry, chatty_tiny_model(tmp_path), tmp_path, "val")
 
-    # Golden suite: the base model's own greedy answers, recorded before the release.
-    cases = [EvalCase(case_id=f"g{i}", messages=[{"role": "user", "content": f"Which tool handles request {i}?"}],
-                      expected="") for i in range(6)]
-    recorded = evaluate_model(base_dir, cases, max_new_tokens=12, latency_requests=0, latency_warmup=0, safety_prompts=0)
-    golden = [{"case_id": c.case_id, "messages": c.messages, "expected": r.got} for c, r in zip(cases, recorded.cases)]
-    async with sqlite_db.session() as s:
-        for suite in ("val-intact", "val-damaged"):
-            await GoldenCaseRepository(s).add_many(suite, [{**g, "case_id": f"{suite}-{g['case_id']}"} for g in golden])
-
-    cfg = ValidationConfig(max_new_tokens=12, latency_requests=3, latency_warmup=1, safety_prompts=3, bootstrap_iters=200)
+    cfg = ValidationConfig(max_new_tokens=GOLDEN_MAX_NEW_TOKENS, latency_requests=3, latency_warmup=1, safety_prompts=3,
+                           bootstrap_iters=200)
     validator = ModelValidator(db=sqlite_db, registry=registry, settings=settings, config=cfg)
 
     intact = await validator.validate_model(intact_id)
@@ -121,29 +81,15 @@ async def test_deploy_promotes_to_staging_and_publishes_a_signed_release_once(sq
     import json
 
     from L07_learning.events.sinks import JsonlSink
-    from L07_learning.pipelines.base_model import build_tiny_model
-    from L07_learning.pipelines.evaluation_pipeline import EvalCase, evaluate_model
     from L07_learning.services.learning_service import LearningService
     from L07_learning.services.model_registry import ModelRegistry
     from L07_learning.services.model_validator import ModelValidator, ValidationConfig
-    from L07_learning.store.repositories.golden import GoldenCaseRepository
 
     registry = ModelRegistry(db=sqlite_db, settings=settings)
-    model_dir = _chatty(build_tiny_model(tmp_path / "tiny", seed=0), tmp_path / "chatty")
-    base_id = await registry.register_model(ModelArtifact(name="rel-base", model_type=ModelType.BASE),
-                                            source_dir=str(model_dir))
-    cand_id = await registry.register_model(
-        ModelArtifact(name="rel-cand", model_type=ModelType.FINE_TUNED, parent_model_id=base_id),
-        source_dir=str(model_dir))
-    cases = [EvalCase(case_id=f"r{i}", messages=[{"role": "user", "content": f"Route request {i}."}], expected="")
-             for i in range(5)]
-    recorded = evaluate_model(model_dir, cases, max_new_tokens=10, latency_requests=0, latency_warmup=0, safety_prompts=0)
-    async with sqlite_db.session() as s:
-        await GoldenCaseRepository(s).add_many(
-            "rel-cand", [{"case_id": c.case_id, "messages": c.messages, "expected": r.got} for c, r in zip(cases, recorded.cases)])
+    _, cand_id, _ = await register_release_candidates(registry, chatty_tiny_model(tmp_path), tmp_path, "rel")
     # Latency of a model of a few hundred thousand parameters is noise at the millisecond scale; this test is about the
     # release path, so the latency gates are set wide here (thresholds are configuration).
-    cfg = ValidationConfig(max_new_tokens=10, latency_requests=3, latency_warmup=1, safety_prompts=2,
+    cfg = ValidationConfig(max_new_tokens=GOLDEN_MAX_NEW_TOKENS, latency_requests=3, latency_warmup=1, safety_prompts=2,
                            latency_p99_pass_ratio=100.0, latency_p99_fail_ratio=100.0, bootstrap_iters=200)
     validator = ModelValidator(db=sqlite_db, registry=registry, settings=settings, config=cfg)
     service = LearningService(settings=settings, db=sqlite_db, registry=registry, validator=validator)
@@ -171,10 +117,9 @@ def test_accuracy_pass_leaves_room_to_measure_a_verbose_models_length(tmp_path):
     candidate; a cap given explicitly applies as it is."""
     from transformers import AutoTokenizer
 
-    from L07_learning.pipelines.base_model import build_tiny_model
     from L07_learning.pipelines.evaluation_pipeline import EvalCase, evaluate_model
 
-    model_dir = _chatty(build_tiny_model(tmp_path / "tiny", seed=0), tmp_path / "chatty")
+    model_dir = chatty_tiny_model(tmp_path)
     expected = "billing team"
     longest = len(AutoTokenizer.from_pretrained(str(model_dir))(expected, add_special_tokens=False)["input_ids"])
     cases = [EvalCase(case_id=f"c{i}", messages=[{"role": "user", "content": f"Route ticket {i}."}], expected=expected)

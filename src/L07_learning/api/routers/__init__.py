@@ -1,6 +1,6 @@
 """One router per resource; ``ROUTERS`` is the list the app factory includes, in this order."""
 
-from . import audit, datasets, events, health, metrics, models, training_jobs
+from . import audit, datasets, events, health, loop, metrics, models, training_jobs
 
 ROUTERS = [
     health.router,
@@ -9,5 +9,6 @@ ROUTERS = [
     training_jobs.router,
     datasets.router,
     models.router,
+    loop.router,
     audit.router,
 ]

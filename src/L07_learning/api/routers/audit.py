@@ -8,8 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from ...store.repositories.audit import list_audit
-from ..deps import CanReadAudit, DbDep
+from ..deps import CanReadAudit, ContextDep
 from ..errors import error_responses
 from ..types import UtcDateTime
 
@@ -38,7 +37,7 @@ class AuditPage(BaseModel):
 @router.get("", name="audit.list", response_model=AuditPage)
 async def list_records(
     _: CanReadAudit,
-    db: DbDep,
+    ctx: ContextDep,
     action: Annotated[str | None, Query(max_length=128, description="Exact action, or a prefix ending in *")] = None,
     actor: Annotated[str | None, Query(max_length=256, description="Key id or other actor")] = None,
     resource_type: Annotated[str | None, Query(max_length=64)] = None,
@@ -50,9 +49,8 @@ async def list_records(
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> AuditPage:
     """Audit rows, newest first."""
-    async with db.session() as session:
-        rows, total = await list_audit(
-            session, action=action, actor=actor, resource_type=resource_type, resource_id=resource_id,
-            request_id=request_id, result=result, since=since, limit=limit, offset=offset,
-        )
+    rows, total = await ctx.queries.audit_log(
+        action=action, actor=actor, resource_type=resource_type, resource_id=resource_id,
+        request_id=request_id, result=result, since=since, limit=limit, offset=offset,
+    )
     return AuditPage(data=[AuditRecord.model_validate(r) for r in rows], count=total)

@@ -1,15 +1,19 @@
-"""Datasets over HTTP: metadata for every reader; example texts only for roles allowed to see training data."""
+"""Datasets over HTTP: metadata for every reader; example texts only for roles allowed to see training data; a new
+version from ACCEPTED examples for roles that train (the function a loop trigger uses)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from ...models.dataset import Dataset
-from ...services.auth import Permission
-from ..deps import CanListDatasets, ContextDep
+from ...models.error_codes import L07Error, L07ErrorCode
+from ..auth import Permission
+from ...services.loop.datasets import version_group
+from ...services.loop.policies import GroupSelector
+from ..deps import CanListDatasets, CanTrain, ContextDep
 from ..errors import error_responses
 from ..types import UtcDateTime
 
@@ -89,6 +93,48 @@ def to_public(ds: Dataset, with_examples: bool = False) -> DatasetPublic:
         storage_location=ds.storage_location,
         examples=examples,
     )
+
+
+class NothingNew(L07Error):
+    """E7020 for a request: the selector finds nothing the dataset lacks (HTTP 409, the state, not the server)."""
+
+    def __init__(self, error: L07Error) -> None:
+        super().__init__(error.code, error.message, **error.details)
+
+    @property
+    def http_status(self) -> int:
+        return 409
+
+
+class DatasetCreate(BaseModel):
+    """A new version of dataset ``name`` from the ACCEPTED examples the selector picks that it does not hold yet."""
+
+    name: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+    selector: GroupSelector = Field(default_factory=GroupSelector,
+                                    description="agent_id, task_type, labels; every field given must match")
+    min_examples: int | None = Field(default=None, ge=1, description="Below it the version is flagged "
+                                                                     "below_minimum; default L07_MINIMUM_DATASET_SIZE")
+    split_ratios: dict[str, float] | None = Field(default=None, description="First version only; later versions "
+                                                                            "keep the existing splits")
+
+
+@router.post("", name="datasets.create", response_model=DatasetPublic, status_code=201,
+             responses=error_responses(409))
+async def create_dataset(body: DatasetCreate, request: Request, principal: CanTrain, ctx: ContextDep) -> DatasetPublic:
+    """Create the dataset (1.0.0) or its next MINOR version, existing members keeping their split; E7020 when the
+    selector finds no ACCEPTED example that the dataset lacks."""
+    request.state.audit_details = {"name": body.name, "selector": body.selector.model_dump()}
+    try:
+        dataset = await version_group(ctx.curator, ctx.db, body.name, body.selector,
+                                      min_examples=body.min_examples or ctx.settings.minimum_dataset_size,
+                                      reason=f"created over REST by {principal.key_id}", created_by=principal.key_id,
+                                      split_ratios=body.split_ratios)
+    except L07Error as exc:
+        if exc.code is L07ErrorCode.INSUFFICIENT_EXAMPLES:
+            raise NothingNew(exc) from None
+        raise
+    request.state.audit_resource_id = dataset.dataset_id
+    return to_public(dataset)
 
 
 @router.get("", name="datasets.list", response_model=DatasetList)

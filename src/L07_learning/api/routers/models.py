@@ -1,4 +1,5 @@
-"""The model registry over HTTP: list, read, approve, promote, roll back, validate (contract §4.2, §7.1, §7.4).
+"""The model registry over HTTP: list, read, approve, promote, roll back, validate, deploy (contract §4.2, §7.1,
+§7.4, §9 "Release path").
 
 Every rule about stages and approvals lives in ``ModelRegistry``; this router checks the caller's role, records
 approvals under the caller's key id, and passes the key id as ``actor`` so stage history and audit name the key.
@@ -14,8 +15,9 @@ from pydantic import BaseModel, Field
 from ...models.error_codes import L07Error, L07ErrorCode
 from ...models.model_artifact import ModelArtifact, ModelStage, ModelType
 from ...models.validation import ValidationResult
-from ...services.auth import ApprovalCapacity, Permission, PermissionDenied
-from ..deps import CanGetModel, CanListModels, CanRollback, CanValidate, ContextDep, PrincipalDep
+from ..auth import ApprovalCapacity, Permission, PermissionDenied
+from ...services.release.deploy import Operation
+from ..deps import CanDeploy, CanGetModel, CanListModels, CanRollback, CanValidate, ContextDep, PrincipalDep
 from ..errors import error_responses
 from ..types import UtcDateTime
 
@@ -145,6 +147,56 @@ class ValidationReport(BaseModel):
     @classmethod
     def of(cls, result: ValidationResult) -> "ValidationReport":
         return cls.model_validate(result.model_dump(mode="json"))
+
+
+class OperationStatus(BaseModel):
+    """A validation or deployment run in the background (``l07_operations``); poll ``status_url`` until it ends."""
+
+    operation_id: str
+    kind: str = Field(examples=["validate", "deploy"])
+    model_id: str
+    status: str = Field(examples=["RUNNING", "COMPLETED", "STAGED", "REVIEW", "REJECTED", "FAILED"])
+    requested_by: str
+    started_at: UtcDateTime
+    completed_at: UtcDateTime | None
+    result: dict[str, Any] = Field(description="validate: the stored validation report; deploy: validation_id, "
+                                               "recommendation, stage")
+    error: dict[str, Any] | None = Field(description="``{code, message}`` when REJECTED or FAILED")
+    status_url: str
+
+    @classmethod
+    def of(cls, op: Operation, request: Request) -> "OperationStatus":
+        url = request.url_for("models.operation", model_id=op.model_id, operation_id=op.operation_id)
+        return cls(operation_id=op.operation_id, kind=op.kind, model_id=op.model_id, status=op.status,
+                   requested_by=op.requested_by, started_at=op.created_at, completed_at=op.finished_at,
+                   result=op.result, error=op.error, status_url=str(url.path))
+
+
+class DeploymentStatus(BaseModel):
+    """One deployment (validate -> STAGING -> release event), an operation of kind ``deploy``: ``deployment_id`` is
+    its ``operation_id``, and ``status_url`` its deployment view."""
+
+    deployment_id: str
+    operation_id: str
+    model_id: str
+    status: str = Field(examples=["RUNNING", "STAGED", "REVIEW", "REJECTED", "FAILED"])
+    requested_by: str
+    started_at: UtcDateTime
+    completed_at: UtcDateTime | None
+    validation_id: str | None
+    recommendation: str | None = Field(examples=["DEPLOY", "REVIEW", "REJECT"])
+    error: dict[str, Any] | None = Field(description="``{code, message}`` when REJECTED or FAILED")
+    status_url: str
+
+    @classmethod
+    def of(cls, op: Operation, request: Request) -> "DeploymentStatus":
+        url = request.url_for("models.deployment", model_id=op.model_id, deployment_id=op.operation_id)
+        return cls(
+            deployment_id=op.operation_id, operation_id=op.operation_id, model_id=op.model_id, status=op.status,
+            requested_by=op.requested_by, started_at=op.created_at, completed_at=op.finished_at,
+            validation_id=op.result.get("validation_id"), recommendation=op.result.get("recommendation"),
+            error=op.error, status_url=str(url.path),
+        )
 
 
 class ValidationList(BaseModel):
@@ -321,22 +373,77 @@ async def rollback(
 
 
 @router.post(
-    "/{model_id}/validate", name="models.validate", response_model=ValidationReport, responses=error_responses(404)
+    "/{model_id}/validate",
+    name="models.validate",
+    status_code=202,
+    response_model=OperationStatus,
+    responses=error_responses(404),
 )
 async def validate(
     model_id: ModelId,
     request: Request,
-    _: CanValidate,
+    principal: CanValidate,
     ctx: ContextDep,
     body: Annotated[ValidateRequest | None, Body()] = None,
-) -> ValidationReport:
-    """Run every validation stage now and store the report (this runs the models: seconds to minutes)."""
+) -> OperationStatus:
+    """Start every validation stage in the background and store the report (it runs the models: seconds to
+    minutes), so the answer is 202 with ``status_url``; the finished operation holds the report in ``result``."""
     baseline = body.baseline_model_id if body else None
-    request.state.audit_details = {"baseline_model_id": baseline}
-    result = await ctx.validator.validate_model(model_id, baseline_model_id=baseline)
-    request.state.audit_details = {
-        "baseline_model_id": result.baseline_model_id,
-        "validation_id": result.validation_id,
-        "recommendation": result.recommendation.value,
-    }
-    return ValidationReport.of(result)
+    op = await ctx.operations.start("validate", model_id, principal.key_id, {"baseline_model_id": baseline})
+    request.state.audit_details = {"baseline_model_id": baseline, "operation_id": op.operation_id}
+    return OperationStatus.of(op, request)
+
+
+@router.post(
+    "/{model_id}/deploy",
+    name="models.deploy",
+    status_code=202,
+    response_model=DeploymentStatus,
+    responses=error_responses(404),
+)
+async def deploy(model_id: ModelId, request: Request, principal: CanDeploy, ctx: ContextDep) -> DeploymentStatus:
+    """Start the release path in the background: validate, then STAGING with a signed
+    ``model_ready_for_deployment`` in the outbox (REJECT: REJECTED; REVIEW: left for a reviewer).
+
+    Validation runs the models (minutes on CPU), so the answer is 202 with ``status_url`` to poll.
+    """
+    op = await ctx.operations.start("deploy", model_id, principal.key_id)
+    request.state.audit_details = {"deployment_id": op.operation_id}
+    return DeploymentStatus.of(op, request)
+
+
+OperationIdPath = Annotated[str, Path(min_length=1, max_length=64)]
+
+
+async def _operation(ctx: Any, model_id: str, operation_id: str, kind: str | None) -> Operation:
+    op = await ctx.operations.get(operation_id)
+    if op is None or op.model_id != model_id or (kind is not None and op.kind != kind):
+        raise L07Error(L07ErrorCode.MODEL_NOT_FOUND, f"no {kind or 'operation'} {operation_id} of model {model_id}",
+                       model_id=model_id, operation_id=operation_id)
+    return op
+
+
+@router.get(
+    "/{model_id}/deployments/{deployment_id}",
+    name="models.deployment",
+    response_model=DeploymentStatus,
+    responses=error_responses(404),
+)
+async def get_deployment(
+    model_id: ModelId, deployment_id: OperationIdPath, request: Request, _: CanGetModel, ctx: ContextDep
+) -> DeploymentStatus:
+    """A deployment; one interrupted by a restart of the process running it reads FAILED (interrupted)."""
+    return DeploymentStatus.of(await _operation(ctx, model_id, deployment_id, "deploy"), request)
+
+
+@router.get(
+    "/{model_id}/operations/{operation_id}",
+    name="models.operation",
+    response_model=OperationStatus,
+    responses=error_responses(404),
+)
+async def get_operation(
+    model_id: ModelId, operation_id: OperationIdPath, request: Request, _: CanGetModel, ctx: ContextDep
+) -> OperationStatus:
+    """A validation or deployment; one interrupted by a restart of the process running it reads FAILED."""
+    return OperationStatus.of(await _operation(ctx, model_id, operation_id, None), request)

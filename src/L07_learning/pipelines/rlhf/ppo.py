@@ -6,7 +6,7 @@ token; advantages by GAE (``gae_gamma``, ``gae_lambda``), whitened; then ``optim
 mini-batches of the clipped surrogate (``clip_ratio``), a value loss for a linear value head on the policy's last
 hidden state, and an entropy bonus (``entropy_coeff``). The reference is the same network with the adapter off.
 
-The ``PolicyGuard`` of ``rlhf_pipeline`` runs every ``guard_every_steps`` iterations (KL budget, reward hacking); the
+The ``PolicyGuard`` of ``guard`` runs every ``guard_every_steps`` iterations (KL budget, reward hacking); the
 loop stops early when the mean rollout reward has not improved for ``early_stopping_patience`` iterations.
 """
 
@@ -15,12 +15,11 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ...models.reward_signal import RLHFConfig
-
-if TYPE_CHECKING:
-    from ..rlhf_pipeline import PolicyGuard, RewardScorer
+from .guard import PolicyGuard
+from .reward_model import RewardScorer
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +92,11 @@ def _gae(rewards: Any, values: Any, mask: Any, gamma: float, lam: float) -> tupl
 def run_ppo(
     policy: Any,
     tokenizer: Any,
-    scorer: "RewardScorer",
+    scorer: RewardScorer,
     formatted_prompts: Sequence[str],
     config: RLHFConfig,
     *,
-    guard: "PolicyGuard | None" = None,
+    guard: PolicyGuard | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:

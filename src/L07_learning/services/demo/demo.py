@@ -77,8 +77,7 @@ async def run_demo(home: Path, *, executions: int = DEMO_EXECUTIONS, seed: int =
         shutil.rmtree(home)
     home.mkdir(parents=True, exist_ok=True)
     settings = Settings(home=home, model_cache_dir=model_cache_dir, minimum_dataset_size=100)
-    db = Database(settings.database_url or "", auto_migrate=True)
-    service = LearningService(settings=settings, db=db)
+    service = LearningService.build(settings=settings, db=Database(settings.database_url or "", auto_migrate=True))
     await service.initialize(start_relay=False)
     service.validator.config = service.validator.config.model_copy(update=DEMO_VALIDATION_BUDGET)
     try:
@@ -98,7 +97,7 @@ async def run_demo(home: Path, *, executions: int = DEMO_EXECUTIONS, seed: int =
                     totals[k] = totals.get(k, 0) + v
             totals["pending_join"] = part.get("pending_join", 0)
             progress("ingest", {"done": min(start + batch, len(stream.lines)), "total": len(stream.lines)})
-        rejected = await _rejections(db)
+        rejected = await _rejections(service.db)
         progress("filter", {"accepted": totals.get("examples_accepted", 0), "rejected": rejected})
 
         # 4. dataset

@@ -7,17 +7,16 @@ share exactly one definition of what an example looks like.
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 import uuid
 from datetime import datetime
 from typing import Any
 
+from ...events.json_text import canonical_dumps
 from ...models._base import utcnow
-from ...models.curriculum import DifficultyLevel
+from ...models.curriculum import DifficultyLevel, difficulty
 from ...models.reward_signal import RewardSignal
 from ...models.training_example import ExampleLabel, ExampleSource, TrainingExample, normalise_text
-from ...events.json_text import canonical_dumps
 
 EXTRACTOR_VERSION = "1.0"
 EXTRACTED_BY = "TrainingDataExtractor/1.0"
@@ -56,15 +55,6 @@ def classify_domain(text: str, hint: str | None = None) -> str:
         if pattern.search(low):
             return name
     return hint or "general"
-
-
-def difficulty(steps: int, unique_tools: int, quality: float) -> float:
-    """``0.3·min(steps/10,1) + 0.3·min(tools/5,1) + 0.4·(1 − q/100)`` (contract §5.3), 0.5 if not computable."""
-    try:
-        value = 0.3 * min(steps / 10, 1) + 0.3 * min(unique_tools / 5, 1) + 0.4 * (1 - quality / 100)
-    except (TypeError, ZeroDivisionError):
-        return 0.5
-    return min(max(value, 0.0), 1.0) if math.isfinite(value) else 0.5
 
 
 def task_complexity(tool_steps: int) -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -34,9 +33,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from . import examples as build
 from ...events.cloudevent import PLAN, RESPONSE, SCORE, TRACE, CloudEvent, RawEvent, check_source, raw_text, read_event
-from .records import parse_plan, parse_response, parse_score, parse_trace
 from ...events.sources import EventSource
 from ...models._base import utcnow
 from ...models.error_codes import L07Error, L07ErrorCode
@@ -60,6 +57,9 @@ from ...store.repositories.rewards import RewardRepository
 from ..filtering import ContentScanner, FilterConfig
 from ..filtering.gc_pause import paused_gc as _paused_gc
 from ..filtering.scan import mask_secrets_deep
+from . import examples as build
+from .records import check_storable, may_hold_unstorable, parse_plan, parse_response, parse_score, parse_trace
+from .results import BatchResult, IngestSummary, ItemResult
 from .rewards import MIN_PAIR_MARGIN, compute_rewards, pair_from_correction
 
 log = logging.getLogger(__name__)
@@ -71,100 +71,12 @@ ExamplesHook = Callable[[AsyncSession, list[TrainingExample]], Awaitable[None]]
 
 
 @dataclass
-class ItemResult:
-    """What became of one input event: ``extracted``, ``pending``, ``processed``, ``duplicate``, ``ignored`` or
-    ``rejected`` (then ``code`` and ``reason`` are set)."""
-
-    status: str
-    code: str | None = None
-    reason: str | None = None
-    examples: list[TrainingExample] = field(default_factory=list)
-
-
-@dataclass
-class IngestSummary:
-    """Counts of one or more ingested batches (the ``--json`` output of ``l07 ingest``)."""
-
-    events_read: int = 0
-    examples_extracted: int = 0
-    examples_stored: int = 0
-    events_rejected: int = 0
-    duplicates: int = 0
-    ignored: int = 0
-    pending_join: int = 0
-    reward_signals: int = 0
-    preference_pairs: int = 0
-    rejected_by_code: dict[str, int] = field(default_factory=dict)
-    expired_joins: int = 0
-    orphan_scores: int = 0
-
-    def add(self, other: "IngestSummary") -> None:
-        """Accumulate ``other`` (pending_join is a level, so the newest value wins)."""
-        for name in ("events_read", "examples_extracted", "examples_stored", "events_rejected", "duplicates", "ignored",
-                     "reward_signals", "preference_pairs", "expired_joins", "orphan_scores"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        for code, n in other.rejected_by_code.items():
-            self.rejected_by_code[code] = self.rejected_by_code.get(code, 0) + n
-        self.pending_join = other.pending_join
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items()}
-
-
-@dataclass
-class BatchResult:
-    """The outcome of one ``ingest`` call: per-input results in input order, plus the summary."""
-
-    items: list[ItemResult]
-    summary: IngestSummary
-
-    @property
-    def examples(self) -> list[TrainingExample]:
-        """Every extracted example, in the order of the events that completed them."""
-        return [ex for item in self.items for ex in item.examples]
-
-
-@dataclass
 class _Parsed:
     index: int
     event: CloudEvent | None
     kind: str | None
     record: dict[str, Any] | None
     error: L07Error | None
-
-
-def _check_storable(value: Any, path: str = "data") -> None:
-    """Refuse NUL characters, lone surrogates and non-finite numbers: PostgreSQL cannot store them (and the contract
-    makes NaN/Inf a wrong value, §1.9), so such an event is invalid (E7110)."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise L07Error(L07ErrorCode.DATA_VALIDATION_SCHEMA_MISMATCH, f"{path} contains a NUL character", field=path)
-        if not value.isascii():
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                raise L07Error(L07ErrorCode.DATA_VALIDATION_SCHEMA_MISMATCH, f"{path} is not valid Unicode", field=path) from None
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise L07Error(L07ErrorCode.DATA_VALIDATION_SCHEMA_MISMATCH, f"{path} is not a finite number", field=path)
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            _check_storable(k, path)
-            _check_storable(v, f"{path}.{k}")
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            _check_storable(v, f"{path}[{i}]")
-
-
-def _may_hold_unstorable(body: Any) -> bool:
-    """Cheap pre-check on JSON text read by orjson (so without non-finite numbers): NUL and lone surrogates can only
-    come from a ``\\u0000``/``\\ud8..`` escape or a raw NUL, so text without a ``\\u`` escape or NUL needs no walk
-    over the parsed record."""
-    if isinstance(body, (bytes, bytearray)):
-        return b"\\u" in body or b"\x00" in body
-    if isinstance(body, str):
-        return "\\u" in body or "\x00" in body or not body.isascii()
-    return True
 
 
 def _retryable(exc: Exception) -> bool:
@@ -202,8 +114,8 @@ class IngestionPipeline:
             if kind is None:
                 return _Parsed(index, event, None, None, None)
             record = parse_trace(event, self.settings.max_trace_steps) if kind == TRACE else _PARSERS[kind](event)
-            if not plain or _may_hold_unstorable(body):
-                _check_storable(record)
+            if not plain or may_hold_unstorable(body):
+                check_storable(record)
             return _Parsed(index, event, kind, record, None)
         except L07Error as exc:
             return _Parsed(index, event, event.kind if event else None, None, exc)

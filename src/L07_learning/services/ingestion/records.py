@@ -12,8 +12,8 @@ import math
 from datetime import datetime
 from typing import Any
 
-from ...models.error_codes import L07Error, L07ErrorCode
 from ...events.cloudevent import CloudEvent
+from ...models.error_codes import L07Error, L07ErrorCode
 
 OUTCOMES = frozenset({"success", "failure", "constraint_violation", "timeout", "error"})
 FAILURE_CLASSES = frozenset({"success", "constraint_violation", "timeout", "error"})
@@ -300,3 +300,37 @@ def parse_response(event: CloudEvent) -> dict[str, Any]:
         "latency_ms": _number(d["latency_ms"], kind, "latency_ms", lo=0),
         "execution_id": _str(d, "execution_id", kind),
     }
+
+
+def check_storable(value: Any, path: str = "data") -> None:
+    """Refuse NUL characters, lone surrogates and non-finite numbers: PostgreSQL cannot store them (and the contract
+    makes NaN/Inf a wrong value, §1.9), so such an event is invalid (E7110)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise L07Error(L07ErrorCode.DATA_VALIDATION_SCHEMA_MISMATCH, f"{path} contains a NUL character", field=path)
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise L07Error(L07ErrorCode.DATA_VALIDATION_SCHEMA_MISMATCH, f"{path} is not valid Unicode", field=path) from None
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise L07Error(L07ErrorCode.DATA_VALIDATION_SCHEMA_MISMATCH, f"{path} is not a finite number", field=path)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            check_storable(k, path)
+            check_storable(v, f"{path}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            check_storable(v, f"{path}[{i}]")
+
+
+def may_hold_unstorable(body: Any) -> bool:
+    """Cheap pre-check on JSON text read by orjson (so without non-finite numbers): NUL and lone surrogates can only
+    come from a ``\\u0000``/``\\ud8..`` escape or a raw NUL, so text without a ``\\u`` escape or NUL needs no walk
+    over the parsed record."""
+    if isinstance(body, (bytes, bytearray)):
+        return b"\\u" in body or b"\x00" in body
+    if isinstance(body, str):
+        return "\\u" in body or "\x00" in body or not body.isascii()
+    return True

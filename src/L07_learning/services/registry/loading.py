@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from ...models.error_codes import L07Error, L07ErrorCode
+from ...models.model_artifact import ModelType
 
 
 async def resolve_model_dirs(registry: Any, model_id: str) -> tuple[str, str | None]:
     """Verified local folders for a registered model: (model dir, adapter dir or None)."""
-    from ...models.model_artifact import ModelType
-
     model = await registry.get_model(model_id)
     path = str(await registry.local_path(model_id))
     if model.model_type is ModelType.LORA_ADAPTER:

@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from ...models.model_artifact import ModelArtifact
+from ..registry.stages import CANARY_CONFIG
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,6 @@ def gateway_model_config(model: ModelArtifact, max_seq_length: int, max_output_t
             "canary_config": CANARY_CONFIG,
         },
     }
-
-
-CANARY_CONFIG = {"traffic_percentage": 20, "duration_minutes": 60, "success_criteria": "error_rate < 1%"}
 
 
 def _l04_registry() -> Any | None:

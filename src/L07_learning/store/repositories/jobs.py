@@ -11,7 +11,7 @@ stale limit (the worker died): the next worker resumes it from its last checkpoi
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import and_, or_, select, update
@@ -36,8 +36,6 @@ ACTIVE_STATES = (JobStatus.INITIALIZING, JobStatus.PREPARING_DATA, JobStatus.RUN
 def _aware(value: datetime | None) -> datetime | None:
     # SQLite hands back naive datetimes; every stored time is UTC.
     if value is not None and value.tzinfo is None:
-        from datetime import timezone
-
         return value.replace(tzinfo=timezone.utc)
     return value
 

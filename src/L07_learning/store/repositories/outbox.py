@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ...models._base import utcnow
@@ -23,17 +23,33 @@ class OutboxRepository:
             SqlOutboxEvent(event_id=event["id"], event_type=event["type"], subject=subject, payload=event, created_at=utcnow())
         )
 
-    async def due(self, limit: int = 100, now: datetime | None = None) -> list[SqlOutboxEvent]:
-        """Undelivered events whose next attempt is due, oldest first."""
+    async def claim_due(self, limit: int = 100, lease_s: float = 60.0, now: datetime | None = None) -> list[SqlOutboxEvent]:
+        """Claim undelivered events whose next attempt is due, oldest first, for ``lease_s`` seconds.
+
+        Every long-running process relays (``l07 run``, ``serve``, ``worker``); a claim is a conditional update of
+        ``next_attempt_at``, so two relays never deliver the same row at once. A relay that dies mid-delivery leaves
+        the row to be claimed again when its lease runs out (at-least-once; per-sink acknowledgements skip the sinks
+        already done).
+        """
         now = now or utcnow()
-        stmt = (
-            select(SqlOutboxEvent)
-            .where(SqlOutboxEvent.delivered_at.is_(None))
-            .where((SqlOutboxEvent.next_attempt_at.is_(None)) | (SqlOutboxEvent.next_attempt_at <= now))
-            .order_by(SqlOutboxEvent.id)
-            .limit(limit)
-        )
-        return list((await self.session.scalars(stmt)).all())
+        due = (SqlOutboxEvent.delivered_at.is_(None)) & (
+            (SqlOutboxEvent.next_attempt_at.is_(None)) | (SqlOutboxEvent.next_attempt_at <= now))
+        # Candidates beyond ``limit``: rows another relay claims meanwhile are skipped, not waited for.
+        ids = (await self.session.scalars(
+            select(SqlOutboxEvent.id).where(due).order_by(SqlOutboxEvent.id).limit(limit * 3))).all()
+        claimed: list[int] = []
+        for row_id in ids:
+            if len(claimed) == limit:
+                break
+            result = await self.session.execute(
+                update(SqlOutboxEvent).where(SqlOutboxEvent.id == row_id).where(due)
+                .values(next_attempt_at=now + timedelta(seconds=lease_s)))
+            if result.rowcount == 1:
+                claimed.append(row_id)
+        if not claimed:
+            return []
+        return list((await self.session.scalars(
+            select(SqlOutboxEvent).where(SqlOutboxEvent.id.in_(claimed)).order_by(SqlOutboxEvent.id))).all())
 
     async def delivered_sinks(self, event_id: str) -> set[str]:
         rows = await self.session.scalars(select(SqlOutboxDelivery.sink).where(SqlOutboxDelivery.event_id == event_id))

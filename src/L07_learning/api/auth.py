@@ -1,32 +1,24 @@
-"""API keys, roles and permissions for the REST service (contract §7.4 "REST auth", "RBAC", "Approvals").
-
-A key is a random 256-bit token shown once at creation; the database keeps only its SHA-256. A slow password hash
-(bcrypt, argon2) is not used on purpose: it protects low-entropy secrets that people choose, whereas these tokens
-come from ``secrets`` and cannot be brute-forced from their hash whatever the hash speed; a slow hash would instead
-add tens of milliseconds to every request (event ingestion included) and force a lookup by a separate key id. A
-plain SHA-256 lets the service find the key by an indexed equality on the hash.
+"""Who may call the REST service and what they may do (contract §7.4 "REST auth", "RBAC", "Approvals").
 
 Each key is bound to one role. Attributes (for example ``{"ml_manager": true}``) carry extra capacities that are
-not roles: STAGING -> PRODUCTION needs a ``deployer`` approval **and** an ``ml_manager`` approval.
+not roles: STAGING -> PRODUCTION needs a ``deployer`` approval **and** an ``ml_manager`` approval. How keys are stored
+(only their SHA-256) is ``services/access.py``'s business; ``l07 keys`` manages keys through ``AuthService`` here, so
+that the role check is the same whether a key is made by the CLI or checked by the API.
 """
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from ..models.error_codes import L07Error, L07ErrorCode
-from ..settings import Settings, get_settings
-from ..store.db import Database, get_database
-from ..store.repositories.api_keys import ApiKeyRecord, ApiKeyRepository
-from ..store.repositories.audit import audit
+from ..services.access import AccessService, ApiKeyRecord, hash_token
 
-TOKEN_PREFIX = "l07_"
-# 32 random bytes = 256 bits: far beyond brute force, which is what makes a fast hash safe here.
-TOKEN_BYTES = 32
+__all__ = [
+    "ApprovalCapacity", "AuthService", "AuthenticationError", "Permission", "PermissionDenied", "Principal", "Role",
+    "ROLE_PERMISSIONS", "hash_token", "parse_role",
+]
 
 
 class Role(str, Enum):
@@ -166,11 +158,6 @@ class Principal:
         return frozenset(caps)
 
 
-def hash_token(token: str) -> str:
-    """SHA-256 hex of a key token (what the database stores)."""
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
 def parse_role(role: str | Role) -> Role:
     """A role from its name (any case); E7904 naming the allowed roles otherwise."""
     if isinstance(role, Role):
@@ -189,13 +176,11 @@ class AuthService:
     """Creates, revokes and checks API keys.
 
     Args:
-        db: Database to use; the configured one by default.
-        settings: Settings; ``get_settings()`` by default.
+        access: Key storage (``LearningService.access``).
     """
 
-    def __init__(self, db: Database | None = None, settings: Settings | None = None) -> None:
-        self.settings = settings or get_settings()
-        self.db = db or get_database(self.settings.database_url)
+    def __init__(self, access: AccessService) -> None:
+        self.access = access
 
     async def create_key(
         self, role: str | Role, name: str | None = None, attributes: dict[str, Any] | None = None, actor: str = "cli"
@@ -208,18 +193,7 @@ class AuthService:
         Raises:
             L07Error: E7904 for an unknown role.
         """
-        role = parse_role(role)
-        attributes = dict(attributes or {})
-        token = TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
-        key_id = "key-" + secrets.token_hex(6)
-        async with self.db.session() as session:
-            repo = ApiKeyRepository(session)
-            repo.add(key_id, hash_token(token), role.value, name, attributes)
-            await audit(
-                session, "api_key.create", "api_key", key_id, actor=actor, actor_type="user",
-                details={"role": role.value, "name": name, "attributes": attributes},
-            )
-        return ApiKeyRecord(key_id=key_id, key_hash=hash_token(token), role=role.value, name=name, attributes=attributes), token
+        return await self.access.create_key(parse_role(role).value, name, dict(attributes or {}), actor)
 
     async def authenticate(self, token: str | None) -> Principal:
         """The principal for a presented token.
@@ -229,8 +203,7 @@ class AuthService:
         """
         if not token:
             raise AuthenticationError("an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key'")
-        async with self.db.session() as session:
-            record = await ApiKeyRepository(session).by_hash(hash_token(token))
+        record = await self.access.find_key(token)
         if record is None:
             raise AuthenticationError("unknown API key")
         if not record.active:
@@ -239,15 +212,8 @@ class AuthService:
 
     async def list_keys(self, include_revoked: bool = False) -> list[ApiKeyRecord]:
         """Stored keys (hashes only)."""
-        async with self.db.session() as session:
-            return await ApiKeyRepository(session).list(include_revoked=include_revoked)
+        return await self.access.list_keys(include_revoked=include_revoked)
 
     async def revoke_key(self, key_id: str, actor: str = "cli") -> bool:
         """Revoke a key; returns False when there was nothing to revoke. Audited either way."""
-        async with self.db.session() as session:
-            done = await ApiKeyRepository(session).revoke(key_id)
-            await audit(
-                session, "api_key.revoke", "api_key", key_id, result="success" if done else "noop",
-                actor=actor, actor_type="user",
-            )
-        return done
+        return await self.access.revoke_key(key_id, actor)

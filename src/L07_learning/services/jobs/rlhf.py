@@ -1,0 +1,83 @@
+"""The RLHF job kind, worker side: preference pairs from the dataset for ``pipelines/rlhf_pipeline.py`` and the
+registration of what the child trained through ``RLHFEngine`` (public API: ``services/rlhf_engine.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ...models.error_codes import L07Error, L07ErrorCode
+from ...models.reward_signal import PreferencePair, RLHFConfig
+from ...models.training_job import JobConfig, TrainingJob
+from ...pipelines.rlhf.common import GuardAlert, PolicyResult, RewardTrainResult
+from ...store.repositories.rewards import RewardRepository
+from ..ingestion.rewards import build_preference_pairs
+from ..rlhf_engine import RLHFEngine
+from .context import RunnerContext, job_config
+from .register import Provenance
+
+
+def rlhf_config_of(config: JobConfig) -> RLHFConfig:
+    """The RLHF settings of a job: ``JobConfig.extra["rlhf"]`` (learning rate and seed default from the job)."""
+    raw = dict(config.extra.get("rlhf") or {})
+    raw.setdefault("seed", config.seed)
+    return RLHFConfig.model_validate(raw)
+
+
+async def prepare(job: TrainingJob, config: JobConfig, ctx: RunnerContext) -> dict[str, Any]:
+    """Job spec: verified base / SFT / reward model folders and preference pairs built from the dataset version.
+
+    ``config.extra``: ``rlhf`` (RLHFConfig dict), optional ``reward_model_id`` (else the job trains one first) and
+    ``sft_model_id``. Pairs come from the train split (§5.5 rules); held-out pairs from the val and test splits.
+
+    Raises:
+        L07Error: E7020 when the dataset yields fewer than 2 training pairs or no held-out pair.
+    """
+    cfg = rlhf_config_of(config)
+    dataset = await ctx.curator.get_dataset(job.dataset_id, job.dataset_version)
+    train = build_preference_pairs(dataset.split_examples("train"))
+    val = build_preference_pairs(dataset.split_examples("val") + dataset.split_examples("test"))
+    if len(train) < 2 or not val:
+        raise L07Error(L07ErrorCode.INSUFFICIENT_EXAMPLES,
+                       f"dataset {job.dataset_id} yields {len(train)} training and {len(val)} held-out preference pairs",
+                       train_pairs=len(train), val_pairs=len(val))
+    extra = config.extra
+    reward_id = extra.get("reward_model_id")
+    sft_id = extra.get("sft_model_id")
+    return {
+        "base_model_dir": str(await ctx.registry.local_path(job.base_model_id)),
+        "reward_model_dir": str(await ctx.registry.local_path(reward_id)) if reward_id else None,
+        "sft_adapter_dir": str(await ctx.registry.local_path(sft_id)) if sft_id else None,
+        "train_pairs": [p.model_dump(mode="json") for p in train],
+        "val_pairs": [p.model_dump(mode="json") for p in val],
+        "rlhf": cfg.model_dump(mode="json"),
+        "output_dir": str(ctx.workdir / "rlhf"),
+    }
+
+
+async def register(job: TrainingJob, result: dict[str, Any], ctx: RunnerContext) -> str | None:
+    """Register the job's reward model (when it trained one) and policy, with lineage to the job and dataset."""
+    config = job_config(job)
+    cfg = rlhf_config_of(config)
+    engine = RLHFEngine(db=ctx.db, registry=ctx.registry, settings=ctx.settings)
+    base = await ctx.registry.get_model(job.base_model_id)
+    spec = json.loads((ctx.workdir / "spec.json").read_text())
+    pairs = [PreferencePair.model_validate(p) for p in spec["train_pairs"] + spec["val_pairs"]]
+    async with ctx.db.session() as session:
+        await RewardRepository(session).add_pairs(pairs)
+    provenance = Provenance.of(job)
+    reward_id = config.extra.get("reward_model_id")
+    if result.get("reward_model"):
+        rm = result["reward_model"]
+        rm_result = RewardTrainResult(**{**rm, "alerts": [GuardAlert(**a) for a in rm["alerts"]]})
+        reward_id = await engine.register_reward_model(rm_result, base, pairs, cfg, None, provenance)
+        for alert in rm_result.alerts:
+            await engine.alert(L07ErrorCode(alert.code), reward_id, alert.message, alert.details)
+    policy = result["policy"]
+    fields = {k: v for k, v in policy.items() if k != "reward_gain"}  # a derived property, not a field
+    pr = PolicyResult(**{**fields, "alerts": [GuardAlert(**a) for a in policy["alerts"]]})
+    model_id = await engine.register_policy(pr, base, reward_id, config.extra.get("sft_model_id"), pairs, cfg,
+                                            config.model_name, provenance)
+    await engine.after_policy(model_id, pr.alerts, validate=False)
+    return model_id

@@ -1,0 +1,148 @@
+"""Advancing the loop's runs: a finished job is charged to the compute ledger, then its model goes through the one
+release path (``LearningService.deploy_model``): DEPLOY -> STAGING with a signed ``model_ready_for_deployment``,
+REVIEW -> the review queue, REJECT -> the model is REJECTED (quarantined) with the failing stages as the reason.
+
+Any process may advance a run it claims (``claimed_by`` with a heartbeat), so validations are split between
+``l07 run`` processes, and a run whose claimer died is taken over once its claim is stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import datetime, timedelta
+from typing import Any
+
+from ...models._base import utcnow
+from ...models.error_codes import L07Error, L07ErrorCode
+from ...models.model_artifact import ModelStage
+from ...models.training_job import JobStatus, TrainingJob
+from ...models.validation import Recommendation
+from ...store.repositories.loop import LoopRepository, LoopRun
+from .breakers import PolicyBreakers
+
+log = logging.getLogger(__name__)
+
+# A verdict per outcome, and whether it counts against the policy's breaker.
+OUTCOMES = {"STAGED": ("DEPLOY", False), "REVIEW": ("REVIEW", False), "REJECTED": ("REJECT", True),
+            "FAILED": ("FAILED", True)}
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    return round((end - start).total_seconds(), 3) if start is not None and end is not None else None
+
+
+class RunAdvancer:
+    """Moves open runs forward.
+
+    Args:
+        service: A built, initialised ``LearningService`` (jobs, registry, validator, release path).
+        breakers: The policies' breakers.
+        holder: This process's name.
+        stale_after_s: A claim not refreshed for this long may be taken over.
+    """
+
+    def __init__(self, service: Any, breakers: PolicyBreakers, holder: str, stale_after_s: float) -> None:
+        self.service = service
+        self.db = service.db
+        self.breakers = breakers
+        self.holder = holder
+        self.stale_after_s = stale_after_s
+        self._validations: dict[str, asyncio.Task] = {}
+
+    async def advance(self) -> dict[str, str]:
+        """One pass over the open runs; returns ``{run_id: what happened}`` for the runs that moved."""
+        moved: dict[str, str] = {}
+        async with self.db.session() as session:
+            runs = await LoopRepository(session).open_runs()
+        for run in runs:
+            now = utcnow()
+            async with self.db.session() as session:
+                claimed = await LoopRepository(session).claim_run(
+                    run.run_id, self.holder, now, now - timedelta(seconds=self.stale_after_s))
+            if not claimed or run.run_id in self._validations:
+                continue
+            if run.status == "VALIDATING":
+                self._start_validation(run, run.model_id or "")
+                moved[run.run_id] = "validation resumed"
+                continue
+            job = await self.service.sft_engine.get_job_status(run.job_id) if run.job_id else None
+            if job is not None and job.status.terminal:
+                moved[run.run_id] = await self._job_done(run, job)
+        return moved
+
+    async def _job_done(self, run: LoopRun, job: TrainingJob) -> str:
+        timings = dict(run.timings)
+        timings["queue_wait_s"] = _seconds(run.started_at, job.started_at)
+        timings["training_s"] = _seconds(job.started_at, job.completed_at)
+        seconds = timings["training_s"] or 0.0
+        on_gpu = (job.device or "").startswith("cuda")
+        day = (job.completed_at or utcnow()).strftime("%Y-%m-%d")
+        async with self.db.session() as session:
+            repo = LoopRepository(session)
+            await repo.charge(day, 0.0 if on_gpu else seconds, seconds if on_gpu else 0.0, utcnow())
+            if job.status is JobStatus.COMPLETED and job.output_model_id:
+                await repo.update_run(run.run_id, status="VALIDATING", model_id=job.output_model_id, timings=timings)
+        if job.status is JobStatus.COMPLETED and job.output_model_id:
+            self._start_validation(run, job.output_model_id, timings)
+            return "validating"
+        await self.finish(run, "FAILED", timings, error_code=job.error_code or L07ErrorCode.UNHANDLED_EXCEPTION.value,
+                          message=job.error_message or f"job ended {job.status.value} without a model")
+        return "failed"
+
+    def _start_validation(self, run: LoopRun, model_id: str, timings: dict[str, Any] | None = None) -> None:
+        task = asyncio.create_task(self._validate(run, model_id, dict(timings or run.timings)))
+        self._validations[run.run_id] = task
+        task.add_done_callback(lambda _t, rid=run.run_id: self._validations.pop(rid, None))
+
+    async def _validate(self, run: LoopRun, model_id: str, timings: dict[str, Any]) -> None:
+        started = time.perf_counter()
+        outcome, code, message = await self._release(model_id)
+        timings["validation_release_s"] = round(time.perf_counter() - started, 3)
+        await self.finish(run, outcome, timings, model_id=model_id, error_code=code, message=message)
+
+    async def _release(self, model_id: str) -> tuple[str, str | None, str | None]:
+        """Deploy through the one release path, unless an earlier attempt (before a crash) already decided."""
+        try:
+            model = await self.service.registry.get_model(model_id)
+            if model.stage in (ModelStage.STAGING, ModelStage.PRODUCTION):
+                return "STAGED", None, None
+            if model.stage is ModelStage.REJECTED:
+                return "REJECTED", L07ErrorCode.MODEL_DEPLOYMENT_VALIDATION_FAILED.value, "rejected before a restart"
+            result = await self.service.deploy_model(model_id)
+        except L07Error as exc:
+            outcome = "REJECTED" if exc.code is L07ErrorCode.MODEL_DEPLOYMENT_VALIDATION_FAILED else "FAILED"
+            return outcome, exc.code.value, exc.message
+        except Exception as exc:  # noqa: BLE001 - a run ends FAILED with the reason; the loop goes on
+            log.exception("release of %s failed", model_id)
+            return "FAILED", L07ErrorCode.UNHANDLED_EXCEPTION.value, f"{exc.__class__.__name__}: {exc}"
+        return ("STAGED", None, None) if result.recommendation is Recommendation.DEPLOY else ("REVIEW", None, None)
+
+    async def finish(self, run: LoopRun, outcome: str, timings: dict[str, Any], *, model_id: str | None = None,
+                     error_code: str | None = None, message: str | None = None) -> None:
+        """Close a run and count it against its policy's breaker, in one transaction."""
+        verdict, failed = OUTCOMES[outcome]
+        async with self.db.session() as session:
+            await LoopRepository(session).update_run(
+                run.run_id, status=outcome, verdict=verdict, model_id=model_id or run.model_id, timings=timings,
+                error_code=error_code, error_message=(message or "")[:4000] or None, finished_at=utcnow(),
+                claimed_by=None)
+            await self.breakers.record(session, run.policy, failed=failed, verdict=verdict, run_id=run.run_id,
+                                       error_code=error_code, message=message)
+        log.info("loop run finished", extra={"run_id": run.run_id, "policy": run.policy, "outcome": outcome})
+
+    async def close(self) -> None:
+        """Cancel running validations; their runs stay VALIDATING and are resumed by the next claimer."""
+        for task in list(self._validations.values()):
+            task.cancel()
+        for task in list(self._validations.values()):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._validations.clear()
+
+    async def wait(self) -> None:
+        """Wait for the validations in flight (tests, orderly shutdown)."""
+        if self._validations:
+            await asyncio.gather(*list(self._validations.values()), return_exceptions=True)
