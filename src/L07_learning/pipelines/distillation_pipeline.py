@@ -42,6 +42,7 @@ from .distillation.student import (
     load_teacher,
 )
 from .generation import generate_with
+from .matching import answer_matches
 
 log = logging.getLogger(__name__)
 
@@ -564,8 +565,8 @@ def score_exact_match_with(tokenizer: Any, model: Any, examples: Sequence[Messag
     correct = 0
     failures: list[dict[str, str]] = []
     for m, g in zip(examples, gens):
-        expected = m[-1]["content"].strip().lower()
-        if g.text.strip().lower() == expected:
+        expected = m[-1]["content"]
+        if answer_matches(g.text, expected):
             correct += 1
         elif len(failures) < 20:
             failures.append({"prompt": m[-2]["content"] if len(m) > 1 else "", "expected": expected, "got": g.text})
@@ -584,7 +585,7 @@ MAX_SCORED_EXAMPLES = 64
 
 
 def entry(spec: dict[str, Any], emit: Callable[[str, dict[str, Any]], None], should_cancel: Callable[[], bool]) -> dict[str, Any]:
-    """Job-runner entry point for ``JobType.DISTILLATION`` (see ``services/jobs/runner.py``).
+    """Job-runner entry point for ``JobType.DISTILLATION`` (table in ``services/jobs/kinds.py``).
 
     Distils, then scores teacher and student on the held-out rows with the same greedy exact-match measure.
 

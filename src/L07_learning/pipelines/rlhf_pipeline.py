@@ -210,7 +210,7 @@ def _trl_trainer(config: RLHFConfig, policy: Any, tokenizer: Any, scorer: Reward
 
 def entry(spec: dict[str, Any], emit: Callable[[str, dict[str, Any]], None],
           should_cancel: common.StopFn) -> dict[str, Any]:
-    """Job-runner entry point for ``JobType.RLHF`` (see ``services/jobs/runner.py``).
+    """Job-runner entry point for ``JobType.RLHF`` (table in ``services/jobs/kinds.py``).
 
     Args:
         spec: ``base_model_dir``, ``reward_model_dir`` (None: train one first), ``sft_adapter_dir``, ``train_pairs``,

@@ -411,7 +411,7 @@ def run_sft(
 
 
 def entry(spec: dict[str, Any], emit: Callable[[str, dict[str, Any]], None], should_cancel: Callable[[], bool]) -> dict[str, Any]:
-    """Job-runner entry point for ``JobType.SFT`` (see ``services/jobs/runner.py``).
+    """Job-runner entry point for ``JobType.SFT`` (table in ``services/jobs/kinds.py``).
 
     Args:
         spec: ``base_model_dir``, ``train_rows``, ``val_rows``, ``test_rows``, ``config`` (JobConfig dict),

@@ -215,7 +215,7 @@ class RLHFEngine:
 
     async def register_reward_model(self, result: Any, base: ModelArtifact, pairs: list[PreferencePair],
                                     cfg: RLHFConfig, name: str | None, provenance: Provenance) -> str:
-        """Register a trained reward model (``rlhf_pipeline.RewardTrainResult``); returns its ``model_id``."""
+        """Register a trained reward model (``pipelines.rlhf.common.RewardTrainResult``); returns its ``model_id``."""
         artifact = model_record(
             name or default_name(base, "reward"), ModelType.REWARD_MODEL, base, provenance,
             metrics={"training_metrics": {
@@ -309,7 +309,7 @@ class RLHFEngine:
     async def register_policy(self, result: Any, base: ModelArtifact, reward_model_id: str, sft_model_id: str | None,
                               pairs: list[PreferencePair], cfg: RLHFConfig, name: str | None,
                               provenance: Provenance) -> str:
-        """Register an optimised policy (``rlhf_pipeline.PolicyResult``), quarantined on E7305; returns its id."""
+        """Register an optimised policy (``pipelines.rlhf.common.PolicyResult``), quarantined on E7305; returns its id."""
         merged = result.merged_dir is not None
         hacked = any(a.code == L07ErrorCode.REWARD_HACKING_DETECTED.value for a in result.alerts)
         artifact = model_record(

@@ -9,6 +9,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -72,39 +73,46 @@ async def _drop_pg_schema(schema: str) -> None:
         await conn.close()
 
 
+@asynccontextmanager
+async def _sqlite(tmp_path: Path) -> AsyncIterator[Database]:
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'test.db'}", auto_migrate=True)
+    await database.connect()
+    try:
+        yield database
+    finally:
+        await database.dispose()
+
+
+@asynccontextmanager
+async def _postgres() -> AsyncIterator[Database]:
+    database, schema = await _pg_schema_db()
+    await database.connect()
+    try:
+        yield database
+    finally:
+        await database.dispose()
+        await _drop_pg_schema(schema)
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
     """A migrated, empty database: SQLite file, or a fresh PostgreSQL schema."""
-    if request.param == "sqlite":
-        database = Database(f"sqlite+aiosqlite:///{tmp_path / 'test.db'}", auto_migrate=True)
-        await database.connect()
+    async with _sqlite(tmp_path) if request.param == "sqlite" else _postgres() as database:
         yield database
-        await database.dispose()
-    else:
-        database, schema = await _pg_schema_db()
-        await database.connect()
-        yield database
-        await database.dispose()
-        await _drop_pg_schema(schema)
 
 
 @pytest.fixture
 async def sqlite_db(tmp_path: Path) -> AsyncIterator[Database]:
     """A migrated SQLite database only (for tests that do not concern the backend)."""
-    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'test.db'}", auto_migrate=True)
-    await database.connect()
-    yield database
-    await database.dispose()
+    async with _sqlite(tmp_path) as database:
+        yield database
 
 
 @pytest.fixture
 async def pg_db() -> AsyncIterator[Database]:
     """A migrated PostgreSQL schema only (concurrency tests)."""
-    database, schema = await _pg_schema_db()
-    await database.connect()
-    yield database
-    await database.dispose()
-    await _drop_pg_schema(schema)
+    async with _postgres() as database:
+        yield database
 
 
 @pytest.fixture

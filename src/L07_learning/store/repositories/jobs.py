@@ -161,7 +161,7 @@ class JobRepository:
         """Claim the oldest PENDING job, or a job whose worker stopped heart-beating.
 
         Returns:
-            ``(job, previous_status)`` or None when nothing is claimable. The job keeps its status; the runner moves it.
+            ``(job, previous_status)`` or None when nothing is claimable. The job keeps its status; ``JobLifecycle`` moves it.
         """
         claimable = or_(
             and_(SqlTrainingJob.status == JobStatus.PENDING.value, SqlTrainingJob.worker_id.is_(None)),

@@ -1,0 +1,169 @@
+"""Event files for the loop's end-to-end tests and ``benchmarks/loop.py``: one task family the demo never saw.
+
+``tool_choice``: a user request names a topic, and the agent calls the one tool that serves that topic with the topic
+and the request's reference number as arguments (``Step 1: ledger_search({"ref":1663,"topic":"invoice"}) -> ok`` then
+``Answer: ledger_search``). The tool names are made up, so the base model cannot already produce them; the mapping is
+a lookup a small model learns from about a hundred examples. The reference number makes every output distinct: with
+one fixed output per topic, the filter's poisoning rule rightly flags the topic words as triggers. Requests are phrased many ways (templates, names, order numbers, trailing remarks) so the quality
+filter's near-duplicate rule keeps them, and three agents share the work so no agent exceeds the filter's 50% source
+share. Every execution succeeds and is scored high by L06, so every trace becomes an ACCEPTED example.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, IO
+
+from L07_learning.settings import Settings
+from L07_learning.store.db import Database
+
+TASK_TYPE = "tool_choice"
+TOOL_FOR = {"invoice": "ledger_search", "parcel": "shipment_trace", "forecast": "sky_report",
+            "password": "vault_reset", "meeting": "slot_finder", "refund": "payback_desk"}
+AGENTS = ["agent-router-11", "agent-router-12", "agent-router-13"]
+NAMES = ["Alice", "Bob", "Chen", "Dana", "Emil", "Farah", "Gita", "Hugo", "Ines", "Jonas", "Kemal", "Lena"]
+TEMPLATES = ["Customer {name} asks about a {kw} for order {n}.",
+             "{name} needs help with the {kw} of account {n}.",
+             "Request {n}: {name} has a {kw} question.",
+             "Hi, this is {name}; my {kw} (ref {n}) needs attention.",
+             "Ticket {n} from {name} concerns a {kw}.",
+             "{name} wrote in about {kw} number {n}."]
+REMARKS = ["", " Please be quick.", " Thanks!", " It is urgent.", " Second message today.", " Reply soon."]
+BASE_TIME = datetime(2026, 3, 2, 8, 0, 0, tzinfo=timezone.utc)
+
+
+def tool_choice_lines(executions: int, seed: int = 0) -> list[str]:
+    """JSON lines: an L02 trace and its L06 score per execution, deterministic for a seed."""
+    rng = random.Random(seed)
+    clock = BASE_TIME
+    lines: list[str] = []
+
+    def envelope(type_: str, source: str, data: dict[str, Any]) -> str:
+        nonlocal clock
+        clock += timedelta(seconds=1)
+        return json.dumps({"specversion": "1.0", "type": type_, "source": source,
+                           "id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                           "time": clock.isoformat().replace("+00:00", "Z"), "datacontenttype": "application/json",
+                           "data": data}, sort_keys=True)
+
+    topics = sorted(TOOL_FOR)
+    for i in range(executions):
+        kw = topics[i % len(topics)]
+        tool = TOOL_FOR[kw]
+        ref = rng.randint(1000, 9999)
+        goal = "Pick the tool for this request. " + rng.choice(TEMPLATES).format(
+            name=rng.choice(NAMES), kw=kw, n=ref) + rng.choice(REMARKS)
+        exec_id = f"exec-tool-{seed}-{i:05d}"
+        lines.append(envelope("com.agentic.execution.trace_generated", "https://agentic.local/layers/l02", {
+            "execution_id": exec_id, "agent_id": AGENTS[i % len(AGENTS)], "task_id": f"task-tool-{i:05d}",
+            "task_type": TASK_TYPE, "task_definition": {"goal": goal, "context": {}},
+            "execution_trace": [{"step": 1, "action": tool, "parameters": {"topic": kw, "ref": ref}, "output": "ok"}],
+            "final_answer": tool, "outcome": "success",
+            "metadata": {"execution_duration_seconds": 1.5, "tool_calls": 1, "tokens_used": 300}}))
+        lines.append(envelope("com.agentic.evaluation.quality_score_computed", "https://agentic.local/layers/l06", {
+            "execution_id": exec_id, "quality_score": round(rng.uniform(85, 98), 1),
+            "confidence_level": round(rng.uniform(0.88, 0.99), 3), "task_type": TASK_TYPE,
+            "failure_classification": "success", "evaluation_method": "automated",
+            "metrics": {"goal_achievement_rate": 0.95}, "dimensions": {"correctness": 95.0}}))
+    return lines
+
+
+def write_events(path: Path, lines: list[str]) -> Path:
+    """Write the lines beside ``path`` and rename into place, so a watcher never sees a half-written file."""
+    part = path.with_suffix(".part")
+    part.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    part.replace(path)
+    return path
+
+
+# --- ``l07 run`` as a subprocess ---------------------------------------------------------------------------------
+
+SRC = str(Path(__file__).resolve().parents[2])
+CACHE = os.environ.get("L07_MODEL_CACHE_DIR", str(Path.home() / ".cache" / "l07" / "models"))
+RELEASE_EVENT = "learning.model_ready_for_deployment"
+
+
+def loop_env(home: Path, **settings: Any) -> dict[str, str]:
+    """The environment of an ``l07 run`` child: its own home, the shared converted-model cache, ``L07_<NAME>``
+    for every keyword (``database_url=...`` becomes ``L07_DATABASE_URL``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("L07_")}
+    env.update({"PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "L07_HOME": str(home),
+                "L07_MODEL_CACHE_DIR": CACHE, "L07_LOG_FORMAT": "text"})
+    env.update({f"L07_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
+class LoopProcess:
+    """One ``l07 run`` child process, its output in ``log``."""
+
+    def __init__(self, env: dict[str, str], args: list[str], log: Path) -> None:
+        self.log = log
+        self._out: IO[bytes] = open(log, "ab")  # noqa: SIM115 - closed in stop()/kill()
+        self.proc = subprocess.Popen([sys.executable, "-m", "L07_learning.cli.main", "run", *args], env=env,
+                                     stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.pid = self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM, then wait; returns the exit code (SIGKILL after ``timeout``)."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._out.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the loop and its job children (one process group), as a crash would."""
+        if self.alive():
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        self._out.close()
+
+    def tail(self, chars: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+
+async def wait_for(check: Callable[[], Awaitable[Any]], timeout_s: float, what: str,
+                   procs: tuple[LoopProcess, ...] = (), every_s: float = 1.0) -> Any:
+    """Poll ``check`` until it returns something truthy; fails with the loops' logs when they die or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = await check()
+        if got:
+            return got
+        for p in procs:
+            assert p.alive(), f"l07 run exited ({p.proc.returncode}) while waiting for {what}:\n{p.tail()}"
+        assert time.monotonic() < deadline, f"no {what} after {timeout_s:.0f} s:\n" + "\n".join(p.tail() for p in procs)
+        await asyncio.sleep(every_s)
+
+
+def sink_events(home: Path, type_: str = RELEASE_EVENT) -> list[dict[str, Any]]:
+    """Events of one type that reached the JSONL outbox sink of a home."""
+    path = Settings(home=home).outbox_jsonl_path
+    if path is None or not path.exists():
+        return []
+    events = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [e for e in events if e.get("type") == type_]
+
+
+async def open_db(home: Path, url: str | None = None) -> Database:
+    """The database a home's loop uses (or ``url``), connected, for reading what the loop stored."""
+    db = Database(url or Settings(home=home).database_url or "", auto_migrate=False)
+    await db.connect()
+    return db
