@@ -1,7 +1,7 @@
 """Distillation: how much of a fine-tuned teacher's score a much smaller student keeps, and what it saves.
 
 Teacher: the default base model (SmolLM2-135M-Instruct) after a short LoRA SFT on the deterministic tool-selection
-task (``tests/sft_factories.py``), adapter merged. Student: derived from the teacher (``--student-layers`` decoder
+task (``tests/factories/sft.py``), adapter merged. Student: derived from the teacher (``--student-layers`` decoder
 layers of its width, initialised from its embeddings and layers) and trained by logit distillation (T=4, alpha=0.5).
 Baseline, measured in the same run: the teacher itself on the same held-out prompts.
 
@@ -54,7 +54,7 @@ def main() -> None:
     from L07_learning.pipelines.distillation_pipeline import DistillationConfig, score_exact_match_with, train_student
     from L07_learning.pipelines.sft_pipeline import run_sft
     from L07_learning.settings import get_settings
-    from L07_learning.tests.sft_factories import tool_rows
+    from L07_learning.tests.factories.sft import tool_rows
 
     cache = Path(os.environ.get("L07_MODEL_CACHE_DIR") or get_settings().model_cache_dir)
     train, held_out = tool_rows(args.train, seed=1), tool_rows(args.test, seed=2)

@@ -52,7 +52,7 @@ from L07_learning.services.example_quality_filter import ExampleQualityFilter  #
 from L07_learning.services.filtering import ContentScanner, FilterConfig  # noqa: E402
 from L07_learning.services.filtering.dedup import NearDuplicateIndex, jaccard  # noqa: E402
 from L07_learning.services.filtering.minhash import shingles  # noqa: E402
-from L07_learning.tests.curation_data import AWS_KEY, WORDS, make_example  # noqa: E402
+from L07_learning.tests.factories.curation import AWS_KEY, WORDS, make_example  # noqa: E402
 
 SLO_MS = 100.0
 FULL_BUDGET_MS = 1000.0

@@ -1,6 +1,6 @@
 """RLHF: reward-model accuracy, policy reward gain and wall time per 1,000 pairs, against plain TRL in the same run.
 
-Data: generated support-desk preferences (helpful answers preferred over dismissive ones, ``tests/rlhf_data.py``);
+Data: generated support-desk preferences (helpful answers preferred over dismissive ones, ``tests/factories/rlhf.py``);
 held-out pairs use topics never seen in training. Model: the tiny word-level Llama of the tests (default) or
 ``--model smollm2-tiny`` (``build_tiny_model``: SmolLM2 tokenizer, 49k vocabulary). The policy starts from a short
 supervised warm-up of that model.

@@ -40,7 +40,7 @@ def _model_dir(kind: str, work: Path) -> Path:
 
 
 def _rows(n: int) -> list:
-    from L07_learning.tests.sft_factories import tool_rows
+    from L07_learning.tests.factories.sft import tool_rows
 
     return tool_rows(n, seed=7)
 

@@ -3,7 +3,7 @@
 transformers can load GGUF itself, but it parses the file three times (config, weights, tokenizer) and rebuilds its
 tensor-name map once per module: 49 s for SmolLM2-135M on 2 cores, a tenth of the demo's budget. Here the file is
 parsed once by the ``gguf`` library (24 s in all), dequantised with ``gguf.dequantize``, and mapped with the fixed Llama naming;
-the tokenizer still comes from transformers' GGUF loader. ``tests/test_sft.py`` checks the result tensor by tensor
+the tokenizer still comes from transformers' GGUF loader. ``tests/services/jobs/test_sft.py`` checks the result tensor by tensor
 against transformers' own conversion.
 """
 

@@ -1,7 +1,7 @@
 """ORM rows for every persistent thing of the contract (§3). Rows never leave ``store/``: repositories map them to
 domain models.
 
-Alembic is the source of truth for the schema; ``tests/test_store.py`` proves these tables and the migrations agree.
+Alembic is the source of truth for the schema; ``tests/store/test_store.py`` proves these tables and the migrations agree.
 """
 
 from __future__ import annotations

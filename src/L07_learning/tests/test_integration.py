@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+from L07_learning.tests.paths import REPO_ROOT
 
 BRIEF_SCRIPT = '''
 import asyncio

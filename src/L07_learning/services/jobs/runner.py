@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.util
 import json
 import logging
 import math
 import os
 import socket
+import subprocess
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -96,7 +99,13 @@ class JobRunner:
         """Claim and run jobs until ``stop`` is set."""
         stop = stop or asyncio.Event()
         while not stop.is_set():
-            ran = await self.run_once()
+            try:
+                ran = await self.run_once()
+            except L07Error:
+                # A job's bookkeeping failed (database blip, a state another process changed): the job is left for
+                # the stale-claim path, and this worker, often the one embedded in ``l07 run``, keeps serving.
+                log.exception("worker: a job ended with an error; polling again")
+                ran = None
             if not ran:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=poll_s)
@@ -134,7 +143,7 @@ class JobRunner:
                                                  "worker died and the retry limit is spent", time.monotonic() - started)
             job = await self.lifecycle.resume(job_id, previous, job.retry_count + 1)
         else:
-            job = await self.lifecycle.start(job, config, _device())
+            job = await self.lifecycle.start(job, config, await asyncio.to_thread(_device))
         attempts_by_cause: dict[str, int] = {}
         while True:
             try:
@@ -273,7 +282,14 @@ class JobRunner:
                 except (asyncio.TimeoutError, asyncio.CancelledError):
                     proc.kill()
             outcome.returncode = await proc.wait()
-        await self._flush(job, buffer, live, beat=False)
+        try:
+            # A heartbeat, not only the last events: the job may have been taken over since the previous beat (this
+            # worker stalled past the stale limit), and then the other worker finishes it, not this one.
+            await self._flush(job, buffer, live, beat=True)
+        except L07Error as exc:
+            if exc.code is not L07ErrorCode.CONTAINER_STARTUP_FAILURE:
+                raise
+            raise OwnershipLost(job.job_id) from exc
         return outcome
 
     @staticmethod
@@ -298,11 +314,18 @@ class JobRunner:
         return cancel
 
 
+@functools.lru_cache(maxsize=1)
 def _device() -> str:
-    """Where the job will train, as reported in ``learning.training_job_started``."""
-    if importlib.util.find_spec("torch") is not None:
-        import torch
+    """Where the job will train, as reported in ``learning.training_job_started``.
 
-        if torch.cuda.is_available():
-            return "cuda:0"
-    return "cpu"
+    Asked once of a short-lived interpreter: importing torch here would keep ~300 MB of it in every worker, and the
+    embedded worker lives in ``l07 run``, which loads torch only in job processes.
+    """
+    if importlib.util.find_spec("torch") is None:
+        return "cpu"
+    probe = "import torch; print('cuda:0' if torch.cuda.is_available() else 'cpu')"
+    try:
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return "cpu"
+    return out.stdout.strip() or "cpu"

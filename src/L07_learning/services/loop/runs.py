@@ -3,7 +3,8 @@ release path (``LearningService.deploy_model``): DEPLOY -> STAGING with a signed
 REVIEW -> the review queue, REJECT -> the model is REJECTED (quarantined) with the failing stages as the reason.
 
 Any process may advance a run it claims (``claimed_by`` with a heartbeat), so validations are split between
-``l07 run`` processes, and a run whose claimer died is taken over once its claim is stale.
+``l07 run`` processes, and a run whose claimer died is taken over once its claim is stale. A process validates one
+model at a time and claims no other run meanwhile.
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ class RunAdvancer:
         async with self.db.session() as session:
             runs = await LoopRepository(session).open_runs()
         for run in runs:
+            if self._validations and run.run_id not in self._validations:
+                # One validation per process: two at once contend for the same cores and memory, and their threads
+                # race on transformers' lazy imports (ImportError). Another process, or this one's next pass, takes it.
+                continue
             now = utcnow()
             async with self.db.session() as session:
                 claimed = await LoopRepository(session).claim_run(

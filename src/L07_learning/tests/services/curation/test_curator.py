@@ -14,7 +14,7 @@ from sqlalchemy import text
 from L07_learning.models import ExampleSource, L07Error
 from L07_learning.services.curation.splits import member_hash, version_checksum
 from L07_learning.services.dataset_curator import DatasetCurator
-from L07_learning.tests.curation_data import clean_examples, make_example, near_duplicate_of
+from L07_learning.tests.factories.curation import clean_examples, make_example, near_duplicate_of
 
 
 def _split_of(ds) -> dict[str, str]:

@@ -17,10 +17,10 @@ async def test_chat_completions_over_a_verified_model_and_tampering_refused(sqli
     from L07_learning.services.registry.loading import resolve_model_dirs
     from L07_learning.services.model_registry import ModelRegistry
 
-    from .test_validator import _chatty
+    from L07_learning.tests.factories.validation import chatty
 
     registry = ModelRegistry(db=sqlite_db, settings=settings)
-    src = _chatty(build_tiny_model(tmp_path / "tiny", seed=0), tmp_path / "chatty")
+    src = chatty(build_tiny_model(tmp_path / "tiny", seed=0), tmp_path / "chatty")
     model_id = await registry.register_model(ModelArtifact(name="serve-me", model_type=ModelType.FINE_TUNED),
                                              source_dir=str(src))
     model_dir, adapter = await resolve_model_dirs(registry, model_id)

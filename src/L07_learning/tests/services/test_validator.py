@@ -8,7 +8,7 @@ from L07_learning.models import ModelStage
 from L07_learning.models.error_codes import L07Error
 from L07_learning.pipelines.evaluation_pipeline import distinct_n, paired_bootstrap
 from L07_learning.pipelines.matching import answer_matches, infer_match_mode, parse_trace_output, score_answer
-from L07_learning.tests.validation_data import GOLDEN_MAX_NEW_TOKENS, chatty_tiny_model, register_release_candidates
+from L07_learning.tests.factories.validation import GOLDEN_MAX_NEW_TOKENS, chatty_tiny_model, register_release_candidates
 
 TRACE = 'Step 1: get_weather({"city":"Rome","day":"Tuesday"}) -> sunny, 16C\nAnswer: Rome on Tuesday: sunny, 16C.'
 

@@ -27,6 +27,7 @@ from typing import Any, IO
 
 from L07_learning.settings import Settings
 from L07_learning.store.db import Database
+from L07_learning.tests.paths import SRC
 
 TASK_TYPE = "tool_choice"
 TOOL_FOR = {"invoice": "ledger_search", "parcel": "shipment_trace", "forecast": "sky_report",
@@ -89,16 +90,15 @@ def write_events(path: Path, lines: list[str]) -> Path:
 
 # --- ``l07 run`` as a subprocess ---------------------------------------------------------------------------------
 
-SRC = str(Path(__file__).resolve().parents[2])
 CACHE = os.environ.get("L07_MODEL_CACHE_DIR", str(Path.home() / ".cache" / "l07" / "models"))
-RELEASE_EVENT = "learning.model_ready_for_deployment"
+RELEASE_EVENT = "com.agentic.learning.model_ready_for_deployment"
 
 
 def loop_env(home: Path, **settings: Any) -> dict[str, str]:
     """The environment of an ``l07 run`` child: its own home, the shared converted-model cache, ``L07_<NAME>``
     for every keyword (``database_url=...`` becomes ``L07_DATABASE_URL``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("L07_")}
-    env.update({"PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "L07_HOME": str(home),
+    env.update({"PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""), "L07_HOME": str(home),
                 "L07_MODEL_CACHE_DIR": CACHE, "L07_LOG_FORMAT": "text"})
     env.update({f"L07_{k.upper()}": str(v) for k, v in settings.items()})
     return env

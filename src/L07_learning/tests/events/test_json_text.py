@@ -14,7 +14,7 @@ from L07_learning.services.training_data_extractor import TrainingDataExtractor
 from L07_learning.settings import Settings
 from L07_learning.store.db import Database
 
-from .test_extractor import score_event, trace_event
+from ..services.ingestion.test_extractor import score_event, trace_event
 
 
 def _stdlib_canonical(value: object) -> str:

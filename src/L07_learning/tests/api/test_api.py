@@ -24,7 +24,7 @@ from L07_learning.store.repositories.audit import list_audit
 from L07_learning.store.repositories.events import RejectedEventRepository
 from L07_learning.store.repositories.examples import ExampleRepository
 from L07_learning.tests.conftest import REDIS_URL
-from L07_learning.tests.validation_data import GOLDEN_MAX_NEW_TOKENS, chatty_tiny_model, register_release_candidates
+from L07_learning.tests.factories.validation import GOLDEN_MAX_NEW_TOKENS, chatty_tiny_model, register_release_candidates
 
 ROLES = [r.value for r in Role]
 

@@ -12,7 +12,7 @@ from L07_learning.services.release.deploy import STALE_AFTER_S
 from L07_learning.store.db import Database
 from L07_learning.store.repositories.examples import ExampleRepository
 from L07_learning.store.repositories.operations import Operation, OperationRepository
-from L07_learning.tests.test_api import (  # noqa: F401 - fixtures
+from L07_learning.tests.api.test_api import (  # noqa: F401 - fixtures
     auth,
     client_for,
     keys,

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from L07_learning.models import JobConfig, L07Error
-from L07_learning.tests.sft_factories import tool_rows
+from L07_learning.tests import paths
+from L07_learning.tests.factories.sft import tool_rows
 
 CACHE = Path(os.environ.get("L07_MODEL_CACHE_DIR", str(Path.home() / ".cache" / "l07" / "models")))
 FAST = dict(learning_rate=1e-3, batch_size=8, lora_rank=8, lora_alpha=16, max_seq_length=256,
@@ -161,7 +162,7 @@ def test_two_process_gloo_data_parallel_ends_with_identical_weights(tiny_model: 
 
     script = Path(__file__).with_name("ddp_sft_rank.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[2]) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+           "PYTHONPATH": str(paths.SRC) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
          str(tiny_model), str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)

@@ -23,14 +23,15 @@ from L07_learning.services.demo.sample_stream import generate
 from L07_learning.services.ingestion.pipeline import IngestionPipeline, run_source
 from L07_learning.settings import Settings
 from L07_learning.store.db import Database
-from L07_learning.store.repositories.examples import ExampleRepository
 from L07_learning.store.repositories.events import RejectedEventRepository
+from L07_learning.store.repositories.examples import ExampleRepository
+from L07_learning.tests import paths
 
-from .conftest import PG_URL, REDIS_URL
+from ..conftest import PG_URL, REDIS_URL
 
 pytestmark = pytest.mark.redis
 
-SRC = str(Path(__file__).resolve().parents[2])
+SRC = str(paths.SRC)
 
 
 @pytest.fixture

@@ -20,10 +20,11 @@ from L07_learning.models._base import utcnow
 from L07_learning.models.error_codes import L07ErrorCode
 from L07_learning.store.db import Database
 from L07_learning.store.repositories.jobs import JobRepository
-from L07_learning.tests.sft_factories import tool_examples
+from L07_learning.tests import paths
+from L07_learning.tests.factories.sft import tool_examples
 
 CACHE = Path(os.environ.get("L07_MODEL_CACHE_DIR", str(Path.home() / ".cache" / "l07" / "models")))
-SRC = str(Path(__file__).resolve().parents[2])
+SRC = str(paths.SRC)
 # Fast settings for the tiny model: checkpoints every 2 steps so kill/resume has something to resume from.
 TINY = dict(learning_rate=1e-3, batch_size=4, lora_rank=8, lora_alpha=16, max_seq_length=256, epochs=1,
             gradient_checkpointing=False, eval_strategy="no", save_strategy="steps", save_checkpoint_every_n_steps=2,

@@ -29,7 +29,7 @@ from L07_learning.observability.metrics import REGISTRY
 from L07_learning.services.ingestion.rewards import build_preference_pairs, compute_rewards, pair_from_correction
 from L07_learning.services.rlhf_engine import detect_negative_feedback_loop
 
-from .rlhf_data import build_word_model, make_pairs, sft_tiny, train_and_heldout, TOPICS
+from ...factories.rlhf import TOPICS, build_word_model, make_pairs, sft_tiny, train_and_heldout
 
 # --------------------------------------------------------------------------------------------------------------------
 # Reward formula (§5.5) and preference pairs

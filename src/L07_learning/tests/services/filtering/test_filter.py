@@ -17,7 +17,7 @@ from L07_learning.services.filtering import ContentScanner, FilterConfig
 from L07_learning.services.filtering.pii import PIIDetector
 from L07_learning.services.filtering.secret_scan import SecretScanner
 from L07_learning.store.repositories.filter_decisions import FilterDecisionRepository
-from L07_learning.tests.curation_data import AWS_KEY, JWT, PEM, clean_examples, make_example, near_duplicate_of, planted_set
+from L07_learning.tests.factories.curation import AWS_KEY, JWT, PEM, clean_examples, make_example, near_duplicate_of, planted_set
 
 SECRETS_IN_CLEAR = (AWS_KEY, JWT, "MIIEowIBAAKCAQEA7bq9xK2v")
 

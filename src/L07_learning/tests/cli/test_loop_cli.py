@@ -23,7 +23,7 @@ from L07_learning.services.ingestion.pipeline import IngestionPipeline
 from L07_learning.store.db import Database
 from L07_learning.store.repositories.examples import ExampleRepository
 from L07_learning.store.repositories.loop import LoopRepository
-from L07_learning.tests.test_api import ROLES, auth, client_for, keys, make_keys  # noqa: F401 - fixtures
+from L07_learning.tests.api.test_api import ROLES, auth, client_for, keys, make_keys  # noqa: F401 - fixtures
 
 EVERY_READER = {"trainer", "reviewer", "deployer", "auditor", "admin"}
 

@@ -25,7 +25,7 @@ from L07_learning.pipelines.distillation_pipeline import (
     score_exact_match,
     train_student,
 )
-from L07_learning.tests.sft_factories import tool_examples, tool_rows
+from L07_learning.tests.factories.sft import tool_examples, tool_rows
 
 CACHE = Path(os.environ.get("L07_MODEL_CACHE_DIR", str(Path.home() / ".cache" / "l07" / "models")))
 

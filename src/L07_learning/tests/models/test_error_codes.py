@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
 from L07_learning.models.error_codes import ERROR_TABLE, L07Error, L07ErrorCode
-
-CONTRACT = Path(__file__).resolve().parents[4] / "shared" / "contract.md"
+from L07_learning.tests.paths import CONTRACT
 
 
 def _contract_codes() -> dict[str, str]:

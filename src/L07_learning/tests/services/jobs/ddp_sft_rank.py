@@ -16,7 +16,7 @@ def main() -> None:
 
     from L07_learning.models import JobConfig
     from L07_learning.pipelines.sft_pipeline import SFTCallbacks, run_sft
-    from L07_learning.tests.sft_factories import tool_rows
+    from L07_learning.tests.factories.sft import tool_rows
 
     model_dir, out_dir = Path(sys.argv[1]), Path(sys.argv[2])
     rank = int(os.environ["RANK"])

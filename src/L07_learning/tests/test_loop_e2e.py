@@ -1,0 +1,106 @@
+"""``l07 run`` end to end with the real base model (contract §9, issue 18): a file of events dropped into the watched
+folder of an empty home becomes, with no further command, a fine-tuned SmolLM2 in STAGING that beats its base on the
+group's held-out cases, and exactly one signed ``model_ready_for_deployment`` in the JSONL outbox sink.
+
+The task family (``tests/factories/loop.py``: tool choice) is one the demo never trained on. The recipe is the demo's
+(preset ``cpu-small`` with all-linear LoRA, alpha 32, no dropout, the top 20 blocks) without the per-epoch eval, and
+the validator measures with small budgets from the settings, so the whole run takes a few minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from L07_learning.models.model_artifact import ModelStage
+from L07_learning.services.demo.demo import DEMO_OVERRIDES, DEMO_PRESET
+from L07_learning.services.model_registry import ModelRegistry
+from L07_learning.settings import Settings
+from L07_learning.store.repositories.loop import LoopRepository
+from L07_learning.tests.factories.loop import (
+    TASK_TYPE,
+    LoopProcess,
+    loop_env,
+    open_db,
+    sink_events,
+    tool_choice_lines,
+    wait_for,
+    write_events,
+)
+
+pytestmark = pytest.mark.slow
+
+EXECUTIONS = 150
+# Validation budgets (settings, so they reach the loop process): the generation cap fits the longest reference
+# answer; two timed requests and two probes per model keep the measuring to about a minute on CPU.
+VALIDATION_ENV = {"validation_latency_requests": 2, "validation_safety_prompts": 2}
+
+
+def write_policy(path: Path, *, min_new: int) -> Path:
+    training = {"kind": "sft", "preset": DEMO_PRESET,
+                "config": {**DEMO_OVERRIDES, "eval_strategy": "no", "seed": 3}}
+    path.write_text(yaml.safe_dump({"policies": [{
+        "name": "tools", "group": {"task_type": TASK_TYPE},
+        "trigger": {"min_new_examples": min_new, "min_dataset_size": min_new, "cooldown": "24h"},
+        "training": training}]}))
+    return path
+
+
+async def test_dropped_file_reaches_staging_and_one_signed_release_with_no_command(tmp_path: Path) -> None:
+    home, drop = tmp_path / "home", tmp_path / "drop"
+    assert not home.exists()
+    policy = write_policy(tmp_path / "policy.yaml", min_new=100)
+    started = time.monotonic()
+    loop = LoopProcess(loop_env(home, **VALIDATION_ENV),
+                       ["--watch", str(drop), "--policy", str(policy), "--tick", "1"], tmp_path / "loop.log")
+    db = None
+    try:
+        await wait_for(lambda: _exists(drop / "done"), 120, "watched folder", (loop,))
+        write_events(drop / "tools.jsonl", tool_choice_lines(EXECUTIONS, seed=3))
+        db = await open_db(home)
+
+        async def finished_run():  # type: ignore[no-untyped-def]
+            async with db.session() as session:
+                runs = await LoopRepository(session).runs("tools")
+            return runs if runs and runs[0].status not in ("TRAINING", "VALIDATING") else None
+
+        (run,) = await wait_for(finished_run, 1200, "finished run", (loop,), every_s=2.0)
+        await wait_for(lambda: _truthy(sink_events(home)), 60, "release event in the sink", (loop,))
+        assert run.status == "STAGED", (run.verdict, run.error_code, run.error_message, loop.tail())
+        elapsed = time.monotonic() - started
+    finally:
+        rc = loop.stop()
+    assert rc == 0, loop.tail()
+
+    report = (drop / "done" / "tools.jsonl.report.json").read_text()
+    assert '"rejected": 0' in report
+    settings = Settings(home=home)
+    registry = ModelRegistry(db=db, settings=settings)
+    staged = await registry.list_models(status=ModelStage.STAGING.value)
+    assert [m.model_id for m in staged] == [run.model_id]
+    (release,) = sink_events(home)
+    data = release["data"]
+    verified = await registry.get_model(run.model_id, verify=True)  # checksum and signature check out
+    assert data["model_id"] == run.model_id and data["artifact_signature"] == verified.signature
+    assert data["signing_key_version"] and data["validation_status"] == "APPROVED"
+
+    (validation,) = await registry.get_validations(run.model_id)
+    bench = validation.stages["benchmark"].metrics
+    assert validation.baseline_model_id == verified.parent_model_id  # the base: no production model yet
+    assert bench["cases"] >= 8 and bench["candidate_accuracy"] > bench["baseline_accuracy"], bench
+    timings = run.timings
+    assert {"dataset_s", "queue_wait_s", "training_s", "validation_release_s"} <= set(timings)
+    await db.dispose()
+    print(f"\nloop e2e: {elapsed:.0f} s wall, run timings {timings}, accuracy "
+          f"{bench['baseline_accuracy']:.0%} -> {bench['candidate_accuracy']:.0%}")
+
+
+async def _exists(path: Path) -> bool:
+    return path.exists()
+
+
+async def _truthy(value: object) -> object:
+    return value
