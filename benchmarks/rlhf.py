@@ -27,7 +27,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "src" / "L07_learning" / "tests"))
 
 
 def _plain_reward_model(base: Path, train, out: Path, epochs: int, lr: float, batch: int, seed: int) -> float:
@@ -112,7 +111,7 @@ def main() -> None:
     from L07_learning.pipelines.rlhf.common import as_triplets
     from L07_learning.pipelines.rlhf.reward_model import RewardScorer, train_reward_model
     from L07_learning.pipelines.rlhf_pipeline import optimize_policy
-    from rlhf_data import TOPICS, build_word_model, make_pairs, sft_tiny
+    from L07_learning.tests.factories.rlhf import TOPICS, build_word_model, make_pairs, sft_tiny
 
     torch.set_num_threads(args.threads)
     per_topic = max(1, args.pairs // 30)

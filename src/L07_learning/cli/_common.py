@@ -32,12 +32,13 @@ JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON instea
 
 @asynccontextmanager
 async def services() -> AsyncIterator[LearningService]:
-    """The composed services on the configured database, closed when the command ends."""
+    """The composed services on the configured database, closed when the command ends (the relay a command's
+    ``initialize`` started included, with its sinks)."""
     service = LearningService.build()
     try:
         yield service
     finally:
-        await service.db.dispose()
+        await service.cleanup()
 
 
 def to_jsonable(value: Any) -> Any:

@@ -15,11 +15,13 @@ import importlib.util
 import logging
 import shutil
 import tempfile
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..models.error_codes import L07Error, L07ErrorCode
+from ..settings import get_settings
+from .gguf_convert import convert_llama_gguf
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +116,6 @@ def default_base_model_dir(cache_dir: str | Path) -> Path:
     target = Path(cache_dir) / _BASE_FOLDER
 
     def build(tmp: Path) -> None:
-        from .gguf_convert import convert_llama_gguf
-
         gguf = smollm2_gguf_path()
         log.info("converting %s to safetensors (one-time)", gguf)
         convert_llama_gguf(gguf, tmp, DEFAULT_BASE_NAME)
@@ -139,8 +139,6 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, cache_dir: str | Path |
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     if cache_dir is None:
-        from ..settings import get_settings
-
         cache_dir = get_settings().model_cache_dir
     tokenizer = AutoTokenizer.from_pretrained(str(default_tokenizer_dir(cache_dir)))
     config = LlamaConfig(

@@ -551,8 +551,9 @@ def score_exact_match(
     max_new_tokens: int = 16,
     batch_size: int = 16,
 ) -> ExactMatchScore:
-    """Greedy-decode each example's prompt and compare with its reference answer (case and surrounding blanks
-    ignored). This is the task score the distillation acceptance bar is stated in.
+    """Greedy-decode each example's prompt and judge it against its reference answer with
+    :func:`pipelines.matching.answer_matches`, the validator's own rule. This is the task score the distillation
+    acceptance bar is stated in.
     """
     tokenizer, model = load_teacher(model_dir, adapter_dir)
     return score_exact_match_with(tokenizer, model, examples, max_new_tokens, batch_size)

@@ -184,6 +184,26 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+HEAVY = {"torch", "transformers", "peft", "trl", "datasets", "accelerate", "sklearn", "matplotlib", "scipy"}
+
+
+def _imports_heavy_at_module_level(path: Path) -> bool:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    roots = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+    roots |= {n.module.split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and n.module and not n.level}
+    return bool(roots & HEAVY)
+
+
+def test_l07_imports_inside_functions_only_defer_heavy_modules() -> None:
+    # A reader learns what a file depends on from its head; only a module that loads torch & co. may be deferred.
+    modules = _modules()
+    problems = [f"{e.where()}: {e.source} imports {e.target} inside a function"
+                for e in _edges()
+                if not e.module_level and not e.type_checking and e.target in modules
+                and not _imports_heavy_at_module_level(modules[e.target])]
+    assert not problems, "L07 imports to move to module level:\n" + "\n".join(problems)
+
+
 def test_no_import_circle_at_module_level() -> None:
     edges = [e for e in _edges() if e.module_level and not e.type_checking and e.source != e.target]
     graph: dict[str, set[str]] = {}

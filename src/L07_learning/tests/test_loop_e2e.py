@@ -3,7 +3,7 @@ folder of an empty home becomes, with no further command, a fine-tuned SmolLM2 i
 group's held-out cases, and exactly one signed ``model_ready_for_deployment`` in the JSONL outbox sink.
 
 The task family (``tests/factories/loop.py``: tool choice) is one the demo never trained on. The recipe is the demo's
-(preset ``cpu-small`` with all-linear LoRA, alpha 32, no dropout, the top 20 blocks) without the per-epoch eval, and
+(``SMOLLM2_TRAINING``: preset ``cpu-small`` with all-linear LoRA, alpha 32, the top 20 blocks) without per-epoch eval;
 the validator measures with small budgets from the settings, so the whole run takes a few minutes on 2 cores.
 """
 
@@ -13,18 +13,18 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from L07_learning.models.model_artifact import ModelStage
-from L07_learning.services.demo.demo import DEMO_OVERRIDES, DEMO_PRESET
 from L07_learning.services.model_registry import ModelRegistry
 from L07_learning.settings import Settings
 from L07_learning.store.repositories.loop import LoopRepository
 from L07_learning.tests.factories.loop import (
+    SMOLLM2_TRAINING,
     TASK_TYPE,
     LoopProcess,
     loop_env,
     open_db,
+    policy_file,
     sink_events,
     tool_choice_lines,
     wait_for,
@@ -33,26 +33,16 @@ from L07_learning.tests.factories.loop import (
 
 pytestmark = pytest.mark.slow
 
-EXECUTIONS = 150
+EXECUTIONS = 120
 # Validation budgets (settings, so they reach the loop process): the generation cap fits the longest reference
 # answer; two timed requests and two probes per model keep the measuring to about a minute on CPU.
 VALIDATION_ENV = {"validation_latency_requests": 2, "validation_safety_prompts": 2}
 
 
-def write_policy(path: Path, *, min_new: int) -> Path:
-    training = {"kind": "sft", "preset": DEMO_PRESET,
-                "config": {**DEMO_OVERRIDES, "eval_strategy": "no", "seed": 3}}
-    path.write_text(yaml.safe_dump({"policies": [{
-        "name": "tools", "group": {"task_type": TASK_TYPE},
-        "trigger": {"min_new_examples": min_new, "min_dataset_size": min_new, "cooldown": "24h"},
-        "training": training}]}))
-    return path
-
-
 async def test_dropped_file_reaches_staging_and_one_signed_release_with_no_command(tmp_path: Path) -> None:
     home, drop = tmp_path / "home", tmp_path / "drop"
     assert not home.exists()
-    policy = write_policy(tmp_path / "policy.yaml", min_new=100)
+    policy = policy_file(tmp_path / "policy.yaml", {"tools": {"task_type": TASK_TYPE}}, SMOLLM2_TRAINING, min_new=100)
     started = time.monotonic()
     loop = LoopProcess(loop_env(home, **VALIDATION_ENV),
                        ["--watch", str(drop), "--policy", str(policy), "--tick", "1"], tmp_path / "loop.log")

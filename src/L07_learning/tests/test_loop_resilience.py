@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from sqlalchemy import text
 
 from L07_learning.models.model_artifact import ModelType
@@ -36,8 +35,10 @@ from L07_learning.tests.factories.loop import (
     AGENTS,
     CACHE,
     TASK_TYPE,
+    TINY_TRAINING,
     LoopProcess,
     loop_env,
+    policy_file,
     sink_events,
     tool_choice_lines,
     wait_for,
@@ -45,10 +46,6 @@ from L07_learning.tests.factories.loop import (
 )
 
 FAILED_EVENT = "com.agentic.learning.model_deployment_failed"
-# Tiny jobs that checkpoint every 2 steps (so a kill has something to resume from) and take long enough to be killed.
-TINY_TRAINING = {"learning_rate": 1e-3, "batch_size": 4, "lora_rank": 8, "max_seq_length": 256, "epochs": 3,
-                 "eval_strategy": "no", "save_strategy": "steps", "save_checkpoint_every_n_steps": 2,
-                 "early_stopping_patience": 0, "gradient_checkpointing": False}
 # Fast heartbeats, stale limits and leases, so a dead process's job, run and lease are taken over in seconds;
 # validation with a short generation cap, one timed request and no probes.
 FAST = {"worker_heartbeat_s": 0.5, "worker_stale_after_s": 3, "loop_lease_ttl_s": 3,
@@ -70,15 +67,6 @@ async def _registered_base(settings: Settings, tiny_model: Path) -> tuple[Databa
     return db, base.model_id
 
 
-def _policy(path: Path, base_id: str, groups: dict[str, dict[str, str]], min_new: int) -> Path:
-    path.write_text(yaml.safe_dump({"policies": [
-        {"name": name, "group": group, "trigger": {"min_new_examples": min_new, "min_dataset_size": min_new,
-                                                   "cooldown": "24h"},
-         "training": {"kind": "sft", "base_model_id": base_id, "config": TINY_TRAINING}}
-        for name, group in groups.items()]}))
-    return path
-
-
 async def _runs(db: Database) -> list[LoopRun]:
     async with db.session() as session:
         return await LoopRepository(session).runs()
@@ -95,8 +83,7 @@ async def _assert_done_once(db: Database, settings: Settings, run: LoopRun) -> d
     registry = ModelRegistry(db=db, settings=settings)
     async with db.session() as session:
         job = await JobRepository(session).get(run.job_id or "")
-        row = (await session.execute(text("SELECT worker_id, retry_count FROM l07_training_jobs WHERE job_id = :j"),
-                                     {"j": run.job_id})).one()
+        events = await JobRepository(session).events(job.job_id, ["status", "resumed"])
     assert job.status is JobStatus.COMPLETED and job.output_model_id == run.model_id
     models = [m for m in await registry.list_models() if m.training_job_id == run.job_id]
     assert [m.model_id for m in models] == [run.model_id] and models[0].model_type is not ModelType.BASE
@@ -108,7 +95,8 @@ async def _assert_done_once(db: Database, settings: Settings, run: LoopRun) -> d
     dataset = await registry_dataset(db, settings, run)
     ids = [e.example_id for e in dataset.examples]
     assert run.examples == len(ids) == len(set(ids))
-    return {"job": job, "worker_id": row.worker_id, "example_ids": set(ids)}
+    workers = {e["payload"]["worker_id"] for e in events if e["payload"].get("worker_id")}
+    return {"job": job, "workers": workers, "example_ids": set(ids)}
 
 
 async def registry_dataset(db: Database, settings: Settings, run: LoopRun):  # type: ignore[no-untyped-def]
@@ -123,7 +111,7 @@ async def test_sigkill_mid_training_then_restart_resumes_the_job_and_releases_on
     home, drop = tmp_path / "home", tmp_path / "drop"
     settings = Settings(home=home, model_cache_dir=Path(CACHE))
     db, base_id = await _registered_base(settings, tiny_model)
-    policy = _policy(tmp_path / "policy.yaml", base_id, {"tools": {"task_type": TASK_TYPE}}, min_new=40)
+    policy = policy_file(tmp_path / "policy.yaml", {"tools": {"task_type": TASK_TYPE}}, _tiny(base_id), min_new=40)
     env = loop_env(home, **FAST)
     args = ["--watch", str(drop), "--policy", str(policy), "--tick", "0.5"]
     first = LoopProcess(env, args, tmp_path / "first.log")
@@ -188,7 +176,7 @@ async def test_two_loops_on_postgres_share_the_work_with_one_leader(tmp_path: Pa
 
 async def _two_loops_share_the_work(tmp_path: Path, db: Database, settings: Settings, base_id: str) -> None:
     groups = {"router-a": {"agent_id": AGENTS[0]}, "router-b": {"agent_id": AGENTS[1]}}
-    policy = _policy(tmp_path / "policy.yaml", base_id, groups, min_new=20)
+    policy = policy_file(tmp_path / "policy.yaml", groups, _tiny(base_id), min_new=20)
     # Both processes stay alive here: a realistic stale limit, so a worker slowed by the other's work is not presumed
     # dead (its job would then run twice, by design of the takeover).
     env = loop_env(settings.home, database_url=settings.database_url, **{**FAST, "worker_stale_after_s": 30})
@@ -215,8 +203,8 @@ async def _two_loops_share_the_work(tmp_path: Path, db: Database, settings: Sett
     assert int(leader.split(":")[1]) in {loop.pid for loop in loops}
     assert sorted(r.policy for r in runs) == ["router-a", "router-b"]
     done = [await _assert_done_once(db, settings, run) for run in runs]
-    assert all(d["job"].retry_count == 0 for d in done)
-    assert len({d["worker_id"] for d in done}) == 2  # one job in each process's worker
+    assert all(d["job"].retry_count == 0 and len(d["workers"]) == 1 for d in done)  # each job run by one worker
+    assert done[0]["workers"] != done[1]["workers"]  # one job in each process's worker
     async with db.session() as session:
         schedules = (await session.execute(text("SELECT name, last_holder FROM l07_loop_schedules"))).all()
         assert len(await JobRepository(session).list(limit=10)) == 2
@@ -240,6 +228,10 @@ def test_idle_loop_stays_small_and_never_loads_torch(tmp_path: Path) -> None:
 
 
 # --- helpers --------------------------------------------------------------------------------------------------
+
+
+def _tiny(base_id: str) -> dict[str, Any]:
+    return {"kind": "sft", "base_model_id": base_id, "config": TINY_TRAINING}
 
 
 async def _is_dir(path: Path) -> bool:

@@ -17,6 +17,12 @@ from typing import Any
 from ...models.error_codes import L07Error
 from ...settings import Settings
 from ...store.db import Database
+from ...store.repositories.events import RejectedEventRepository
+from ...store.repositories.filter_decisions import FilterDecisionRepository
+from ..fine_tuning_engine import load_preset
+from ..learning_service import LearningService
+from .report import render_report
+from .sample_stream import generate
 
 Progress = Callable[[str, dict[str, Any]], None]
 
@@ -67,10 +73,6 @@ async def run_demo(home: Path, *, executions: int = DEMO_EXECUTIONS, seed: int =
         task_types: Task types in the generated stream (default ``DEMO_TASK_TYPES``).
         training_overrides: JobConfig fields replacing the measured CPU defaults.
     """
-    from .sample_stream import generate
-    from ..fine_tuning_engine import load_preset
-    from ..learning_service import LearningService
-
     t0 = time.perf_counter()
     home = Path(home)
     if reset and home.exists():
@@ -151,9 +153,6 @@ async def run_demo(home: Path, *, executions: int = DEMO_EXECUTIONS, seed: int =
 
 
 async def _rejections(db: Database) -> dict[str, int]:
-    from ...store.repositories.events import RejectedEventRepository
-    from ...store.repositories.filter_decisions import FilterDecisionRepository
-
     async with db.session() as s:
         by_reason = await FilterDecisionRepository(s).counts_by_reason()
         by_code = await RejectedEventRepository(s).count_by_code()
@@ -190,8 +189,6 @@ def _summary(totals: dict[str, Any], rejected: dict[str, int], dataset: Any, job
 
 async def _report(home: Path, job: Any, service: Any, validation: Any, summary: dict[str, Any],
                   rejected: dict[str, int]) -> Path:
-    from .report import render_report
-
     steps = await service.sft_engine.job_events(job.job_id, ["step"])
     evals = await service.sft_engine.job_events(job.job_id, ["eval"])
     loss_curve = [{"step": e["step"], "loss": e["payload"].get("loss")} for e in steps

@@ -1,5 +1,6 @@
-"""The one owner of a training job's state: every transition writes the job row, its event rows, the audit record and
-the outbox message together, in one database transaction (contract §4.1 state machine, §2.1 events, §7.4 audit).
+"""The one owner of a training job's state: every transition writes the job row, its event rows, its audit record and
+(where §2.1 names an event: started, progress, completed) the outbox message together, in one database transaction
+(contract §4.1 state machine, §2.1 events, §7.4 audit). Prometheus moves only after the commit.
 
 The engines (submit, cancel) and the runner (claim, start, progress, retry, complete, fail, cancel) change a job only
 through :class:`JobLifecycle`; ``store/repositories/jobs.py`` checks each status change against the state machine.
@@ -128,6 +129,8 @@ class JobLifecycle:
             repo = JobRepository(session)
             job = await repo.update(job.job_id, JobStatus.INITIALIZING, started_at=now, device=device)
             repo.add_event(job.job_id, "status", {"status": JobStatus.INITIALIZING.value, "worker_id": self.actor})
+            await audit(session, "training_job.initializing", "training_job", job.job_id, actor=self.actor,
+                        details={"device": device})
             await self.publisher.publish(session, "learning.training_job_started", {
                 "job_id": job.job_id,
                 "job_type": job.job_type.value.lower(),
@@ -212,6 +215,13 @@ class JobLifecycle:
     async def complete(self, job: TrainingJob, model: ModelArtifact | None, metrics: dict[str, Any],
                        duration: float) -> TrainingJob:
         """VALIDATING -> COMPLETED with the registered output and the final metrics."""
+        metrics = {**metrics, "duration_seconds": duration}
+        job = await self._terminal(
+            job, JobStatus.COMPLETED, duration, model=model, output_model_id=model.model_id if model else None,
+            metrics=metrics, error_code=None, error_message=None,
+            training_metrics={k: metrics.get(k) for k in TRAINING_METRIC_KEYS},
+            validation_metrics={k: metrics.get(k) for k in VALIDATION_METRIC_KEYS})
+        # Gauges move only once the terminal state is committed (a lost claim raises before this line).
         job_type, base = job.job_type.value, base_label(job)
         if metrics.get("eval_loss") is not None:
             VALIDATION_LOSS.labels(job_type=job_type, base_model=base).set(metrics["eval_loss"])
@@ -219,12 +229,7 @@ class JobLifecycle:
             VALIDATION_ACCURACY.labels(job_type=job_type, base_model=base).set(100 * metrics["eval_accuracy"])
         TRAINING_TOKENS.labels(job_type=job_type).inc(int(metrics.get("tokens_seen", 0)))
         THROUGHPUT.labels(job_type=job_type).set(float(metrics.get("examples_per_second", 0.0)))
-        metrics = {**metrics, "duration_seconds": duration}
-        return await self._terminal(
-            job, JobStatus.COMPLETED, duration, model=model, output_model_id=model.model_id if model else None,
-            metrics=metrics, error_code=None, error_message=None,
-            training_metrics={k: metrics.get(k) for k in TRAINING_METRIC_KEYS},
-            validation_metrics={k: metrics.get(k) for k in VALIDATION_METRIC_KEYS})
+        return job
 
     async def fail(self, job: TrainingJob, code: L07ErrorCode, message: str, duration: float) -> TrainingJob:
         """-> FAILED with the error code and message."""
@@ -251,6 +256,8 @@ class JobLifecycle:
             repo.add_event(job_id, "status", {"status": status.value})
             if event:
                 repo.add_event(job_id, *event)
+            await audit(session, f"training_job.{status.value.lower()}", "training_job", job_id, actor=self.actor,
+                        error_code=fields.get("error_code"), details=event[1] if event else None)
             return job
 
     async def _terminal(self, job: TrainingJob, status: JobStatus, duration: float,

@@ -34,9 +34,11 @@ class OutboxRepository:
         now = now or utcnow()
         due = (SqlOutboxEvent.delivered_at.is_(None)) & (
             (SqlOutboxEvent.next_attempt_at.is_(None)) | (SqlOutboxEvent.next_attempt_at <= now))
-        # Candidates beyond ``limit``: rows another relay claims meanwhile are skipped, not waited for.
+        # PostgreSQL skips rows another relay holds (SKIP LOCKED; SQLite serialises writers and ignores the clause);
+        # candidates beyond ``limit`` cover rows another relay claimed between this select and the update.
         ids = (await self.session.scalars(
-            select(SqlOutboxEvent.id).where(due).order_by(SqlOutboxEvent.id).limit(limit * 3))).all()
+            select(SqlOutboxEvent.id).where(due).order_by(SqlOutboxEvent.id).limit(limit * 3)
+            .with_for_update(skip_locked=True))).all()
         claimed: list[int] = []
         for row_id in ids:
             if len(claimed) == limit:

@@ -43,6 +43,29 @@ TEMPLATES = ["Customer {name} asks about a {kw} for order {n}.",
 REMARKS = ["", " Please be quick.", " Thanks!", " It is urgent.", " Second message today.", " Reply soon."]
 BASE_TIME = datetime(2026, 3, 2, 8, 0, 0, tzinfo=timezone.utc)
 
+# The recipe that makes SmolLM2 learn this task on CPU: the demo's (preset cpu-small, all-linear LoRA, alpha 32, no
+# dropout, the top 20 blocks) without the per-epoch eval.
+SMOLLM2_TRAINING: dict[str, Any] = {"kind": "sft", "preset": "cpu-small", "config": {
+    "early_stopping_patience": 0, "epochs": 2, "lora_alpha": 32, "lora_dropout": 0.0, "lora_top_layers": 20,
+    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "extra": {"generation_eval": False}, "eval_strategy": "no", "seed": 3}}
+# Tiny jobs that checkpoint every 2 steps (so a kill has something to resume from).
+TINY_TRAINING: dict[str, Any] = {
+    "learning_rate": 1e-3, "batch_size": 4, "lora_rank": 8, "max_seq_length": 256, "epochs": 3, "eval_strategy": "no",
+    "save_strategy": "steps", "save_checkpoint_every_n_steps": 2, "early_stopping_patience": 0,
+    "gradient_checkpointing": False}
+
+
+def policy_file(path: Path, groups: dict[str, dict[str, str]], training: dict[str, Any], min_new: int) -> Path:
+    """A policy YAML: one policy per group, each firing once at ``min_new`` new examples (then a day's cool-down)."""
+    import yaml
+
+    path.write_text(yaml.safe_dump({"policies": [
+        {"name": name, "group": group, "training": training,
+         "trigger": {"min_new_examples": min_new, "min_dataset_size": min_new, "cooldown": "24h"}}
+        for name, group in groups.items()]}))
+    return path
+
 
 def tool_choice_lines(executions: int, seed: int = 0) -> list[str]:
     """JSON lines: an L02 trace and its L06 score per execution, deterministic for a seed."""

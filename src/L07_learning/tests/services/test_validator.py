@@ -7,8 +7,12 @@ import pytest
 from L07_learning.models import ModelStage
 from L07_learning.models.error_codes import L07Error
 from L07_learning.pipelines.evaluation_pipeline import distinct_n, paired_bootstrap
-from L07_learning.pipelines.matching import answer_matches, infer_match_mode, parse_trace_output, score_answer
-from L07_learning.tests.factories.validation import GOLDEN_MAX_NEW_TOKENS, chatty_tiny_model, register_release_candidates
+from L07_learning.pipelines.matching import infer_match_mode, parse_trace_output, score_answer
+from L07_learning.tests.factories.validation import (
+    GOLDEN_MAX_NEW_TOKENS,
+    chatty_tiny_model,
+    register_release_candidates,
+)
 
 TRACE = 'Step 1: get_weather({"city":"Rome","day":"Tuesday"}) -> sunny, 16C\nAnswer: Rome on Tuesday: sunny, 16C.'
 
@@ -32,15 +36,6 @@ def test_exact_similarity_and_bootstrap():
     assert stats["mean_diff"] == 0.5 and stats["win_rate"] == 0.75 and stats["ci_low"] <= 0.5 <= stats["ci_high"]
     assert paired_bootstrap([1, 0], [1, 0])["win_rate"] == 0.5
     assert distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)
-
-
-def test_job_eval_counts_correct_what_the_validator_counts_correct():
-    # The SFT job's eval_accuracy uses answer_matches; the validator scores a held-out case by its inferred mode.
-    for got, expected in [("  Billing. ", "billing"), ("billing team", "billing"),
-                          (TRACE.replace("-> sunny, 16C", "-> (timeout)"), TRACE),
-                          (TRACE.replace("get_weather", "search_flights"), TRACE)]:
-        assert answer_matches(got, expected) == score_answer(got, expected, infer_match_mode(expected))[0]
-    assert answer_matches("  Billing. ", "billing") and not answer_matches("billing team", "billing")
 
 
 async def test_damaged_model_is_rejected_with_the_failing_stage_named(sqlite_db, settings, tmp_path):

@@ -138,7 +138,7 @@ async def test_each_transition_writes_state_events_audit_and_outbox_in_one_trans
         audits, _ = await list_audit(session, resource_id=job.job_id)
         worker, _, _ = await JobRepository(session).worker_of(job.job_id)
     assert [e["payload"]["status"] for e in events] == ["PENDING", "INITIALIZING", "FAILED"]
-    assert sorted(a["action"] for a in audits) == ["training_job.failed", "training_job.submit"]
+    assert sorted(a["action"] for a in audits) == ["training_job.failed", "training_job.initializing", "training_job.submit"]
     assert await _outbox_types(db, job.job_id) == ["com.agentic.learning.training_job_started",
                                                    "com.agentic.learning.training_job_completed"]
     assert worker is None  # the terminal transition also released the claim
