@@ -10,7 +10,7 @@ event's arrival in the JSONL sink). The loop runs in this process with its embed
 Targets (contract §7.3, issue 18): event -> stored example < 5 s here (the contract allows 5 min); regression
 validation < 10 min; validation pass -> release < 15 min. Ratios are measured / target (below 1 meets it).
 
-Run: ``PYTHONPATH=src python benchmarks/loop.py [--tiny] [--executions 120]``. Default: the packaged SmolLM2-135M
+Run: ``PYTHONPATH=src python benchmarks/loop.py [--tiny] [--executions 150]``. Default: the packaged SmolLM2-135M
 with the recipe that learns on CPU (several minutes); ``--tiny``: the 2-layer random model (seconds; its validation
 ends REJECT, so there is no release and the release stages are null). The last stdout line is JSON.
 """
@@ -142,7 +142,7 @@ def _utc(when: Any) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--executions", type=int, default=120, help="executions in the dropped file (2 events each)")
+    parser.add_argument("--executions", type=int, default=150, help="executions in the dropped file (2 events each)")
     parser.add_argument("--tiny", action="store_true", help="the tiny random model instead of SmolLM2 (seconds)")
     args = parser.parse_args()
     print(json.dumps(asyncio.run(_run(args.executions, args.tiny))))

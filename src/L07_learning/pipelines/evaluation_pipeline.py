@@ -234,6 +234,33 @@ def evaluate_model(
     return report
 
 
+def measure_model(
+    model_dir: str | Path,
+    adapter_dir: str | Path | None,
+    regression_cases: list[EvalCase],
+    test_cases: list[EvalCase],
+    probes: list[tuple[list[dict[str, str]], str]],
+    *,
+    max_new_tokens: int | None,
+    batch_size: int,
+    latency_requests: int,
+    latency_warmup: int,
+    safety_prompts: int,
+) -> tuple[ModelReport, ModelReport]:
+    """The validator's two reports for one model: the regression suite (golden cases, answers only) and the full
+    measurement on the held-out test split (safety, latency, memorisation). One report serves both when the golden
+    suite is the test split."""
+    test_report = evaluate_model(model_dir, test_cases or regression_cases, adapter_dir=adapter_dir,
+                                 max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                 latency_requests=latency_requests, latency_warmup=latency_warmup,
+                                 safety_prompts=safety_prompts, memorisation_probes=probes)
+    if regression_cases is test_cases or not test_cases:
+        return test_report, test_report
+    reg_report = evaluate_model(model_dir, regression_cases, adapter_dir=adapter_dir, max_new_tokens=max_new_tokens,
+                                batch_size=batch_size, latency_requests=0, latency_warmup=0, safety_prompts=0)
+    return reg_report, test_report
+
+
 def _safety(tokenizer: Any, model: Any, cases: list[EvalCase], max_new_tokens: int,
             memorisation: list[tuple[list[dict[str, str]], str]], batch_size: int = 8) -> dict[str, Any]:
     """Backdoor, injection and memorisation probes; returns counts and examples of every finding."""

@@ -8,9 +8,13 @@ verdict is REJECT if any stage FAILs, DEPLOY if all PASS, else REVIEW. The measu
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -34,6 +38,7 @@ from ..pipelines.evaluation_pipeline import (
     EvalCase,
     ModelReport,
     evaluate_model,
+    measure_model,
     paired_bootstrap,
 )
 from ..pipelines.matching import infer_match_mode
@@ -45,6 +50,7 @@ from .model_registry import ModelRegistry
 from .registry.loading import resolve_model_dirs
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class ValidationConfig(BaseModel):
@@ -134,12 +140,12 @@ class ModelValidator:
         probes = self._memorisation_probes(train_examples)
 
         cand_dir, cand_adapter = await self._load_dirs(candidate)
-        cand_reg, cand_test = await asyncio.to_thread(self._measure, cand_dir, cand_adapter, regression_cases,
-                                                      test_cases, probes)
+        cand_reg, cand_test = await _isolated(measure_model, cand_dir, cand_adapter, regression_cases, test_cases,
+                                              probes, **self._budget())
         if baseline is not None:
             base_dir, base_adapter = await self._load_dirs(baseline)
-            base_reg, base_test = await asyncio.to_thread(self._measure, base_dir, base_adapter, regression_cases,
-                                                          test_cases, probes)
+            base_reg, base_test = await _isolated(measure_model, base_dir, base_adapter, regression_cases,
+                                                  test_cases, probes, **self._budget())
         else:
             base_reg = base_test = None
 
@@ -195,24 +201,17 @@ class ModelValidator:
         if not cases:
             raise L07Error(L07ErrorCode.DATASET_LOADING_FAILURE, f"no regression cases for model {model_id}")
         model_dir, adapter = await self._load_dirs(model)
-        report = await asyncio.to_thread(evaluate_model, model_dir, cases, adapter_dir=adapter,
-                                         max_new_tokens=self.config.max_new_tokens, batch_size=self.config.batch_size,
-                                         latency_requests=0, latency_warmup=0, safety_prompts=0)
+        report = await _isolated(evaluate_model, model_dir, cases, adapter_dir=adapter,
+                                 max_new_tokens=self.config.max_new_tokens, batch_size=self.config.batch_size,
+                                 latency_requests=0, latency_warmup=0, safety_prompts=0)
         return _test_results(report, None)
 
     # ----------------------------------------------------------------------------------------------------------
-    def _measure(self, model_dir: str, adapter: str | None, regression_cases: list, test_cases: list,
-                 probes: list) -> tuple[ModelReport, ModelReport]:
+    def _budget(self) -> dict[str, int]:
         cfg = self.config
-        test_report = evaluate_model(model_dir, test_cases or regression_cases, adapter_dir=adapter,
-                                     max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                                     latency_requests=cfg.latency_requests, latency_warmup=cfg.latency_warmup,
-                                     safety_prompts=cfg.safety_prompts, memorisation_probes=probes)
-        if regression_cases is test_cases or not test_cases:
-            return test_report, test_report
-        reg_report = evaluate_model(model_dir, regression_cases, adapter_dir=adapter, max_new_tokens=cfg.max_new_tokens,
-                                    batch_size=cfg.batch_size, latency_requests=0, latency_warmup=0, safety_prompts=0)
-        return reg_report, test_report
+        return {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size,
+                "latency_requests": cfg.latency_requests, "latency_warmup": cfg.latency_warmup,
+                "safety_prompts": cfg.safety_prompts}
 
     async def _baseline(self, candidate: ModelArtifact, baseline_model_id: str | None) -> ModelArtifact | None:
         if baseline_model_id:
@@ -428,3 +427,14 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+async def _isolated(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a model-loading pipeline function in a spawned process that exits afterwards.
+
+    Validation runs inside long-lived processes (``l07 run``, ``l07 serve``); loading torch and two models there
+    would keep gigabytes resident after the first release. A fresh process per measurement costs a few seconds of
+    imports against minutes of generation.
+    """
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(fn, *args, **kwargs))

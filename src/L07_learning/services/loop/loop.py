@@ -40,6 +40,9 @@ from .watch import FolderWatcher
 
 log = logging.getLogger(__name__)
 
+# A policy's claim outlives the leader lease: making a dataset version of a large group can take minutes.
+POLICY_CLAIM_TTLS = 10
+
 
 class LearningLoop:
     """The loop of one process.
@@ -72,7 +75,7 @@ class LearningLoop:
         self.runs = RunAdvancer(service, self.breakers, self.lease.holder, stale_after_s=2 * self.lease.ttl_s)
         self.scheduler = Scheduler(self.db, default_tasks(service) if tasks is None else tasks, self.lease.holder)
         self.watchers = [FolderWatcher(d, db=self.db, settings=self.settings, quality_filter=service.filter,
-                                       settle_s=settle_s) for d in watch]
+                                       settle_s=settle_s, holder=self.lease.holder) for d in watch]
         self.streams = [service.stream_source(url, stream, group,
                                               max_deliveries=self.settings.dead_letter_after_attempts)
                         for url, stream, group in streams]
@@ -161,9 +164,11 @@ class LearningLoop:
         for watcher in self.watchers:
             report["files"] += await watcher.poll()
         report["runs"] = await self.runs.advance()
+        # The lease is renewed before each policy and each schedule (the leader's work can outlast its TTL): a process
+        # that lost it stops there, so two processes never both act as leader for long.
         if leader:
             report["policies"] = await self._trigger_all(utcnow())
-            report["schedules"] = await self.scheduler.run_due()
+            report["schedules"] = await self.scheduler.run_due(still_leading=self.lease.acquire)
         return report
 
     async def _trigger_all(self, now: datetime) -> dict[str, str]:
@@ -171,14 +176,36 @@ class LearningLoop:
             task_types = await LoopRepository(session).accepted_task_types()
         out: dict[str, str] = {}
         for policy in self.policies.expand(task_types):
+            if not await self.lease.acquire():
+                log.warning("loop leadership lost; the new leader evaluates the remaining policies")
+                break
             try:
-                out[policy.name] = await self._consider(policy, now)
+                out[policy.name] = await self._claimed(policy, now)
             except L07Error as exc:
                 log.error("loop policy %s: %s", policy.name, exc)
                 out[policy.name] = f"error {exc.code.value}: {exc.message}"
+            except Exception as exc:  # noqa: BLE001 - one broken policy must not stop the others or the schedules
+                log.exception("loop policy %s failed", policy.name)
+                out[policy.name] = f"error: {exc.__class__.__name__}: {exc}"
         return out
 
+    async def _claimed(self, policy: LoopPolicy, now: datetime) -> str:
+        """``_consider`` under the policy's own claim, so a process that still believes it leads (its lease lapsed
+        mid-tick) and the new leader never both make a dataset version for one policy. A holder that dies keeps the
+        claim for ``POLICY_CLAIM_TTLS`` lease lifetimes; a version it left without a run is then trained by the
+        recovery path."""
+        claim = LeaderLease(self.db, self.lease.holder, ttl_s=POLICY_CLAIM_TTLS * self.lease.ttl_s,
+                            name=f"loop-policy:{policy.name}")
+        if not await claim.acquire():
+            return "another process is evaluating this policy"
+        try:
+            return await self._consider(policy, now)
+        finally:
+            await claim.release()
+
     async def _consider(self, policy: LoopPolicy, now: datetime) -> str:
+        # Every write (dataset version, job, run) happens after this session is closed: on SQLite its first write
+        # (ensure_policy) holds the database's write lock until it ends.
         async with self.db.session() as session:
             repo = LoopRepository(session)
             state = await repo.ensure_policy(policy.name, now)
@@ -188,17 +215,19 @@ class LearningLoop:
                     await repo.runs(policy.name, status="VALIDATING", limit=1):
                 return "run in progress"
             head = await repo.dataset_head(policy.dataset_name)
-            if head is not None and head[1] != state.dataset_version and \
-                    await repo.run_for_dataset(policy.name, *head) is None:
-                # A crash came between the dataset version and its run: train that version now.
-                dataset = await self.service.curator.get_dataset(head[0], head[1])
-                return await self._submit(policy, dataset, now, "dataset version without a run (resumed)", 0.0)
-            decision, _, _ = await self._evaluate(repo, policy, state, head, now)
-            if not decision.fire:
-                return decision.reason
+            # A crash came between a dataset version and its run: that version is trained, not a new one made.
+            orphan = head if head is not None and head[1] != state.dataset_version and \
+                await repo.run_for_dataset(policy.name, *head) is None else None
+            if orphan is None:
+                decision, _, _ = await self._evaluate(repo, policy, state, head, now)
+                if not decision.fire:
+                    return decision.reason
             blocked = await self._blocked(repo, now)
             if blocked:
                 return blocked
+        if orphan is not None:
+            dataset = await self.service.curator.get_dataset(*orphan)
+            return await self._submit(policy, dataset, now, "dataset version without a run (resumed)", 0.0)
         started = time.perf_counter()
         dataset = await version_group(self.service.curator, self.db, policy.dataset_name, policy.group,
                                       min_examples=policy.trigger.min_dataset_size or self.settings.minimum_dataset_size,
@@ -244,6 +273,9 @@ class LearningLoop:
             repo = LoopRepository(session)
             if not await repo.add_run(run):
                 return "run already recorded"
+            if error is not None:
+                # Claimed here so that this process, and only it, closes the run below.
+                await repo.claim_run(run.run_id, self.lease.holder, now, now)
             await repo.update_policy(policy.name, now, dataset_id=dataset.dataset_id, dataset_version=dataset.version,
                                      dataset_at=now, examples_at_last_run=len(dataset.examples),
                                      last_run_id=run.run_id, last_run_at=now)

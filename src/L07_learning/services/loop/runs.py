@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 # A verdict per outcome, and whether it counts against the policy's breaker.
 OUTCOMES = {"STAGED": ("DEPLOY", False), "REVIEW": ("REVIEW", False), "REJECTED": ("REJECT", True),
             "FAILED": ("FAILED", True)}
+TAKEN_OVER = "taken over by another process"
 
 
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:
@@ -84,18 +85,21 @@ class RunAdvancer:
         timings["training_s"] = _seconds(job.started_at, job.completed_at)
         seconds = timings["training_s"] or 0.0
         on_gpu = (job.device or "").startswith("cuda")
-        day = (job.completed_at or utcnow()).strftime("%Y-%m-%d")
-        async with self.db.session() as session:
-            repo = LoopRepository(session)
-            await repo.charge(day, 0.0 if on_gpu else seconds, seconds if on_gpu else 0.0, utcnow())
-            if job.status is JobStatus.COMPLETED and job.output_model_id:
-                await repo.update_run(run.run_id, status="VALIDATING", model_id=job.output_model_id, timings=timings)
+        charge = ((job.completed_at or utcnow()).strftime("%Y-%m-%d"), 0.0 if on_gpu else seconds,
+                  seconds if on_gpu else 0.0)
         if job.status is JobStatus.COMPLETED and job.output_model_id:
+            async with self.db.session() as session:
+                repo = LoopRepository(session)
+                if not await repo.update_claimed_run(run.run_id, self.holder, status="VALIDATING",
+                                                     model_id=job.output_model_id, timings=timings):
+                    return TAKEN_OVER
+                await repo.charge(*charge, utcnow())
             self._start_validation(run, job.output_model_id, timings)
             return "validating"
-        await self.finish(run, "FAILED", timings, error_code=job.error_code or L07ErrorCode.UNHANDLED_EXCEPTION.value,
-                          message=job.error_message or f"job ended {job.status.value} without a model")
-        return "failed"
+        finished = await self.finish(run, "FAILED", timings, charge=charge,
+                                     error_code=job.error_code or L07ErrorCode.UNHANDLED_EXCEPTION.value,
+                                     message=job.error_message or f"job ended {job.status.value} without a model")
+        return "failed" if finished else TAKEN_OVER
 
     def _start_validation(self, run: LoopRun, model_id: str, timings: dict[str, Any] | None = None) -> None:
         task = asyncio.create_task(self._validate(run, model_id, dict(timings or run.timings)))
@@ -126,17 +130,29 @@ class RunAdvancer:
         return ("STAGED", None, None) if result.recommendation is Recommendation.DEPLOY else ("REVIEW", None, None)
 
     async def finish(self, run: LoopRun, outcome: str, timings: dict[str, Any], *, model_id: str | None = None,
-                     error_code: str | None = None, message: str | None = None) -> None:
-        """Close a run and count it against its policy's breaker, in one transaction."""
+                     error_code: str | None = None, message: str | None = None,
+                     charge: tuple[str, float, float] | None = None) -> bool:
+        """Close a run this process claims, charge its job's ``(day, cpu_s, gpu_s)`` and count it against its policy's
+        breaker, all in one transaction (a crash in between neither charges twice nor loses the outcome).
+
+        Returns:
+            False when another process took the run over meanwhile: it finishes (and charges) the run, not us.
+        """
         verdict, failed = OUTCOMES[outcome]
         async with self.db.session() as session:
-            await LoopRepository(session).update_run(
-                run.run_id, status=outcome, verdict=verdict, model_id=model_id or run.model_id, timings=timings,
-                error_code=error_code, error_message=(message or "")[:4000] or None, finished_at=utcnow(),
-                claimed_by=None)
+            repo = LoopRepository(session)
+            if not await repo.update_claimed_run(
+                    run.run_id, self.holder, status=outcome, verdict=verdict, model_id=model_id or run.model_id,
+                    timings=timings, error_code=error_code, error_message=(message or "")[:4000] or None,
+                    finished_at=utcnow(), claimed_by=None):
+                log.warning("loop run taken over by another process", extra={"run_id": run.run_id})
+                return False
+            if charge is not None:
+                await repo.charge(*charge, utcnow())
             await self.breakers.record(session, run.policy, failed=failed, verdict=verdict, run_id=run.run_id,
                                        error_code=error_code, message=message)
         log.info("loop run finished", extra={"run_id": run.run_id, "policy": run.policy, "outcome": outcome})
+        return True
 
     async def close(self) -> None:
         """Cancel running validations; their runs stay VALIDATING and are resumed by the next claimer."""

@@ -66,8 +66,14 @@ class Scheduler:
         self.tasks = tasks
         self.holder = holder
 
-    async def run_due(self, now: datetime | None = None) -> dict[str, str]:
+    async def run_due(self, now: datetime | None = None, *,
+                      still_leading: Callable[[], Awaitable[bool]] | None = None) -> dict[str, str]:
         """Run every task whose current period has not run yet; a failing task is recorded and the rest still run.
+
+        Args:
+            now: The time the periods are judged at (default now).
+            still_leading: Renews the leader lease before each task; once it says False the rest are left to the new
+                leader.
 
         Returns:
             ``{name: "OK" | "FAILED"}`` for the tasks run now.
@@ -75,6 +81,9 @@ class Scheduler:
         now = now or utcnow()
         ran: dict[str, str] = {}
         for task in self.tasks:
+            if still_leading is not None and not await still_leading():
+                log.warning("loop leadership lost; the new leader runs the remaining schedules")
+                break
             async with self.db.session() as session:
                 claimed = await LoopRepository(session).claim_schedule(task.name, task.period_start(now), self.holder, now)
             if not claimed:

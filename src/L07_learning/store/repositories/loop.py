@@ -150,10 +150,6 @@ class LoopRepository:
             SqlLoopRun.policy == policy, SqlLoopRun.dataset_id == dataset_id, SqlLoopRun.dataset_version == version))
         return _run(row) if row is not None else None
 
-    async def get_run(self, run_id: str) -> LoopRun | None:
-        row = await self.session.get(SqlLoopRun, run_id, populate_existing=True)
-        return _run(row) if row is not None else None
-
     async def runs(self, policy: str | None = None, status: str | None = None, limit: int = 100) -> list[LoopRun]:
         """Runs, newest first."""
         stmt = select(SqlLoopRun).order_by(SqlLoopRun.started_at.desc()).limit(limit)
@@ -178,8 +174,15 @@ class LoopRepository:
             .values(claimed_by=holder, claimed_at=now))
         return result.rowcount == 1
 
-    async def update_run(self, run_id: str, **values: Any) -> None:
-        await self.session.execute(update(SqlLoopRun).where(SqlLoopRun.run_id == run_id).values(**values))
+    async def update_claimed_run(self, run_id: str, holder: str, **values: Any) -> bool:
+        """Move an open run that ``holder`` still claims; False when another process took it over (or it is closed),
+        and then the caller must not act on it (no charge, no breaker count)."""
+        result = await self.session.execute(
+            update(SqlLoopRun)
+            .where(SqlLoopRun.run_id == run_id, SqlLoopRun.claimed_by == holder,
+                   SqlLoopRun.status.in_(OPEN_RUN_STATES))
+            .values(**values))
+        return result.rowcount == 1
 
     async def review_queue_size(self) -> int:
         """Runs whose model waits for a reviewer (REVIEW verdict, model still in DEVELOPMENT)."""

@@ -33,7 +33,9 @@ from L07_learning.tests.factories.loop import (
 
 pytestmark = pytest.mark.slow
 
-EXECUTIONS = 120
+# 150 executions (142 ACCEPTED, 14 held out) reach 100% held-out exact match; 120 (11 held out) reached 82%, and
+# the regression gate wants 100% for DEPLOY.
+EXECUTIONS = 150
 # Validation budgets (settings, so they reach the loop process): the generation cap fits the longest reference
 # answer; two timed requests and two probes per model keep the measuring to about a minute on CPU.
 VALIDATION_ENV = {"validation_latency_requests": 2, "validation_safety_prompts": 2}

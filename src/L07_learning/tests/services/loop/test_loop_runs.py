@@ -49,7 +49,7 @@ async def loop(settings, sqlite_db: Database, tiny_model: Path):  # type: ignore
 
 
 async def _accept(db: Database, start: int, n: int) -> None:
-    # i % 4 == 0 is the summarization task type in curation_data.
+    # i % 4 == 0 is the summarization task type in tests/factories/curation.py.
     examples = [make_example(i, status="ACCEPTED") for i in range(start * 4, (start + n) * 4, 4)]
     async with db.session() as session:
         await ExampleRepository(session).add_many(examples)
