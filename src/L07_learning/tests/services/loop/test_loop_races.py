@@ -26,7 +26,7 @@ DAY = T0.strftime("%Y-%m-%d")
 
 
 async def _open_run(db: Database, claimed_by: str) -> LoopRun:
-    run = LoopRun(run_id=f"run-{claimed_by}", policy="qa", job_type="SFT", dataset_id="ds-1", dataset_version="1.0.0",
+    run = LoopRun(run_id=f"run-{claimed_by}", policy="qa", job_type="SFT", dataset_id="ds-1", dataset_version=f"1.0.0-{claimed_by}",
                   examples=10, status="TRAINING", started_at=T0)
     async with db.session() as session:
         repo = LoopRepository(session)
@@ -77,16 +77,20 @@ def _policies(*names: str) -> PolicySet:
                                                   for n in names]})
 
 
-async def test_a_broken_policy_stops_neither_the_others_nor_the_schedules(settings, sqlite_db: Database,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    ran: list[str] = []
-
+def _loop_with_schedule(settings, db: Database, ran: list[str]) -> LearningLoop:  # type: ignore[no-untyped-def]
+    """A loop over policies ``a`` and ``b`` with one schedule due every five minutes, which appends to ``ran``."""
     async def action() -> dict:
         ran.append("x")
         return {}
 
-    loop = LearningLoop(LearningService.build(settings, sqlite_db), _policies("a", "b"),
+    return LearningLoop(LearningService.build(settings, db), _policies("a", "b"),
                         tasks=[ScheduledTask("x", "*/5 * * * *", action)], run_worker=False, holder="me")
+
+
+async def test_a_broken_policy_stops_neither_the_others_nor_the_schedules(settings, sqlite_db: Database,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[str] = []
+    loop = _loop_with_schedule(settings, sqlite_db, ran)
     consider = loop._consider
 
     async def broken(policy, now):  # type: ignore[no-untyped-def]
@@ -106,13 +110,7 @@ async def test_a_broken_policy_stops_neither_the_others_nor_the_schedules(settin
 async def test_leader_work_stops_once_the_lease_is_lost(settings, db: Database,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     ran: list[str] = []
-
-    async def action() -> dict:
-        ran.append("x")
-        return {}
-
-    loop = LearningLoop(LearningService.build(settings, db), _policies("a", "b"),
-                        tasks=[ScheduledTask("x", "*/5 * * * *", action)], run_worker=False, holder="me")
+    loop = _loop_with_schedule(settings, db, ran)
     consider = loop._consider
 
     async def slow(policy, now):  # type: ignore[no-untyped-def]

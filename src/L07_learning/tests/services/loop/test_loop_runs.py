@@ -14,6 +14,7 @@ import pytest
 from L07_learning.models.training_job import JobStatus
 from L07_learning.services.learning_service import LearningService
 from L07_learning.services.loop import LearningLoop, PolicySet
+from L07_learning.services.loop.datasets import version_group
 from L07_learning.store.db import Database
 from L07_learning.store.repositories.examples import ExampleRepository
 from L07_learning.store.repositories.loop import LoopRepository
@@ -147,3 +148,22 @@ async def test_run_forever_ingests_a_dropped_file_and_gives_up_the_lease(setting
     await asyncio.wait_for(task, timeout=5)
     assert json.loads((watch / "done" / "a.jsonl.report.json").read_text())["ingested"] == 1
     assert (await the_loop.lease.current())["alive"] is False
+
+
+async def test_a_dataset_version_left_without_a_run_is_trained_within_the_budget(loop: LearningLoop) -> None:
+    # A crash came between the dataset version and its run. The recovery path submits that version (no lock held
+    # by the tick's own read session), and like a fresh trigger it waits while today's compute budget is spent.
+    await _accept(loop.db, 0, 10)
+    policy = loop.policies.policies[0]
+    await version_group(loop.service.curator, loop.db, policy.dataset_name, policy.group, min_examples=1)
+    settings = loop.settings
+    loop.settings = settings.model_copy(update={"loop_daily_cpu_budget_s": 0.0})
+    assert (await loop.tick())["policies"]["qa"].startswith("daily compute budget spent")
+    loop.settings = settings
+    report = await loop.tick()
+    assert report["policies"]["qa"].startswith("triggered (dataset version without a run (resumed))")
+    (job,) = await _jobs(loop)
+    assert job.idempotency_key.endswith(":1.0.0")
+    async with loop.db.session() as session:
+        (run,) = await LoopRepository(session).runs("qa")
+    assert run.dataset_version == "1.0.0" and run.job_id == job.job_id
