@@ -10,7 +10,6 @@ hashes come out exactly as before.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import orjson

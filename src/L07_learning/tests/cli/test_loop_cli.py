@@ -12,8 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
-import pytest
 from typer.testing import CliRunner
 
 from L07_learning.cli.main import app as cli
