@@ -7,6 +7,7 @@ outage only the missing sinks are retried. Failures back off (1 s x 2^n, capped 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from typing import Any
@@ -42,10 +43,17 @@ class OutboxRelay:
         delivered = failed = 0
         async with self.db.session() as s:
             rows = [(r.event_id, r.payload, r.attempts) for r in await OutboxRepository(s).claim_due(limit)]
-        for event_id, payload, attempts in rows:
-            ok = await self._deliver(event_id, payload, attempts)
-            delivered += ok
-            failed += not ok
+        pending = [event_id for event_id, _, _ in rows]
+        try:
+            for event_id, payload, attempts in rows:
+                ok = await self._deliver(event_id, payload, attempts)
+                pending.remove(event_id)
+                delivered += ok
+                failed += not ok
+        finally:
+            if pending:
+                # Stopped mid-pass (shutdown): hand the claims back at once instead of letting them wait out the lease.
+                await asyncio.shield(self._release(pending))
         async with self.db.session() as s:
             metrics.OUTBOX_PENDING.set(await OutboxRepository(s).pending_count())
         return {"delivered": delivered, "failed": failed}
@@ -73,6 +81,10 @@ class OutboxRelay:
             await repo.mark_delivered(event_id)
         return True
 
+    async def _release(self, event_ids: list[str]) -> None:
+        async with self.db.session() as s:
+            await OutboxRepository(s).release(event_ids)
+
     async def drain(self, timeout_s: float = 30.0, poll_s: float = 0.2) -> int:
         """Deliver until nothing is due or ``timeout_s`` passes. Returns how many events are still pending."""
         loop = asyncio.get_running_loop()
@@ -97,6 +109,9 @@ class OutboxRelay:
                 await asyncio.wait_for(stop.wait(), timeout=poll_s)
             except asyncio.TimeoutError:
                 pass
+        # One last pass on the way out: what the process committed just before stopping still leaves with it.
+        with contextlib.suppress(Exception):
+            await self.run_once()
 
     async def close(self) -> None:
         for sink in self.sinks:

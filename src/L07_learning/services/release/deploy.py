@@ -62,6 +62,8 @@ async def deploy_model(model_id: str, *, validator: ModelValidator, registry: Mo
                                          "error_code": L07ErrorCode.MODEL_DEPLOYMENT_VALIDATION_FAILED.value,
                                          "error_message": f"validation rejected the model: {', '.join(failing)}",
                                          "rolled_back_to": None, "failed_at": utcnow().isoformat()})])
+        if relay is not None:
+            await relay.run_once()  # the failure event leaves before the caller hears of it, like a release
         raise L07Error(L07ErrorCode.MODEL_DEPLOYMENT_VALIDATION_FAILED,
                        f"validation rejected model {model_id}; failing stages: {', '.join(failing)}",
                        model_id=model_id, failing_stages=failing, validation_id=result.validation_id)

@@ -53,6 +53,12 @@ class OutboxRepository:
         return list((await self.session.scalars(
             select(SqlOutboxEvent).where(SqlOutboxEvent.id.in_(claimed)).order_by(SqlOutboxEvent.id))).all())
 
+    async def release(self, event_ids: list[str]) -> None:
+        """Give claimed, undelivered events back (due now)."""
+        await self.session.execute(
+            update(SqlOutboxEvent).where(SqlOutboxEvent.event_id.in_(event_ids))
+            .where(SqlOutboxEvent.delivered_at.is_(None)).values(next_attempt_at=None))
+
     async def delivered_sinks(self, event_id: str) -> set[str]:
         rows = await self.session.scalars(select(SqlOutboxDelivery.sink).where(SqlOutboxDelivery.event_id == event_id))
         return set(rows.all())

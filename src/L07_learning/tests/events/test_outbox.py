@@ -123,6 +123,17 @@ async def test_relays_in_several_processes_deliver_each_event_once(db: Database,
     assert sum(r["delivered"] for r in results) == 20 and len(lines) == 20 and len(set(lines)) == 20
 
 
+async def test_a_stopping_relay_delivers_what_was_committed_before_the_stop(db: Database, tmp_path) -> None:
+    relay = OutboxRelay(db, [JsonlSink(tmp_path / "out.jsonl")])
+    async with db.session() as s:
+        ev = await EventPublisher().publish(s, "learning.model_deployment_failed", {"model_id": "m1"}, subject="m1")
+    stop = asyncio.Event()
+    stop.set()  # the process is already shutting down when the event commits
+    await relay.serve(stop, poll_s=10)
+    await relay.close()
+    assert [json.loads(line)["id"] for line in (tmp_path / "out.jsonl").read_text().splitlines()] == [ev["id"]]
+
+
 def test_backoff_is_capped_with_jitter():
     assert 0.9 <= backoff_seconds(0) <= 1.1
     assert 54 <= backoff_seconds(10) <= 66
