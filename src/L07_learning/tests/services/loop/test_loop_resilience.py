@@ -177,9 +177,10 @@ async def test_two_loops_on_postgres_share_the_work_with_one_leader(tmp_path: Pa
 async def _two_loops_share_the_work(tmp_path: Path, db: Database, settings: Settings, base_id: str) -> None:
     groups = {"router-a": {"agent_id": AGENTS[0]}, "router-b": {"agent_id": AGENTS[1]}}
     policy = policy_file(tmp_path / "policy.yaml", groups, _tiny(base_id), min_new=20)
-    # Both processes stay alive here: a realistic stale limit, so a worker slowed by the other's work is not presumed
-    # dead (its job would then run twice, by design of the takeover).
-    env = loop_env(settings.home, database_url=settings.database_url, **{**FAST, "worker_stale_after_s": 30})
+    # Both processes stay alive here: realistic stale and lease limits, so a worker or leader slowed by the other's
+    # work is not presumed dead (its job would run twice, or leadership move, by design of the takeover).
+    env = loop_env(settings.home, database_url=settings.database_url,
+                   **{**FAST, "worker_stale_after_s": 30, "loop_lease_ttl_s": 30})
     loops = [LoopProcess(env, ["--watch", str(tmp_path / f"drop-{name}"), "--policy", str(policy), "--tick", "0.5"],
                          tmp_path / f"{name}.log") for name in ("a", "b")]
     leaders: set[str | None] = set()
