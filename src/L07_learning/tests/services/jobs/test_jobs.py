@@ -232,7 +232,9 @@ async def test_cancel_of_a_pending_job_is_immediate(stack) -> None:  # type: ign
 @pytest.mark.parametrize("db", ["sqlite"], indirect=True)
 async def test_killed_worker_leaves_a_job_the_next_worker_resumes(stack, settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     engine, _, base, dataset = stack
-    job = await engine.start_training(dataset.dataset_id, base.model_id, {**TINY, "epochs": 2})
+    # Enough steps that the first checkpoint lands well before the last one, even when a loaded machine lets the
+    # worker run several steps between two polls.
+    job = await engine.start_training(dataset.dataset_id, base.model_id, {**TINY, "epochs": 10})
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "L07_DATABASE_URL": str(engine.db.url), "L07_HOME": str(settings.home),
            "L07_WORKER_HEARTBEAT_S": "0.5", "L07_WORKER_STALE_AFTER_S": "3"}
@@ -242,7 +244,7 @@ async def test_killed_worker_leaves_a_job_the_next_worker_resumes(stack, setting
         deadline = time.monotonic() + 300
         while not (await engine.get_job_status(job.job_id)).checkpoint_location:
             assert worker.poll() is None and time.monotonic() < deadline, "worker ended before a checkpoint"
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.05)
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait(timeout=10)
     finally:
