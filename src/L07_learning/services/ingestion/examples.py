@@ -101,10 +101,14 @@ def trace_output(trace: dict[str, Any]) -> str:
 
 
 def pick_score(scores: list[dict[str, Any]]) -> tuple[dict[str, Any], bool]:
-    """The winning score (human_review beats automated, then latest) and whether two scores conflict (> 20 points)."""
+    """The winning score (human_review beats automated, then latest) and whether two scores conflict (> 20 points).
+
+    A winning human review is the person's call already made, so it settles a conflict instead of sending it to
+    REVIEW again."""
     best = max(scores, key=lambda s: (s["evaluation_method"] == "human_review", s.get("timestamp") or "", s["_seq"]))
     qs = [s["quality_score"] for s in scores]
-    return best, (max(qs) - min(qs) > 20) if len(qs) > 1 else False
+    conflict = len(qs) > 1 and max(qs) - min(qs) > 20 and best["evaluation_method"] != "human_review"
+    return best, conflict
 
 
 def _uuid5(name: str) -> str:
