@@ -70,7 +70,10 @@ async def _create_key(url: str) -> str:
 
     db = Database(url, auto_migrate=True)
     try:
-        _, token = await AuthService(AccessService(db)).create_key("producer", name="benchmark")
+        # The sample stream speaks for every producing layer (L01 replays too), reviewer corrections included.
+        _, token = await AuthService(AccessService(db)).create_key(
+            "producer", name="benchmark", sources=["L01", "L02", "L04", "L05", "L06"],
+            kinds=["trace", "score", "plan", "response", "human_review"])
     finally:
         await db.dispose()
     return token

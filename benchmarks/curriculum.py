@@ -1,24 +1,24 @@
-"""Curriculum vs random order: optimisation steps to reach a target validation loss, same seed and step budget.
+"""Curriculum vs shuffled order: optimisation steps to reach a target validation loss, same data, seed and settings.
 
-A tiny Llama-architecture causal LM (transformers, random init, character vocabulary) is trained for real with torch
-on generated tool-use traces: the prompt lists k items (k = 1…10), the answer is the k tool calls that handle them.
-k drives the planner's difficulty signals (trace length, distinct tools); quality scores vary at random. The loss is on
-answer tokens only, as in SFT.
+Default (``--model smollm2``): the real base, SmolLM2-135M-Instruct with LoRA, trained by ``run_sft`` exactly as an SFT
+job's training process runs it. Data: errands of k = 1…8 items whose answer calls each item's tool in order; k drives
+the planner's difficulty signals (trace length, distinct tools), quality varies at random. Two arms, differing only in
+``JobConfig.use_curriculum``:
 
-Two arms share the model initialisation, the examples, the batch size, the learning-rate schedule and the step
-budget; only the order of the training stream differs:
+* ``random`` (off): no plan; the Trainer shuffles every epoch with the job's seed;
+* ``curriculum`` (on, the default): ``training_order`` (what ``services/jobs/sft.py`` puts in the job spec) -> the
+  default staged schedule, easy -> easy+medium -> all, one epoch each, fed in that order (sequential sampler).
 
-* ``random``: ``order_examples(..., JobConfig(curriculum="none"))`` (shuffled every epoch),
-* ``curriculum``: ``order_examples(..., JobConfig(curriculum="staged"))`` with the default schedule
-  (easy -> easy+medium -> all, extra epochs on the last stage), quantile bands (30/50/20).
+The staged run trains on fewer examples in total (its first epochs hold only the easier bands), so it has fewer steps.
+Validation loss (answer tokens, held-out errands of every k) is measured every ``--eval-every`` steps. The target is
+the best validation loss the shuffled run reaches; the headline ``ratio = steps_random / steps_curriculum`` to reach it
+(> 1: the curriculum gets there in fewer steps; None: it never gets there). A half-budget target is reported too. The
+contract's hope (§5.7) is 1.10-1.15; whatever comes out is printed as measured.
 
-Validation loss is measured every ``--eval-every`` steps on held-out examples of all difficulties. The target
-validation loss is the best one the random-order run reaches within the whole budget; the headline
-``ratio = steps_random / steps_curriculum`` to reach it (> 1: the curriculum converges faster). Ratios for the losses
-random order reaches after 25, 50 and 75 % of the budget are reported too, since a curriculum can help early and not
-late. The contract's target (§5.7) is 1.10-1.15. Whatever the result is, it is printed as measured.
+``--model char``: the earlier experiment, a tiny char-level Llama trained by a plain torch loop on the streams of
+``order_examples`` (several seeds, a fixed step budget).
 
-Run: ``PYTHONPATH=src python benchmarks/curriculum.py [--seeds 3] [--steps 300]``. The last stdout line is JSON.
+Run: ``PYTHONPATH=src python benchmarks/curriculum.py [--model smollm2|char]``. A table, then JSON as the last line.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import math
 import random
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -136,18 +137,135 @@ def steps_to(curve: list[tuple[int, float]], target: float) -> int | None:
     return next((s for s, v in curve if v <= target), None)
 
 
+# --- --model smollm2: the real base through the SFT engine, as an SFT job runs it ---------------------------------
+
+SHOP_TOOLS = {"apple": "buy", "lemon": "buy", "tiger": "photo", "piano": "tune", "robot": "repair", "cloud": "photo",
+              "river": "photo", "stone": "carry", "train": "book", "hotel": "book", "ocean": "photo", "maple": "carry"}
+
+
+def make_tool_examples(n: int, seed: int, prefix: str) -> list[TrainingExample]:
+    """Errands of k = 1…8 items; the answer calls the item's tool for each, in order (the tool is fixed per item).
+
+    k drives the planner's signals (trace length, distinct tools); quality varies at random in the accepted range.
+    """
+    rng = random.Random(seed)
+    words = sorted(SHOP_TOOLS)
+    out = []
+    for i in range(n):
+        k = rng.randint(1, 8)
+        items = [rng.choice(words) for _ in range(k)]
+        calls = [f"{SHOP_TOOLS[w]}({w})" for w in items]
+        out.append(TrainingExample(
+            example_id=f"{prefix}-{i:05d}", source_type=ExampleSource.EXECUTION_TRACE,
+            input_text="Errands: " + ", ".join(items), output_text=" ".join(calls), quality_score=rng.uniform(70, 100),
+            execution_length=k, expected_actions=[{"step": j + 1, "action": c.split("(")[0]} for j, c in enumerate(calls)],
+            labels=["outcome:SUCCESS"], metadata={"agent_id": "bench", "task_type": "errands"},
+        ))
+    return out
+
+
+def _run_smollm2(args: argparse.Namespace) -> None:
+    """Both arms through ``run_sft`` on SmolLM2-135M-Instruct: ``use_curriculum`` on (the planner's order, as the SFT
+    job hands it to its training process) and off (the Trainer's seeded shuffle); same data, seed and settings."""
+    import os
+
+    import torch
+
+    from L07_learning.pipelines.base_model import default_base_model_dir
+    from L07_learning.pipelines.sft_pipeline import run_sft
+    from L07_learning.services.curriculum_planner import training_order
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seeds = args.seeds or 1
+    n_train, n_val = args.train or 40, args.val or 12
+    batch, lr, every = args.batch_size or 4, args.lr or 5e-4, args.eval_every or 3
+    cache = Path(os.environ.get("L07_MODEL_CACHE_DIR", str(Path.home() / ".cache" / "l07" / "models")))
+    base = Path(args.base_dir) if args.base_dir else default_base_model_dir(cache)
+    t0 = time.perf_counter()
+    per_seed = []
+    for seed in range(seeds):
+        train = make_tool_examples(n_train, 3000 + seed, "train")
+        val = make_tool_examples(n_val, 4000 + seed, "val")
+        rows, val_rows = [e.chat_messages() for e in train], [e.chat_messages() for e in val]
+        curves, walls, steps_total = {}, {}, {}
+        for arm, on in (("random", False), ("curriculum", True)):
+            config = JobConfig(epochs=args.epochs, batch_size=batch, learning_rate=lr, lora_rank=16, lora_alpha=32,
+                               target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], max_seq_length=256,
+                               gradient_checkpointing=False, eval_strategy="steps", compute_on_val_set_every_n_steps=every,
+                               validation_batch_size=n_val, save_strategy="no", early_stopping_patience=0,
+                               warmup_ratio=0.05, use_curriculum=on, seed=seed)
+            order = training_order(train, config)  # what services/jobs/sft.py puts in the job's spec
+            assert (order is not None) == on
+            with tempfile.TemporaryDirectory(prefix=f"l07-bench-curriculum-{arm}-") as tmp:
+                t_arm = time.perf_counter()
+                res = run_sft(base, rows, val_rows, config, Path(tmp) / "adapter", Path(tmp) / "ckpt",
+                              measure_generation=False, train_order=order)
+                walls[arm] = round(time.perf_counter() - t_arm, 1)
+            m = res.metrics
+            curve = [(int(e["step"]), float(e["eval_loss"])) for e in m["evals"]]
+            if not curve or curve[-1][0] != m["global_step"]:
+                curve.append((m["global_step"], float(m["eval_loss"])))
+            curves[arm], steps_total[arm] = curve, m["global_step"]
+            print(json.dumps({"seed": seed, "arm": arm, "steps": m["global_step"], "wall_s": walls[arm],
+                              "curriculum": m.get("curriculum"), "curve": curve}), flush=True)
+        budget = steps_total["random"]
+        targets = {frac: min(v for s, v in curves["random"] if s <= round(frac * budget)) for frac in (0.5, 1.0)}
+        rows_out = {}
+        for frac, target in targets.items():
+            s_rand, s_cur = steps_to(curves["random"], target), steps_to(curves["curriculum"], target)
+            rows_out[frac] = {"target_val_loss": round(target, 4), "steps_random": s_rand, "steps_curriculum": s_cur,
+                              "ratio": round(s_rand / s_cur, 3) if s_cur else None}
+        per_seed.append({"seed": seed, "final": rows_out[1.0], "half_budget_target": rows_out[0.5],
+                         "total_steps": steps_total, "wall_s": walls,
+                         "final_val_loss": {a: round(c[-1][1], 4) for a, c in curves.items()},
+                         "best_val_loss": {a: round(min(v for _, v in c), 4) for a, c in curves.items()}})
+    print(f"{'seed':<5}{'target':>8}{'steps rand':>11}{'steps curr':>11}{'ratio':>7}{'final rand':>11}{'final curr':>11}"
+          f"{'steps tot r/c':>15}")
+    for r in per_seed:
+        f = r["final"]
+        print(f"{r['seed']:<5}{f['target_val_loss']:>8.4f}{f['steps_random']!s:>11}{f['steps_curriculum']!s:>11}"
+              f"{f['ratio']!s:>7}{r['final_val_loss']['random']:>11.4f}{r['final_val_loss']['curriculum']:>11.4f}"
+              f"{str(r['total_steps']['random']) + '/' + str(r['total_steps']['curriculum']):>15}")
+    ratios = [r["final"]["ratio"] for r in per_seed]
+    summary = {
+        "benchmark": "curriculum",
+        "model": (f"harness check on {args.base_dir}" if args.base_dir
+                  else "SmolLM2-135M-Instruct + LoRA through run_sft (the SFT job's pipeline)"),
+        "metric": "steps to the best validation loss the shuffled run reaches: random / curriculum (None: not reached)",
+        "ratio": ratios[0] if len(ratios) == 1 else ratios, "per_seed": per_seed,
+        "contract_target_ratio": "1.10-1.15", "epochs": args.epochs, "train_examples": n_train,
+        "val_examples": n_val, "batch_size": batch, "learning_rate": lr, "eval_every_steps": every,
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "note": "CPU wall time on a 2-core machine shared with other jobs",
+    }
+    print(json.dumps(summary))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--train", type=int, default=800)
-    ap.add_argument("--val", type=int, default=200)
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--eval-every", type=int, default=10)
-    ap.add_argument("--threads", type=int, default=1, help="CPU threads (1 is fastest on a shared machine)")
-    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--model", choices=["smollm2", "char"], default="smollm2",
+                    help="smollm2: the real base through the SFT engine (default); char: the tiny char-level model")
+    ap.add_argument("--seeds", type=int, default=None, help="seeds (default: 1 for smollm2, 3 for char)")
+    ap.add_argument("--train", type=int, default=None, help="training examples (default: 40 smollm2, 800 char)")
+    ap.add_argument("--val", type=int, default=None, help="validation examples (default: 12 smollm2, 200 char)")
+    ap.add_argument("--steps", type=int, default=300, help="char: step budget")
+    ap.add_argument("--epochs", type=int, default=3, help="smollm2: the job's epochs (staged: easy, +medium, all)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default: 4 smollm2, 16 char")
+    ap.add_argument("--lr", type=float, default=None, help="default: 5e-4 smollm2 (LoRA), 3e-3 char")
+    ap.add_argument("--eval-every", type=int, default=None, help="default: 3 steps smollm2, 10 char")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (char: 1 is fastest on a shared machine)")
+    ap.add_argument("--device", default="cpu", help="char: cpu or cuda")
+    ap.add_argument("--base-dir", default=None,
+                    help="smollm2: another HF model folder in place of the real base (a quick harness check only)")
     args = ap.parse_args()
+    if args.model == "smollm2":
+        _run_smollm2(args)
+        return
+    args.seeds = args.seeds or 3
+    args.train, args.val = args.train or 800, args.val or 200
+    args.batch_size, args.lr = args.batch_size or 16, args.lr or 3e-3
+    args.eval_every, args.threads = args.eval_every or 10, args.threads or 1
 
     import torch
 

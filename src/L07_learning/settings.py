@@ -6,6 +6,7 @@ them with ``L07_*`` variables or ``configure(...)``.
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import timedelta
 from functools import lru_cache
@@ -18,6 +19,27 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def private_dir(path: Path | str) -> Path:
+    """Create ``path`` and its missing parents readable by the owner only (0700): the L07 home holds the database,
+    signing keys and models, which no other local user may read. Existing folders keep their mode."""
+    path = Path(path).expanduser()
+    missing = []
+    p = path
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        d.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+def private_file(path: Path | str) -> None:
+    """Create ``path`` empty if missing, and make it owner-only (0600)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.close(fd)
+    os.chmod(path, 0o600)
 
 
 def parse_duration(value: Any) -> Any:
@@ -51,6 +73,10 @@ class Settings(BaseSettings):
         default_factory=lambda: [r"^https://agentic\.local/layers/l0\d$", r"^l0\d(\.[\w.-]+)?$"]
     )
     max_event_bytes: int = 1_000_000
+    verify_event_signatures: bool = Field(
+        default=False, description="Require every consumed event to carry a valid ECDSA P-256 signature of a producer "
+                                   "key registered with `l07 keys producers add` (contract §1.9, §7.4; E7115 otherwise)")
+    max_event_depth: int = 64  # nesting levels per event, envelope included (E7015 beyond)
     max_trace_steps: int = 1000
     dead_letter_after_attempts: int = 5
 
@@ -70,6 +96,9 @@ class Settings(BaseSettings):
 
     # Validation (contract §5.6): generation cap; None sizes it to the longest reference answer + 8 tokens.
     validation_max_new_tokens: int | None = Field(default=None, ge=1, le=1024)
+    # Validations running at once in one process; each loads a candidate and a baseline model. Further ones queue
+    # (an operation reads QUEUED until it starts). 1 suits a CPU host; raise it where memory holds more models.
+    max_concurrent_validations: int = Field(default=1, ge=1, le=16)
     # Measurement budgets per model (defaults: ValidationConfig's). The contract's latency profile is 100 warm-up +
     # 1000 requests, which takes many minutes on CPU; a small model or a quick check can ask for fewer.
     validation_latency_requests: int = Field(default=20, ge=1, description="Measured single requests per model")

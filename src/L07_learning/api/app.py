@@ -19,6 +19,7 @@ from ..services.loop import LearningLoop
 from ..settings import Settings, get_settings
 from .config import ApiConfig
 from .context import AppContext
+from .deps import PrincipalDep
 from .errors import install_error_handlers
 from .middleware import RequestContextMiddleware
 from .routers import ROUTERS
@@ -28,6 +29,7 @@ REST interface of the L07 Learning Layer: event ingestion, training jobs, datase
 approval rules, validation, audit, health and metrics.
 
 Authenticate with an API key (`l07 keys create --role ROLE`) sent as `Authorization: Bearer <key>` or `X-API-Key`.
+`/metrics` and `/openapi.json` need a key too unless `L07_API_PUBLIC_METRICS` / `L07_API_PUBLIC_DOCS` are set.
 Every error answers `{code, name, message, detail}` with an E7xxx code. Send `X-Request-ID` to correlate logs,
 audit rows and published events; the response echoes it (or the id the service assigned).
 """
@@ -66,7 +68,17 @@ def create_app(settings: Settings | None = None, db: Any = None, config: ApiConf
         else:
             await context.close()
 
-    app = FastAPI(title="L07 Learning Layer", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    # The schema maps every endpoint and the browsable pages load it without a key, so all three are public only
+    # when configured; otherwise any valid key may read the schema.
+    public = config.public_docs
+    app = FastAPI(title="L07 Learning Layer", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                  docs_url="/docs" if public else None, redoc_url="/redoc" if public else None,
+                  openapi_url="/openapi.json" if public else None)
+    if not public:
+        @app.get("/openapi.json", include_in_schema=False)
+        async def openapi_for_key_holders(_: PrincipalDep) -> dict[str, Any]:
+            return app.openapi()
+
     app.state.l07 = context
     app.state.l07_loop = loop or LearningLoop(service)
     install_error_handlers(app)

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..models.error_codes import L07Error, L07ErrorCode
 from ..services.access import AccessService, ApiKeyRecord, hash_token
+from ..services.ingestion.provenance import EventBinding, normalise_binding
 
 __all__ = [
     "ApprovalCapacity", "AuthService", "AuthenticationError", "Permission", "PermissionDenied", "Principal", "Role",
@@ -32,6 +33,8 @@ class Role(str, Enum):
     # Not in the contract's RBAC list: event producers (L02, L04-L06) need ingestion and nothing else,
     # so they get a least-privilege role instead of trainer or admin rights.
     PRODUCER = "producer"
+    # Agents and gateways calling a model served by ``l07 serve-model``: inference and nothing else.
+    INFERENCE = "inference"
 
 
 class Permission(str, Enum):
@@ -53,12 +56,16 @@ class Permission(str, Enum):
     DATASET_LIST = "dataset.list"
     DATASET_GET_TRAINING_DATA = "dataset.get_training_data"  # example texts, restricted
     AUDIT_LOG = "audit_log"
+    METRICS_READ = "metrics.read"  # GET /metrics unless L07_API_PUBLIC_METRICS=true
+    MODEL_INFER = "model.infer"  # chat completions from ``l07 serve-model``
 
 
-_READ = {Permission.MODEL_LIST, Permission.MODEL_GET, Permission.JOB_GET, Permission.DATASET_LIST}
+_READ = {Permission.MODEL_LIST, Permission.MODEL_GET, Permission.JOB_GET, Permission.DATASET_LIST, Permission.METRICS_READ}
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
-    Role.TRAINER: frozenset(_READ | {Permission.MODEL_CREATE, Permission.MODEL_TRAIN_LOG, Permission.MODEL_VALIDATE}),
+    # Contract §7.4 grants trainers list/get/create/train_log only: validation (which decides DEPLOY/REVIEW/REJECT
+    # of the trainer's own model) belongs to the reviewer, deployer and admin.
+    Role.TRAINER: frozenset(_READ | {Permission.MODEL_CREATE, Permission.MODEL_TRAIN_LOG}),
     Role.REVIEWER: frozenset(
         _READ
         | {
@@ -80,6 +87,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.AUDITOR: frozenset(_READ | {Permission.AUDIT_LOG, Permission.MODEL_GET_METRICS}),
     Role.ADMIN: frozenset(Permission),
     Role.PRODUCER: frozenset({Permission.EVENTS_INGEST}),
+    Role.INFERENCE: frozenset({Permission.MODEL_INFER}),
 }
 
 
@@ -128,10 +136,24 @@ class Principal:
     role: Role
     name: str | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
+    # Producer keys: the sources and event kinds the key may send (``ingestion/provenance.py``).
+    sources: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()
 
     @property
     def permissions(self) -> frozenset[Permission]:
         return ROLE_PERMISSIONS[self.role]
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role is Role.ADMIN
+
+    def event_binding(self) -> EventBinding | None:
+        """What this caller may post to ``/api/v1/events``: a producer key's binding (an unbound producer key may
+        post nothing); None for an admin key without a binding, which may post anything."""
+        if self.role is Role.ADMIN and not self.sources:
+            return None
+        return EventBinding(f"API key {self.key_id}", self.sources, self.kinds)
 
     def can(self, permission: Permission) -> bool:
         """True when the role grants ``permission``."""
@@ -183,17 +205,29 @@ class AuthService:
         self.access = access
 
     async def create_key(
-        self, role: str | Role, name: str | None = None, attributes: dict[str, Any] | None = None, actor: str = "cli"
+        self, role: str | Role, name: str | None = None, attributes: dict[str, Any] | None = None, actor: str = "cli",
+        *, sources: Any = None, kinds: Any = None,
     ) -> tuple[ApiKeyRecord, str]:
-        """Create a key bound to ``role``.
+        """Create a key bound to ``role``; a ``producer`` key is also bound to the ``sources`` it speaks for and the
+        event ``kinds`` it may send (default: what those layers produce; ``human_review`` only when named).
 
         Returns:
             The stored record and the token. The token is not stored anywhere and cannot be shown again.
 
         Raises:
-            L07Error: E7904 for an unknown role.
+            L07Error: E7904 for an unknown role; E7110 for a producer key without sources, an unknown source or kind,
+                or a binding on a key of another role.
         """
-        return await self.access.create_key(parse_role(role).value, name, dict(attributes or {}), actor)
+        parsed = parse_role(role)
+        bound: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+        if parsed is Role.PRODUCER or (parsed is Role.ADMIN and (sources or kinds)):
+            bound = normalise_binding(sources, kinds)
+        elif sources or kinds:
+            raise L07Error(L07ErrorCode.DATA_VALIDATION_SCHEMA_MISMATCH,
+                           f"only producer (or admin) keys are bound to sources and kinds, not {parsed.value} keys",
+                           role=parsed.value)
+        return await self.access.create_key(parsed.value, name, dict(attributes or {}), actor,
+                                            sources=bound[0], kinds=bound[1])
 
     async def authenticate(self, token: str | None) -> Principal:
         """The principal for a presented token.
@@ -208,7 +242,8 @@ class AuthService:
             raise AuthenticationError("unknown API key")
         if not record.active:
             raise AuthenticationError(f"API key {record.key_id} was revoked")
-        return Principal(key_id=record.key_id, role=Role(record.role), name=record.name, attributes=record.attributes)
+        return Principal(key_id=record.key_id, role=Role(record.role), name=record.name, attributes=record.attributes,
+                         sources=record.sources, kinds=record.kinds)
 
     async def list_keys(self, include_revoked: bool = False) -> list[ApiKeyRecord]:
         """Stored keys (hashes only)."""

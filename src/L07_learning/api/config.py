@@ -21,6 +21,14 @@ class ApiConfig(BaseSettings):
         default=500.0, gt=0, description="Sustained events per second per API key on ingestion; None turns it off"
     )
     rate_limit_burst: int = Field(default=5000, ge=1, description="Events a key may send at once before throttling")
+    # Both default to closed: metrics name models, domains and error rates, and the schema maps every endpoint.
+    public_metrics: bool = Field(
+        default=False, description="Serve GET /metrics without a key (default: a key whose role may read metrics)"
+    )
+    public_docs: bool = Field(
+        default=False, description="Serve /docs, /redoc and /openapi.json without a key (default: /openapi.json for "
+                                   "any valid key; the browsable pages are off)"
+    )
 
     @model_validator(mode="after")
     def _burst_fits_batch(self) -> "ApiConfig":

@@ -40,6 +40,22 @@ async def get_principal(
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
+async def metrics_access(
+    request: Request,
+    ctx: ContextDep,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
+    api_key: Annotated[str | None, Security(api_key_scheme)],
+) -> None:
+    """``GET /metrics``: open when ``L07_API_PUBLIC_METRICS=true``, else a key whose role may read metrics."""
+    if ctx.config.public_metrics:
+        return
+    principal = await get_principal(request, ctx, bearer, api_key)
+    principal.require(Permission.METRICS_READ)
+
+
+MetricsAccess = Annotated[None, Depends(metrics_access)]
+
+
 def requires(permission: Permission) -> Callable[[Principal], Awaitable[Principal]]:
     """A dependency that lets the call through only when the caller's role grants ``permission`` (else 403)."""
 

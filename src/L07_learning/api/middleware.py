@@ -1,12 +1,16 @@
-"""The request envelope: request id, body-size limit, HTTP metrics, access log, audit of mutating calls, last-resort
-error handling. One pure ASGI middleware so every request passes each step in a fixed order.
+"""The request envelope: request id, body-size limit, HTTP metrics, access log, audit, last-resort error handling.
+One pure ASGI middleware so every request passes each step in a fixed order.
 
 Request id: taken from ``X-Request-ID`` when it is a sane token, otherwise a new UUID4; bound to the
 ``REQUEST_ID`` context variable, which JSON logs, audit rows and published events read, and echoed in the response.
 
-Audit: every call with a method other than GET/HEAD/OPTIONS made with a valid key (or refused for its role) gets
-one audit row with the key id, the action (route name), the outcome and the request id. The row is written before
-the response starts; if it cannot be written the caller gets 500 E7804 instead of a success it could not prove.
+Audit (contract §7.4): a row for every mutating call made with a key, every 401 and 403 (any method; a 401 names the
+key prefix presented, never the token), and every read of training data (a route sets ``audit_read``). Each row holds
+the client address and user agent. The rows a service writes for a change take the same origin and the caller's key.
+The API call's own row joins the request's first write transaction, so a change never commits without it; when the
+outcome or the route's details come only after that commit, a second row completes it. A call that wrote nothing gets
+its row before the response starts; if that row cannot be written the caller gets 500 E7804 instead of an answer it
+could not prove.
 """
 
 from __future__ import annotations
@@ -23,14 +27,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..models.error_codes import L07Error, L07ErrorCode
 from ..observability.logging import REQUEST_ID
 from ..observability.metrics import ERRORS, HTTP_LATENCY, HTTP_REQUESTS
+from ..services.audit_trail import CALL, ORIGIN, AuditTrail, CallRecord, canonical_details
 from .errors import PayloadTooLarge, l07_error_body
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("L07_learning.api.access")
 
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}\Z")
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 UNMATCHED_ROUTE = "<unmatched>"
+KEY_PREFIX_CHARS = 8
+"""Characters of a refused key kept in its audit row: ``l07_`` plus 4 of its 43 random ones, enough to tell keys
+apart, far too few to use."""
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -74,14 +82,16 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         method = scope["method"]
         response: dict[str, Any] = {"status": None, "started": False, "replaced": False}
+        record = CallRecord(lambda result: self._call_row(scope, result, None))
+        origin_token, call_token = ORIGIN.set(_RequestOrigin(scope)), CALL.set(record)
 
         async def send_wrapper(message: Message) -> None:
             if response["replaced"]:
                 return
             if message["type"] == "http.response.start":
                 response["status"] = message["status"]
-                if method not in _SAFE_METHODS and not await self._audit(scope, message["status"]):
-                    # The change may have happened, but without its audit row the caller must not see success.
+                if not await self._audit(scope, message["status"], record):
+                    # Nothing proves this call happened, so the caller must not get its answer.
                     response["replaced"] = True
                     response["status"] = 500
                     err = L07Error(L07ErrorCode.AUDIT_LOG_WRITE_FAILURE, "the audit record could not be written")
@@ -111,7 +121,10 @@ class RequestContextMiddleware:
             err = L07Error(L07ErrorCode.UNHANDLED_EXCEPTION, f"unexpected error: {exc.__class__.__name__}")
             await self._send_error(send_wrapper, response, 500, l07_error_body(err))
         finally:
+            record.closed = True  # work the request started in the background writes no call row of its own
             self._observe(scope, method, response["status"] or 500, time.perf_counter() - started)
+            CALL.reset(call_token)
+            ORIGIN.reset(origin_token)
             REQUEST_ID.reset(token)
 
     @staticmethod
@@ -162,33 +175,94 @@ class RequestContextMiddleware:
             },
         )
 
-    async def _audit(self, scope: Scope, status: int) -> bool:
-        """Write the audit row of a mutating call; True when written or not needed."""
+    @staticmethod
+    def _audited(scope: Scope, status: int | None) -> bool:
+        """Whether this call gets an audit row: a mutating call with a key, any refusal, a read of training data."""
+        state = scope.get("state", {})
+        if state.get("audit_read") or status in (401, 403):
+            return True
+        return scope["method"] not in _SAFE_METHODS and state.get("principal") is not None
+
+    def _call_row(self, scope: Scope, result: str, status: int | None) -> dict[str, Any] | None:
+        """``audit()`` arguments for this call's row as far as it is known now; None when it needs no row."""
+        if not self._audited(scope, status):
+            return None
         state = scope.get("state", {})
         principal = state.get("principal")
-        if principal is None:
-            return True  # no key, no actor: unauthenticated attempts go to the access log and metrics only
         route = scope.get("route")
-        action = "api." + (getattr(route, "name", None) or "unknown")
-        tags = getattr(route, "tags", None) or ["api"]
         path_params = scope.get("path_params") or {}
         resource_id = state.get("audit_resource_id") or next(iter(path_params.values()), None)
-        outcome = "success" if status < 400 else "denied" if status in (401, 403) else "failure"
-        details = {"method": scope["method"], "path": scope.get("path"), "status": status, "role": principal.role.value}
+        details: dict[str, Any] = {"method": scope["method"], "path": scope.get("path")}
+        if status is not None:
+            details["status"] = status
+        if principal is not None:
+            actor, actor_type = principal.key_id, "api_key"
+            details["role"] = principal.role.value
+        else:
+            prefix = _presented_key_prefix(scope)
+            actor, actor_type = prefix or "none", "anonymous"
+            details["key_prefix"] = prefix
+        if state.get("audit_read"):
+            details["training_data_read"] = True
         details.update(state.get("audit_details") or {})
+        return {
+            "action": "api." + (getattr(route, "name", None) or "unknown"),
+            "resource_type": str((getattr(route, "tags", None) or ["api"])[0]),
+            "resource_id": str(resource_id) if resource_id is not None else None,
+            "result": result,
+            "actor": actor,
+            "actor_type": actor_type,
+            "details": details,
+            "error_code": state.get("error_code") if status is not None and status >= 400 else None,
+            "request_id": state.get("request_id"),
+        }
+
+    async def _audit(self, scope: Scope, status: int, record: CallRecord) -> bool:
+        """Write (or complete) the call's audit row as the response starts; False when a needed row failed."""
+        attached = record.audit_id
+        record.closed = True  # from here on no transaction attaches the call row
+        outcome = "success" if status < 400 else "denied" if status in (401, 403) else "failure"
+        row = self._call_row(scope, outcome, status)
+        if row is None:
+            return True
+        if attached is not None:
+            # The change committed together with the call's row; add a row only when the outcome says more.
+            before = record.attached or {}
+            said = {k: v for k, v in row["details"].items() if k != "status"}
+            if status < 400 and row["resource_id"] == before.get("resource_id") and canonical_details(said) == before.get(
+                    "details"):
+                return True
+            row["details"]["completes"] = attached
         try:
-            await scope["app"].state.l07.service.access.record_api_call(
-                action,
-                str(tags[0]),
-                str(resource_id) if resource_id is not None else None,
-                result=outcome,
-                key_id=principal.key_id,
-                details=details,
-                error_code=state.get("error_code") if status >= 400 else None,
-                request_id=state.get("request_id"),
-            )
+            await AuditTrail(scope["app"].state.l07.db).record(**row)
             return True
         except Exception:  # noqa: BLE001 - any failure to persist the row is E7804
-            log.exception("audit write failed for %s", action)
+            log.exception("audit write failed for %s", row["action"])
             ERRORS.labels(error_code=L07ErrorCode.AUDIT_LOG_WRITE_FAILURE.value, error_type="integration").inc()
-            return False
+            # A committed change already holds its call row: the answer stands, only the completion is lost.
+            return attached is not None
+
+
+class _RequestOrigin:
+    """The audit origin of one HTTP request: client address, user agent, and the key once authenticated."""
+
+    def __init__(self, scope: Scope) -> None:
+        client = scope.get("client")
+        self.ip_address = client[0] if client else None
+        self.user_agent = _header(scope, b"user-agent")
+        self._state = scope.setdefault("state", {})
+
+    def actor(self) -> tuple[str, str] | None:
+        principal = self._state.get("principal")
+        return ("api_key", principal.key_id) if principal is not None else None
+
+
+def _presented_key_prefix(scope: Scope) -> str | None:
+    """The first characters of the key the caller sent (bearer or X-API-Key), never the whole token."""
+    token = _header(scope, b"x-api-key")
+    authorization = _header(scope, b"authorization")
+    if authorization and authorization[:7].lower() == "bearer ":
+        token = authorization[7:].strip()
+    if not token:
+        return None
+    return token[: min(KEY_PREFIX_CHARS, len(token) // 2)] + "..."

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..models.error_codes import L07Error, L07ErrorCode
+from ..services.audit_trail import bind_origin, cli_origin
 from ..services.learning_service import LearningService
 
 console = Console(stderr=False)
@@ -96,7 +97,9 @@ def run(coro_fn: Callable[..., Awaitable[T]]) -> Callable[..., T]:
     @wraps(coro_fn)
     def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
-            return asyncio.run(coro_fn(*args, **kwargs))
+            # Audit rows written by the command name the OS user and host (contract §7.4 "Audit").
+            with bind_origin(cli_origin()):
+                return asyncio.run(coro_fn(*args, **kwargs))
         except L07Error as exc:
             if kwargs.get("json_out"):
                 emit_json({"error": exc.to_dict()})

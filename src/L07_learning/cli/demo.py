@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..observability.logging import configure_logging
-from ..services.demo.demo import DEMO_EXECUTIONS, DEMO_OVERRIDES, run_demo
+from ..services.demo.demo import DEMO_EXECUTIONS, run_demo
 from ..services.demo.sample_stream import TASK_TYPES
 from ..settings import get_settings
 from ._common import JsonOpt, console, emit_json, run, table
@@ -27,7 +27,7 @@ async def demo(
     executions: int = typer.Option(DEMO_EXECUTIONS, min=50, help="Sample executions to generate."),
     all_tasks: bool = typer.Option(False, help="Generate all six task types (needs more training than the demo's budget)."),
     seed: int = typer.Option(7, help="Seed for events, splits and training."),
-    epochs: int = typer.Option(DEMO_OVERRIDES["epochs"], min=1, max=10, help="Training epochs."),
+    epochs: int | None = typer.Option(None, min=1, max=10, help="Training epochs (default: the recipe's)."),
     keep: bool = typer.Option(False, help="Keep the previous demo state instead of starting fresh."),
     json_out: bool = JsonOpt,
 ) -> None:
@@ -80,7 +80,7 @@ async def demo(
         summary = await run_demo(home, executions=executions, seed=seed, reset=not keep,
                                  task_types=list(TASK_TYPES) if all_tasks else None,
                                  model_cache_dir=settings.model_cache_dir, progress=progress,
-                                 training_overrides={"epochs": epochs})
+                                 training_overrides={"epochs": epochs} if epochs else None)
     if json_out:
         emit_json(summary)
         return
@@ -89,3 +89,26 @@ async def demo(
     rows.append(("failing_stages", ", ".join(summary["failing_stages"]) or "none"))
     table("L07 demo", ["", "value"], rows)
     console.print(f"report: {summary['report']}")
+    if summary.get("stage") in ("STAGING", "PRODUCTION"):
+        console.print(serve_instructions(home, summary["model_id"]), highlight=False, soft_wrap=True)
+
+
+def serve_instructions(home: Path, model_id: str) -> str:
+    """The exact commands that serve the demo's released model and call it as an agent would.
+
+    The demo keeps its own database under ``home``, so every command names it through ``L07_HOME``.
+    """
+    env = f"L07_HOME={home}"
+    call = ("from openai import OpenAI; import os; "
+            "c = OpenAI(base_url='http://127.0.0.1:8090/v1', api_key=os.environ['L07_KEY']); "
+            f"r = c.chat.completions.create(model='{model_id}', messages=[{{'role': 'user', 'content': "
+            "'Which tool should I use to look up the weather in Oslo?'}], max_tokens=64); "
+            "print(r.choices[0].message)")
+    return "\n".join([
+        "",
+        "[bold]Serve the released model to your agents[/] (OpenAI-compatible, tool calls included):",
+        f"  export L07_KEY=$({env} l07 keys create --role inference --name my-agent)",
+        f"  {env} l07 serve-model {model_id} --port 8090 &",
+        "[bold]Call it with the openai client[/] (pip install openai):",
+        f'  python -c "{call}"',
+    ])

@@ -52,7 +52,8 @@ async def list_examples(
 ) -> None:
     """List stored training examples."""
     async with services() as service:
-        examples = await service.queries.examples(status=status.upper() if status else None, limit=limit)
+        examples = await service.queries.examples(status=status.upper() if status else None, limit=limit,
+                                                  audited=True)
         total = await service.queries.count_examples(status=status.upper() if status else None)
     if json_out:
         emit_json({"data": examples, "count": total})

@@ -11,6 +11,8 @@ import typer
 from .. import __version__
 from ..observability.logging import configure_logging
 from ..settings import get_settings
+from . import audit as audit_cli
+from . import retention as retention_cli
 from . import datasets, demo, distill, examples, ingest, insights, keys, models, rlhf, serve, serve_model, train
 from . import loop as loop_cli
 from . import run as run_cli
@@ -96,6 +98,8 @@ SUBCOMMANDS: list[tuple[object, str | None]] = [
     (serve_model, None),
     (loop_cli, "loop"),
     (run_cli, None),
+    (audit_cli, "audit"),
+    (retention_cli, "retention"),
 ]
 
 for _module, _name in SUBCOMMANDS:

@@ -87,12 +87,25 @@ async def verify(model_id: str, json_out: bool = JsonOpt) -> None:
         raise typer.Exit(code=2)
 
 
+@app.command("resign")
+@run
+async def resign(model_id: str, actor: str = ActorOpt, json_out: bool = JsonOpt) -> None:
+    """Re-sign a model registered before manifests were bound to their registry row (it must pass its old checks)."""
+    result = await _with_registry(lambda r: r.resign(model_id, actor=_actor(actor)))
+    if json_out:
+        emit_json(result)
+    elif result["resigned"]:
+        console.print(f"[green]re-signed[/] {model_id} with {result['signing_key_version']}")
+    else:
+        console.print(f"{model_id}: manifest is bound already; nothing to do")
+
+
 @app.command("validate")
 @run
 async def validate(
     model_id: str,
-    baseline: str = typer.Option(None, "--baseline", help="Baseline model id; default: the current PRODUCTION model "
-                                                          "of the name, else the parent or base."),
+    baseline: str = typer.Option(None, "--baseline", help="Baseline model id (never a REJECTED one); default: the "
+                                                          "current PRODUCTION model of the name, else the parent or base."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Run every validation stage against the baseline and store the report (the release path's first step; no
@@ -162,11 +175,14 @@ async def approve(
     model_id: str,
     role: str = typer.Argument(..., help="reviewer, deployer, ml_manager or admin."),
     to_stage: str = typer.Option(None, "--to", help="Transition approved; default: the one the role approves."),
+    validation_id: str = typer.Option(None, "--validation-id", help="The validation report approved (STAGING, "
+                                      "PRODUCTION); default: the latest. The approval counts while it stays the latest."),
     actor: str = ActorOpt,
     json_out: bool = JsonOpt,
 ) -> None:
-    """Record an approval for a model's next transition."""
-    result = await _with_registry(lambda r: r.approve(model_id, role, _actor(actor), to_stage=to_stage))
+    """Record an approval for a model's next transition, bound to the validation report it approves."""
+    result = await _with_registry(lambda r: r.approve(model_id, role, _actor(actor), to_stage=to_stage,
+                                                      validation_id=validation_id))
     emit_json(result) if json_out else typer.echo(f"{result['actor']} approved {model_id} -> {result['to_stage']} as {result['role']}")
 
 

@@ -31,7 +31,8 @@ def register(app: typer.Typer) -> None:
         if json_out:
             emit_json({"serving": f"http://{bind['host']}:{bind['port']}", **bind})
         else:
-            typer.echo(f"L07 API on http://{bind['host']}:{bind['port']} (docs at /docs)", err=True)
+            docs = "docs at /docs" if config.public_docs else "schema at /openapi.json with a key; L07_API_PUBLIC_DOCS=true for /docs"
+            typer.echo(f"L07 API on http://{bind['host']}:{bind['port']} ({docs})", err=True)
         uvicorn.run(
             "L07_learning.api.app:create_served_app",
             factory=True,

@@ -15,7 +15,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..models.training_job import JobStatus, JobType, TrainingJob
-from ..services.fine_tuning_engine import FineTuningEngine, coerce_config, load_preset
+from ..services.fine_tuning_engine import FineTuningEngine, load_preset
 from ..services.learning_service import LearningService
 from ._common import JsonOpt, console, emit_json, run, services, table
 
@@ -62,6 +62,13 @@ async def _watch(engine: FineTuningEngine, job_id: str, json_out: bool, poll_s: 
             await asyncio.sleep(poll_s)
 
 
+def _recipe_line(job: TrainingJob) -> str:
+    recipe = (job.config.get("extra", {}) if isinstance(job.config, dict) else job.config.extra).get("recipe") or {}
+    if not recipe:
+        return "none (a complete config was given)"
+    return f"{recipe.get('preset')} ({recipe.get('reason')})"
+
+
 def _print_job(job: TrainingJob, json_out: bool) -> None:
     if json_out:
         emit_json(job)
@@ -70,6 +77,8 @@ def _print_job(job: TrainingJob, json_out: bool) -> None:
     rows = [("job_id", job.job_id), ("type", job.job_type.value), ("status", job.status.value),
             ("dataset", f"{job.dataset_id} {job.dataset_version}"), ("base_model_id", job.base_model_id),
             ("output_model_id", job.output_model_id), ("retries", job.retry_count),
+            ("recipe", _recipe_line(job)),
+            ("verdict", (m.get("verdict") or {}).get("verdict")),
             ("error", f"{job.error_code} {job.error_message}" if job.error_code else None),
             ("checkpoint", job.checkpoint_location)]
     for key in ("train_loss", "initial_eval_loss", "eval_loss", "test_loss", "base_accuracy", "eval_accuracy",
@@ -87,18 +96,28 @@ def register(root: typer.Typer) -> None:
     async def train(
         dataset: str = typer.Option(..., "--dataset", help="Dataset id."),
         base: str | None = typer.Option(None, "--base", help="Base model id (default: the registered SmolLM2 base)."),
-        preset: str | None = typer.Option(None, "--preset", help="Config preset (cpu-small, gpu) or a YAML file."),
+        preset: str | None = typer.Option(
+            None, "--preset", help="Config preset (tiny, cpu-small, cpu-small-large, gpu) or a YAML file; default: the "
+                                   "recipe measured for this device, the base model's size and the dataset's size."),
         sets: list[str] = typer.Option([], "--set", help="Override a JobConfig field: key=value (JSON values)."),
         job_type: str = typer.Option("sft", "--type", help="sft, rlhf or distillation."),
         worker: bool = typer.Option(True, "--worker/--no-worker", help="Run the job in this process (else only queue)."),
         json_out: bool = JsonOpt,
     ) -> None:
-        """Queue a fine-tuning job and (by default) run it here with a progress bar."""
+        """Queue a fine-tuning job and (by default) run it here with a progress bar.
+
+        With no ``--preset`` the job gets the recipe measured for this device, the base model's size and the dataset's
+        size; ``--set`` fields go on top of either. A job whose tuned model is no better than its base ends FAILED
+        with E7035 and registers nothing.
+        """
         overrides = _parse_sets(sets)
-        config = load_preset(preset, overrides) if preset else coerce_config(overrides)
+        # A dict (not a JobConfig) asks the engine for the recipe, with these fields on top.
+        config = load_preset(preset, overrides) if preset else overrides
         async with services() as service:
             engine = service.sft_engine
             job = await engine.start_training(dataset, base, config, job_type=JobType(job_type))
+            if not json_out:
+                typer.echo(f"recipe: {_recipe_line(job)}")
             if not worker:
                 emit_json(job) if json_out else typer.echo(f"queued {job.job_id} ({job.status.value})")
                 return

@@ -52,6 +52,13 @@ ALIAS_TYPES = frozenset({"task.completed", "evaluation.completed", "plan.created
 _L01_NAMESPACE = uuid.UUID("6f0e5b8e-3b7a-4c55-9d6e-07a1e0000001")
 _L01_KEYS = frozenset({"event_type", "aggregate_type", "aggregate_id", "payload"})
 
+# Nesting allowed in one event, envelope included. Real traces nest under 10 levels; serialisers further down refuse
+# ~255 (pydantic's model_dump), so a deeper event would wait in the join table and fail every batch that completes it.
+MAX_DEPTH = 64
+# Lengths of the envelope attributes that become key columns (``l07_processed_events``: String(512)/String(256)).
+MAX_ID_LENGTH = 512
+MAX_TYPE_LENGTH = 256
+
 
 @dataclass(frozen=True)
 class RawEvent:
@@ -67,9 +74,9 @@ class CloudEvent(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=False)
 
     specversion: str
-    id: str = Field(min_length=1)
-    source: str = Field(min_length=1)
-    type: str = Field(min_length=1)
+    id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    source: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    type: str = Field(min_length=1, max_length=MAX_TYPE_LENGTH)
     time: datetime | None = None
     datacontenttype: str | None = None
     dataschema: str | None = None
@@ -101,6 +108,28 @@ class CloudEvent(BaseModel):
         return out
 
 
+_STRING_ATTRIBUTES = ("id", "source", "type", "subject", "datacontenttype", "dataschema")
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_storable_attributes(event: CloudEvent) -> None:
+    """E7110 for an envelope string PostgreSQL cannot store (NUL, lone surrogate): these become key columns and
+    log fields, and one such value would fail the whole transaction of its batch."""
+    for name in _STRING_ATTRIBUTES:
+        v = getattr(event, name)
+        if v is not None and ("\x00" in v or (not v.isascii() and not _utf8(v))):
+            raise L07Error(L07ErrorCode.DATA_VALIDATION_SCHEMA_MISMATCH,
+                           f"invalid CloudEvent attribute {name!r}: contains NUL or unpaired surrogate characters",
+                           field=name)
+
+
 def _reject(code: L07ErrorCode, message: str, **context: Any) -> L07Error:
     return L07Error(code, message, **context)
 
@@ -123,11 +152,30 @@ def _decode(raw: bytes | str | Mapping[str, Any], max_bytes: int) -> tuple[dict[
         raise _reject(L07ErrorCode.TRACE_LIMIT_EXCEEDED, f"event is {len(raw)} characters, limit {max_bytes}")
     try:
         value, plain = json_text.read(raw)
-    except (ValueError, RecursionError) as exc:
+    except RecursionError:
+        raise _too_deep() from None
+    except ValueError as exc:
         raise _reject(L07ErrorCode.EXECUTION_TRACE_PARSE_ERROR, f"event is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise _reject(L07ErrorCode.EXECUTION_TRACE_PARSE_ERROR, f"event must be a JSON object, got {type(value).__name__}")
     return value, plain
+
+
+def _too_deep(limit: int | None = None, envelope: Mapping[str, Any] | None = None) -> L07Error:
+    bound = f"more than {limit} levels" if limit else "too deeply to be read"
+    # The envelope's own id and source, when readable, say which event it was (the rejection row shows them).
+    known = {k: envelope[k] for k in ("id", "source") if isinstance((envelope or {}).get(k), str)
+             and 0 < len(envelope[k]) <= MAX_ID_LENGTH} if envelope else {}
+    return _reject(L07ErrorCode.EXECUTION_TRACE_PARSE_ERROR, f"event nests {bound}", max_depth=limit or MAX_DEPTH,
+                   **{f"event_{k}": v for k, v in known.items()})
+
+
+def _check_depth(obj: Any, text: Any, max_depth: int, envelope: Mapping[str, Any] | None = None) -> None:
+    """E7015 when the event nests deeper than ``max_depth``; text with fewer brackets than that needs no walk."""
+    if isinstance(text, (str, bytes)) and json_text.brackets(text) <= max_depth:
+        return
+    if json_text.too_deep(obj, max_depth):
+        raise _too_deep(max_depth, envelope)
 
 
 def from_l01_envelope(env: Mapping[str, Any]) -> dict[str, Any]:
@@ -176,6 +224,8 @@ def from_binary(headers: Mapping[str, str], body: bytes | str | None) -> dict[st
     if body is not None and body != "" and (content_type is None or "json" in content_type):
         try:
             attrs["data"] = json.loads(body)
+        except RecursionError:
+            raise _too_deep() from None
         except ValueError as exc:
             raise _reject(L07ErrorCode.EXECUTION_TRACE_PARSE_ERROR, f"binary-mode body is not valid JSON: {exc}") from None
     elif body:
@@ -191,7 +241,8 @@ def _compiled(patterns: tuple[str, ...]) -> tuple[re.Pattern[str], ...]:
 @lru_cache(maxsize=4096)
 def _source_allowed(source: str, patterns: tuple[str, ...]) -> bool:
     # A platform has a handful of producers: caching the verdict per source keeps the regexes off the hot path.
-    return any(p.match(source) for p in _compiled(patterns))
+    # fullmatch: a pattern's ``$`` would also accept the source with a trailing newline.
+    return any(p.fullmatch(source) for p in _compiled(patterns))
 
 
 def check_source(source: str, allow_list: list[str] | tuple[str, ...]) -> None:
@@ -207,6 +258,7 @@ def parse_event(
     headers: Mapping[str, str] | None = None,
     allow_list: list[str] | tuple[str, ...] | None = None,
     max_bytes: int = 1_000_000,
+    max_depth: int = MAX_DEPTH,
 ) -> CloudEvent:
     """Parse one event in any accepted wire form.
 
@@ -215,31 +267,38 @@ def parse_event(
         headers: HTTP headers; when they carry ``ce-specversion`` the request is in binary mode.
         allow_list: Source regexes; None skips the check.
         max_bytes: Oversized events are refused with E7018.
+        max_depth: Events nesting deeper (envelope included) are refused with E7015.
 
     Raises:
-        L07Error: E7015 (not JSON, not an object, bad or missing envelope attribute), E7110 (attribute of the wrong
-            type), E7018 (oversized), E7115 (source not allowed).
+        L07Error: E7015 (not JSON, not an object, nested too deep, bad or missing envelope attribute), E7110
+            (attribute of the wrong type or too long), E7018 (oversized), E7115 (source not allowed).
     """
-    event, _ = read_event(raw, headers=headers, max_bytes=max_bytes)
+    event, _ = read_event(raw, headers=headers, max_bytes=max_bytes, max_depth=max_depth)
     if allow_list is not None:
         check_source(event.source, allow_list)
     return event
 
 
 def read_event(
-    raw: bytes | str | Mapping[str, Any], *, headers: Mapping[str, str] | None = None, max_bytes: int = 1_000_000
+    raw: bytes | str | Mapping[str, Any], *, headers: Mapping[str, str] | None = None, max_bytes: int = 1_000_000,
+    max_depth: int = MAX_DEPTH,
 ) -> tuple[CloudEvent, bool]:
     """``parse_event`` without the allow-list, plus whether orjson read the text: then ``data`` holds only finite
     floats and 64-bit integers, which lets the ingestion skip a walk over the record (``json_text.read``)."""
     plain = False
     if headers is not None and any(k.lower() == "ce-specversion" for k in headers):
         if isinstance(raw, Mapping):
-            raw = json.dumps(raw)
-        if isinstance(raw, (bytes, bytearray)) and len(raw) > max_bytes:
+            if json_text.too_deep(raw, max_depth - 1):
+                raise _too_deep(max_depth)
+            raw = json.dumps(raw, default=str)
+        if isinstance(raw, (str, bytes, bytearray)) and len(raw) > max_bytes:
             raise _reject(L07ErrorCode.TRACE_LIMIT_EXCEEDED, f"event is {len(raw)} bytes, limit {max_bytes}")
         obj = from_binary(headers, raw)
+        # The body is one level below the envelope.
+        _check_depth(obj.get("data"), raw, max_depth - 1, obj)
     else:
         obj, plain = _decode(raw, max_bytes)
+        _check_depth(obj, raw, max_depth, obj)
         if "specversion" not in obj and _L01_KEYS <= obj.keys():
             obj = from_l01_envelope(obj)
     try:
@@ -255,6 +314,7 @@ def read_event(
             else L07ErrorCode.DATA_VALIDATION_SCHEMA_MISMATCH
         )
         raise L07Error(code, f"invalid CloudEvent attribute {field!r}: {err['msg']}", field=field) from None
+    _check_storable_attributes(event)
     return event, plain
 
 
@@ -266,6 +326,9 @@ def raw_text(raw: Any) -> str:
         return raw
     try:
         return json.dumps(raw, default=str, sort_keys=True)
-    except (TypeError, ValueError, RecursionError):
-        return repr(raw)
+    except Exception:  # noqa: BLE001 - a payload that cannot be written is stored as its type, never a crash
+        try:
+            return repr(raw)
+        except Exception:  # noqa: BLE001 - deep or cyclic objects make repr recurse too
+            return f"<unprintable {type(raw).__name__}>"
 

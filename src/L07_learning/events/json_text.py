@@ -52,3 +52,31 @@ def canonical_dumps(value: Any) -> str:
     if out is None or b"0.0000" in out or b"0e" in out.translate(_DIGITS_TO_ZERO):
         return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return out.decode("utf-8")
+
+
+_CONTAINERS = (dict, list, tuple)
+
+
+def too_deep(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests dicts/lists more than ``limit`` levels (the top object is level 1).
+
+    Iterative, so a hostile depth cannot exhaust the interpreter's stack; depth-first and stopped at ``limit``, so a
+    cyclic structure handed in-process is "too deep" instead of a hang."""
+    if not isinstance(value, _CONTAINERS):
+        return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, _CONTAINERS):
+                stack.append((child, depth + 1))
+    return False
+
+
+def brackets(text: str | bytes) -> int:
+    """Opening brackets in JSON text: an upper bound of its nesting depth (those inside strings count too)."""
+    if isinstance(text, str):
+        return text.count("{") + text.count("[")
+    return text.count(b"{") + text.count(b"[")

@@ -90,6 +90,8 @@ class RLHFConfig(L07Model):
     reward_validation_split: float = Field(default=0.2, gt=0, lt=1)
     reward_learning_rate: float = Field(default=1e-4, gt=0, le=1e-2)
     reward_mode: Literal["pipeline", "multi_objective"] = "pipeline"
+    reward_latency_target_ms: float = Field(default=1000.0, gt=0, description="multi_objective: latency target")
+    reward_token_budget: float = Field(default=1.0, gt=0, description="multi_objective: token-cost budget")
     seed: int = 42
     target_modules: list[str] | None = Field(
         default=None, description="LoRA target modules of the policy; None means every linear layer but the head"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from datetime import datetime
 from enum import Enum
 from typing import Any, Literal
@@ -70,6 +72,51 @@ for _state in JOB_TRANSITIONS:
         JOB_TRANSITIONS[_state] = JOB_TRANSITIONS[_state] | {JobStatus.CANCELLED}
 
 
+def _nproc(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_NPROC_PER_NODE:
+        raise ValueError(f"extra.nproc_per_node must be an integer from 1 to {MAX_NPROC_PER_NODE}, not {value!r}")
+
+
+def _flag(name: str) -> Callable[[Any], None]:
+    def check(value: Any) -> None:
+        if not isinstance(value, bool):
+            raise ValueError(f"extra.{name} must be true or false, not {value!r}")
+    return check
+
+
+def _model_id(name: str) -> Callable[[Any], None]:
+    def check(value: Any) -> None:
+        if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 64):
+            raise ValueError(f"extra.{name} must be a model id (a string of 1 to 64 characters) or null")
+    return check
+
+
+def _settings(name: str) -> Callable[[Any], None]:
+    def check(value: Any) -> None:
+        if not isinstance(value, dict):
+            raise ValueError(f"extra.{name} must be an object")
+    return check
+
+
+# One training process per GPU of a node; more than 8 is a typo, not a node (and each loads the whole base model).
+MAX_NPROC_PER_NODE = 8
+MAX_EXTRA_BYTES = 65_536
+# The keys ``JobConfig.extra`` may hold and how each is checked; the RLHF and distillation settings are dicts their
+# kind validates in full with its own model (``RLHFConfig``, ``DistillationConfig``) when the job is prepared.
+EXTRA_KEYS: dict[str, Callable[[Any], None]] = {
+    "nproc_per_node": _nproc,
+    "generation_eval": _flag("generation_eval"),
+    "rlhf": _settings("rlhf"),
+    "reward_model_id": _model_id("reward_model_id"),
+    "sft_model_id": _model_id("sft_model_id"),
+    "distillation": _settings("distillation"),
+    # The recipe a job ran (preset and why, services/jobs/presets.py), and whether a model no better than its base
+    # may still be registered (default: no, E7035).
+    "recipe": _settings("recipe"),
+    "require_improvement": _flag("require_improvement"),
+}
+
+
 class JobConfig(L07Model):
     """Hyper-parameters of a fine-tuning job. Defaults and ranges are those of contract §3.4."""
 
@@ -102,6 +149,8 @@ class JobConfig(L07Model):
     metric_for_best_model: str = "eval_loss"
     gradient_checkpointing: bool = True
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    # On: an SFT job trains in the curriculum planner's order (staged easy -> all by default), read sequentially by
+    # the Trainer (pipelines/planned_epochs.py); off: the Trainer's own seeded shuffle every epoch.
     use_curriculum: bool = True
     difficulty_progression: list[float] = Field(default_factory=lambda: [0.2, 0.4, 0.6])
     curriculum: Literal["none", "ordered", "staged"] | None = None
@@ -114,7 +163,26 @@ class JobConfig(L07Model):
     max_training_duration_s: int = Field(default=12 * 3600, gt=0)
     system_prompt: str | None = None
     model_name: str | None = None
+    # The open slot for kind-specific settings; only the keys of ``EXTRA_KEYS`` are accepted (contract §3.4 has no
+    # such field), each checked by ``_check_extra`` here or by its kind's own model when the job is prepared.
     extra: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def nproc_per_node(self) -> int:
+        """Training processes for the job (``extra.nproc_per_node``, default 1; > 1 runs under torchrun)."""
+        return int(self.extra.get("nproc_per_node", 1))
+
+    @field_validator("extra")
+    @classmethod
+    def _check_extra(cls, v: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(v) - set(EXTRA_KEYS))
+        if unknown:
+            raise ValueError(f"unknown extra key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(EXTRA_KEYS))}")
+        for key, value in v.items():
+            EXTRA_KEYS[key](value)
+        if len(json.dumps(v, default=str)) > MAX_EXTRA_BYTES:
+            raise ValueError(f"extra is larger than {MAX_EXTRA_BYTES} bytes of JSON")
+        return v
 
     @field_validator("lora_alpha")
     @classmethod

@@ -121,3 +121,19 @@ HTTP_LATENCY = Histogram(
 def render() -> bytes:
     """The registry in Prometheus text format."""
     return generate_latest(REGISTRY)
+
+# Serving (``l07 serve-model``)
+SERVING_TOKENS = Counter(
+    "l07_serving_tokens_total", "Tokens processed by the served model", ["kind"], registry=REGISTRY
+)
+SERVING_LATENCY = Histogram(
+    "l07_serving_request_latency_seconds", "Chat completion latency, request received to last token",
+    ["stream"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60), registry=REGISTRY,
+)
+SERVING_BATCH_SIZE = Histogram(
+    "l07_serving_batch_size", "Requests decoded together in one forward batch", buckets=(1, 2, 4, 8, 16, 32),
+    registry=REGISTRY,
+)
+SERVING_TOKENS_PER_S = Gauge(
+    "l07_serving_tokens_per_second", "Completion tokens per second of the latest forward batch", registry=REGISTRY
+)

@@ -76,38 +76,55 @@ def generate_with(
     tokenizer: Any, model: Any, prompts: list[Prompt], max_new_tokens: int, batch_size: int = 8
 ) -> list[GenerationResult]:
     """Greedy generation with an already loaded model (see :func:`generate`)."""
-    import torch
-
     results: list[GenerationResult] = []
-    device = next(model.parameters()).device
-    eos_ids = {tokenizer.eos_token_id}
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
-    if im_end is not None:
-        eos_ids.add(im_end)
     for start in range(0, len(prompts), batch_size):
         chunk = [render_prompt(tokenizer, p) for p in prompts[start:start + batch_size]]
-        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            out = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                num_beams=1,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=sorted(i for i in eos_ids if i is not None),
-            )
-        per_item = (time.perf_counter() - t0) / len(chunk)
-        new = out[:, enc["input_ids"].shape[1]:]
-        for row in new:
-            ids = row.tolist()
-            n = len(ids)
-            for i, tok in enumerate(ids):
-                if tok in eos_ids:
-                    n = i + 1
-                    break
-            text = tokenizer.decode(ids[:n], skip_special_tokens=True).strip()
-            results.append(GenerationResult(text=text, latency_s=per_item, new_tokens=n))
+        results.extend(generate_rendered(tokenizer, model, chunk, max_new_tokens))
+    return results
+
+
+def stop_token_ids(tokenizer: Any) -> list[int]:
+    """End-of-sequence ids: the tokenizer's EOS plus ChatML's end of turn where the vocabulary has it."""
+    eos_ids = {tokenizer.eos_token_id}
+    if "<|im_end|>" in tokenizer.get_vocab():
+        eos_ids.add(tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    return sorted(i for i in eos_ids if i is not None)
+
+
+def generate_rendered(tokenizer: Any, model: Any, texts: list[str], max_new_tokens: int,
+                      limits: list[int] | None = None, streamer: Any = None) -> list[GenerationResult]:
+    """Greedy generation for prompt texts already rendered, as one forward batch.
+
+    ``limits`` caps each row's new tokens below ``max_new_tokens`` (requests with different ``max_tokens`` share a
+    batch). ``streamer`` (a transformers streamer, batch of one only) receives tokens as they are produced.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    stops = stop_token_ids(tokenizer)
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=stops,
+            streamer=streamer,
+        )
+    per_item = (time.perf_counter() - t0) / len(texts)
+    results = []
+    for k, row in enumerate(out[:, enc["input_ids"].shape[1]:]):
+        ids = row.tolist()[: limits[k] if limits else None]
+        n = len(ids)
+        for i, tok in enumerate(ids):
+            if tok in stops:
+                n = i + 1
+                break
+        text = tokenizer.decode(ids[:n], skip_special_tokens=True).strip()
+        results.append(GenerationResult(text=text, latency_s=per_item, new_tokens=n))
     return results
 
 

@@ -1,18 +1,27 @@
 """What counts as a correct answer: one definition for the SFT job's own ``eval_accuracy`` and the validator's gates.
 
-An expected answer that is an agent trace (``Step n: tool(params) -> ...`` lines and a final ``Answer:``) is matched
-as a trace; anything else by exact match of the normalised text (case, runs of blanks and a trailing full stop
-ignored). Cases may also name ``contains``, ``regex`` or ``similarity`` explicitly (golden suites do).
+An expected answer that is an agent trace (``Step n: tool(params) -> ...`` lines, or ``<tool_call>{"name": ...,
+"arguments": {...}}</tool_call>`` blocks, and a final ``Answer:``) is matched as a trace: the same tools in the same
+order with the same *parsed* JSON arguments (key order, blanks and ``1`` vs ``1.0`` do not matter), and the same final
+answer. Anything else is matched exactly on the normalised text (case, runs of blanks and a trailing full stop
+ignored). An example may name ``contains``, ``regex`` or ``similarity`` in its metadata (``match_mode``; golden suites
+do). :func:`match_mode_for` is the one rule both the job (``pipelines/sft_pipeline.py``) and the validator
+(``services/model_validator.py``) use to pick the mode of a held-out example.
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 import re
+from collections.abc import Mapping
+from typing import Any
 
 _WS = re.compile(r"\s+")
 _STEP_RE = re.compile(r"^Step \d+:\s*(?P<tool>[\w.\-]+)\((?P<params>.*)\)\s*->", re.M)
 _ANSWER_RE = re.compile(r"^Answer:\s*(?P<answer>.*)$", re.M)
+_TOOL_CALL_RE = re.compile(r"<tool_call>\s*(?P<body>\{.*?\})\s*</tool_call>", re.S)
+MATCH_MODES = ("exact", "trace", "contains", "regex", "similarity")
 
 
 def normalise_answer(text: str) -> str:
@@ -33,8 +42,39 @@ def parse_trace_output(text: str) -> tuple[list[tuple[str, str]], str | None]:
         they are observations from the environment, not something the model decides.
     """
     calls = [(m.group("tool"), _WS.sub("", m.group("params"))) for m in _STEP_RE.finditer(text)]
+    if not calls:
+        calls = [c for c in map(_tool_call_block, _TOOL_CALL_RE.finditer(text)) if c is not None]
     answers = _ANSWER_RE.findall(text)
     return calls, (answers[-1].strip() if answers else None)
+
+
+def _tool_call_block(m: re.Match[str]) -> tuple[str, str] | None:
+    try:
+        call = json.loads(m.group("body"))
+    except ValueError:
+        return None
+    if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+        return None
+    args = call.get("arguments", {})
+    if isinstance(args, str):  # OpenAI's wire form carries the arguments as a JSON string
+        try:
+            args = json.loads(args)
+        except ValueError:
+            pass
+    return call["name"], json.dumps(args, sort_keys=True, separators=(",", ":"))
+
+
+def _parsed_arguments(params: str) -> Any:
+    """The call's arguments as JSON values (numbers compare by value), or the blank-free text when not JSON."""
+    try:
+        return json.loads(params)
+    except ValueError:
+        return params
+
+
+def same_call(a: tuple[str, str], b: tuple[str, str]) -> bool:
+    """Two tool calls are the same when the tool names are equal and their arguments parse to equal JSON values."""
+    return a[0] == b[0] and (a[1] == b[1] or _parsed_arguments(a[1]) == _parsed_arguments(b[1]))
 
 
 def infer_match_mode(expected: str) -> str:
@@ -53,7 +93,7 @@ def score_answer(got: str, expected: str, mode: str, similarity_threshold: float
     if mode == "trace":
         exp_calls, exp_answer = parse_trace_output(expected)
         got_calls, got_answer = parse_trace_output(got)
-        parts = [a == b for a, b in zip(exp_calls, got_calls)] + [False] * abs(len(exp_calls) - len(got_calls))
+        parts = [same_call(a, b) for a, b in zip(exp_calls, got_calls)] + [False] * abs(len(exp_calls) - len(got_calls))
         parts.append(got_answer is not None and exp_answer is not None
                      and normalise_answer(got_answer) == normalise_answer(exp_answer))
         return all(parts), sum(parts) / len(parts)
@@ -70,7 +110,14 @@ def score_answer(got: str, expected: str, mode: str, similarity_threshold: float
     return s >= similarity_threshold, s
 
 
-def answer_matches(got: str, expected: str) -> bool:
-    """Correctness of ``got`` under the mode ``expected`` implies (``infer_match_mode``), as the validator scores a
-    held-out example without an explicit ``match_mode``."""
-    return score_answer(got, expected, infer_match_mode(expected))[0]
+def match_mode_for(expected: str, metadata: Mapping[str, Any] | None = None) -> str:
+    """The match mode of one held-out example: its metadata's ``match_mode`` when it names a known one, else the mode
+    its expected answer implies (:func:`infer_match_mode`). The job's ``eval_accuracy`` and the validator's held-out
+    accuracy both call this, so they count the same answers as correct."""
+    named = (metadata or {}).get("match_mode")
+    return str(named) if named in MATCH_MODES else infer_match_mode(expected)
+
+
+def answer_matches(got: str, expected: str, mode: str | None = None) -> bool:
+    """Correctness of ``got`` under ``mode`` (default: the mode ``expected`` implies, :func:`match_mode_for`)."""
+    return score_answer(got, expected, mode or match_mode_for(expected))[0]

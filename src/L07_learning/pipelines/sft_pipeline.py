@@ -24,7 +24,8 @@ from ..models.error_codes import L07Error, L07ErrorCode
 from ..models.training_job import JobConfig
 from .generation import generate_with
 from .lora_targets import resolve_target_modules
-from .matching import answer_matches
+from .matching import match_mode_for, score_answer
+from .planned_epochs import follow_plan, planned_stream
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,11 @@ Messages = list[dict[str, str]]
 CHECKPOINT_PREFIX = "checkpoint-"
 # Generation-based accuracy is measured on at most this many test examples (bounded time; enough to see learning).
 MAX_GENERATION_EVAL = 64
+# The no-improvement verdict: the tuned model must answer more held-out examples correctly than its base, and the
+# examples it gets right that the base gets wrong must outnumber the reverse beyond chance (one-sided sign test).
+IMPROVEMENT_P_VALUE = 0.05
+# Without a held-out score, the eval loss must fall by at least this fraction of its value before training.
+MIN_EVAL_LOSS_GAIN = 0.01
 
 
 @dataclass
@@ -215,8 +221,9 @@ def _make_callback(callbacks: SFTCallbacks, started: float, max_duration_s: floa
     return _Bridge()
 
 
-def _generation_accuracy(model: Any, tokenizer: Any, rows: list[Messages], max_new_tokens: int,
-                         batch_size: int) -> tuple[float, list[str]]:
+def _generation_correct(model: Any, tokenizer: Any, rows: list[Messages], modes: list[str], max_new_tokens: int,
+                        batch_size: int) -> list[bool]:
+    """Per held-out row: is the greedy answer correct under the row's match mode (the validator's rule)."""
     prompts = [r[:-1] for r in rows]
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
@@ -224,8 +231,42 @@ def _generation_accuracy(model: Any, tokenizer: Any, rows: list[Messages], max_n
         outs = generate_with(tokenizer, model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     finally:
         tokenizer.padding_side = side
-    hits = sum(answer_matches(o.text, r[-1]["content"]) for o, r in zip(outs, rows))
-    return hits / max(len(rows), 1), [o.text for o in outs]
+    return [score_answer(o.text, r[-1]["content"], mode)[0] for o, r, mode in zip(outs, rows, modes)]
+
+
+def sign_test_p(wins: int, losses: int) -> float:
+    """One-sided exact sign test: the chance of at least ``wins`` of ``wins + losses`` discordant pairs going the
+    tuned model's way if neither model were better."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2 ** n
+
+
+def improvement_verdict(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Did the tuned model improve on its base? ``{"verdict": improved | no_improvement | unmeasured, "measure",
+    "reason"}``.
+
+    With a held-out score (greedy generation on the test split, ``generation_wins``/``generation_losses`` against
+    the base): improved when the tuned model is right where the base is wrong more often than the reverse, beyond
+    chance (sign test, p <= ``IMPROVEMENT_P_VALUE``). Without one: the eval loss must fall by ``MIN_EVAL_LOSS_GAIN``
+    of its value before training. Without either: unmeasured.
+    """
+    if metrics.get("eval_accuracy") is not None and metrics.get("base_accuracy") is not None:
+        wins, losses = int(metrics.get("generation_wins", 0)), int(metrics.get("generation_losses", 0))
+        p = sign_test_p(wins, losses)
+        ok = wins > losses and p <= IMPROVEMENT_P_VALUE
+        reason = (f"held-out accuracy {metrics['eval_accuracy']:.1%} vs base {metrics['base_accuracy']:.1%} on "
+                  f"{metrics.get('generation_eval_examples', 0)} examples: {wins} newly right, {losses} newly wrong "
+                  f"(sign test p={p:.3g}, needs <= {IMPROVEMENT_P_VALUE})")
+        return {"verdict": "improved" if ok else "no_improvement", "measure": "held_out_accuracy", "p_value": p,
+                "reason": reason}
+    before, after = metrics.get("initial_eval_loss"), metrics.get("eval_loss")
+    if before is not None and after is not None and math.isfinite(before) and math.isfinite(after):
+        ok = after <= before * (1 - MIN_EVAL_LOSS_GAIN)
+        reason = f"eval loss {before:.4f} -> {after:.4f} (needs a {MIN_EVAL_LOSS_GAIN:.0%} fall; no held-out score)"
+        return {"verdict": "improved" if ok else "no_improvement", "measure": "eval_loss", "reason": reason}
+    return {"verdict": "unmeasured", "measure": None, "reason": "no held-out score and no eval loss before and after"}
 
 
 def run_sft(
@@ -240,6 +281,8 @@ def run_sft(
     target_modules: list[str] | None = None,
     callbacks: SFTCallbacks | None = None,
     measure_generation: bool = True,
+    train_order: list[list[int]] | None = None,
+    test_match_modes: list[str] | None = None,
 ) -> SFTResult:
     """Fine-tune a LoRA adapter on chat examples.
 
@@ -252,12 +295,16 @@ def run_sft(
         config: Hyper-parameters (contract §3.4).
         output_dir: Where the final adapter (and tokenizer) is saved.
         checkpoint_dir: Trainer checkpoints (kept for resumption).
-        test_rows: Held-out examples: test loss, and accuracy by greedy generation (``matching.answer_matches``, the
+        test_rows: Held-out examples: test loss, and accuracy by greedy generation (``matching.score_answer``, the
             validator's measure) for the tuned model and the base model (adapter disabled), on at most
-            ``MAX_GENERATION_EVAL`` of them.
+            ``MAX_GENERATION_EVAL`` of them; ``metrics["verdict"]`` says whether the tuned model improved.
         target_modules: Already-resolved LoRA targets (see ``lora_targets.resolve_target_modules``).
         callbacks: Progress hooks and cancellation.
         measure_generation: Measure generation accuracy on ``test_rows``.
+        test_match_modes: Match mode per test row (``matching.match_mode_for`` of its example, as the validator
+            picks it); default: the mode each expected answer implies.
+        train_order: The curriculum's plan, one list of indices into ``train_rows`` per epoch: trained as one
+            sequential pass in exactly that order (``planned_epochs``). None: the Trainer's own shuffled epochs.
 
     Raises:
         L07Error: E7031 (bad rows), E7032 (base model), E7036 (LoRA config), E7037 (tokenisation), E7030 (out of
@@ -312,7 +359,9 @@ def run_sft(
 
     has_template = bool(getattr(tokenizer, "chat_template", None))
     try:
-        train_ds = HFDataset.from_list([to_prompt_completion(r, has_template) for r in train_rows])
+        stream = planned_stream(train_rows, train_order) if train_order is not None else None
+        train_ds = HFDataset.from_list([to_prompt_completion(r, has_template)
+                                        for r in (stream.rows if stream else train_rows)])
         val_ds = HFDataset.from_list([to_prompt_completion(r, has_template) for r in val_rows]) if val_rows else None
     except (KeyError, TypeError) as exc:
         raise L07Error(L07ErrorCode.DATASET_LOADING_FAILURE, f"malformed example: {exc}") from exc
@@ -320,6 +369,8 @@ def run_sft(
     args = _sft_config(config, checkpoint_dir, precision, config.max_seq_length, val_ds is not None, use_cpu)
     state: dict[str, Any] = {"loss_curve": [], "evals": [], "cancelled": False, "timed_out": False, "training": True}
     trainer_callbacks = [_make_callback(callbacks, started, config.max_training_duration_s, state)]
+    if stream is not None:
+        trainer_callbacks.append(follow_plan(args, stream, int(os.environ.get("WORLD_SIZE", "1"))))
     if args.load_best_model_at_end:
         trainer_callbacks.append(EarlyStoppingCallback(config.early_stopping_patience, config.early_stopping_threshold))
     try:
@@ -371,6 +422,8 @@ def run_sft(
         "target_modules": targets,
         "train_examples": len(train_rows),
         "val_examples": len(val_rows),
+        "recipe": config.extra.get("recipe"),
+        "curriculum": stream.summary() if stream is not None else None,
     }
     if state["cancelled"]:
         metrics["duration_seconds"] = time.monotonic() - started
@@ -398,14 +451,21 @@ def run_sft(
         tokenizer.save_pretrained(str(output_dir))
         if test_rows and measure_generation:
             rows = test_rows[:MAX_GENERATION_EVAL]
+            modes = (test_match_modes or [])[:len(rows)]
+            modes += [match_mode_for(r[-1]["content"]) for r in rows[len(modes):]]
             longest = max(len(tokenizer(r[-1]["content"], add_special_tokens=False)["input_ids"]) for r in rows)
             peft_model = trainer.model
             peft_model.eval()
-            acc, _ = _generation_accuracy(peft_model, tokenizer, rows, longest + 8, config.validation_batch_size)
+            tuned = _generation_correct(peft_model, tokenizer, rows, modes, longest + 8, config.validation_batch_size)
             with peft_model.disable_adapter():
-                base_acc, _ = _generation_accuracy(peft_model, tokenizer, rows, longest + 8, config.validation_batch_size)
+                base = _generation_correct(peft_model, tokenizer, rows, modes, longest + 8,
+                                           config.validation_batch_size)
+            acc, base_acc = sum(tuned) / len(rows), sum(base) / len(rows)
             metrics.update(eval_accuracy=acc, base_accuracy=base_acc, improvement_vs_baseline=acc - base_acc,
-                           generation_eval_examples=len(rows))
+                           generation_eval_examples=len(rows),
+                           generation_wins=sum(t and not b for t, b in zip(tuned, base)),
+                           generation_losses=sum(b and not t for t, b in zip(tuned, base)))
+    metrics["verdict"] = improvement_verdict(metrics)
     metrics["duration_seconds"] = time.monotonic() - started
     return SFTResult(adapter_dir=str(output_dir), metrics=metrics)
 
@@ -427,6 +487,8 @@ def entry(spec: dict[str, Any], emit: Callable[[str, dict[str, Any]], None], sho
         spec["base_model_dir"], spec["train_rows"], spec.get("val_rows") or [], config,
         spec["output_dir"], spec["checkpoint_dir"], test_rows=spec.get("test_rows") or None,
         target_modules=spec.get("target_modules"),
+        train_order=spec.get("train_order"),
+        test_match_modes=spec.get("test_match_modes"),
         # A caller that validates the output by generation right after (the demo) skips this duplicate measurement.
         measure_generation=config.extra.get("generation_eval", True) is not False,
         callbacks=SFTCallbacks(

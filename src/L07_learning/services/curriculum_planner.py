@@ -13,8 +13,9 @@ Difficulty of an example (0 easy … 1 hard) starts from the contract's formula 
 Bands follow ``DifficultyLevel`` (EASY < 0.33 <= MEDIUM < 0.66 <= HARD), or quantiles of the target mix 30/50/20 with
 ``banding="quantile"``. The default schedule is easy -> easy+medium -> all, one epoch each (contract §5.7).
 
-``order_examples(examples, config)`` is the pure entry point for the SFT pipeline: it returns the whole training stream
-(every epoch, in order) for ``JobConfig.curriculum`` / ``use_curriculum``.
+``training_order(examples, config)`` is what an SFT job uses (``services/jobs/sft.py``): the plan as indices per epoch,
+handed to the training process, which feeds it to the Trainer in that order (``pipelines/planned_epochs.py``).
+``order_examples`` returns the same plan as one stream of examples.
 """
 
 from __future__ import annotations
@@ -219,6 +220,11 @@ def build_stages(examples: Sequence[TrainingExample], config: JobConfig, curricu
     return stages
 
 
+def curriculum_mode(config: JobConfig, curriculum: CurriculumConfig | None = None) -> str:
+    """``none``, ``ordered``, ``staged``, ``linear`` or ``root``: what the job's settings ask of the planner."""
+    return _mode(config, curriculum)
+
+
 def _mode(config: JobConfig, curriculum: CurriculumConfig | None) -> str:
     if config.curriculum is not None:
         return config.curriculum if config.curriculum != "staged" else (curriculum.pacing if curriculum else "staged")
@@ -292,6 +298,21 @@ def order_examples(examples: Sequence[TrainingExample], config: JobConfig, curri
     The SFT pipeline trains one pass over this list without its own shuffling: epochs and order are already in it.
     """
     return [e for epoch in plan_epochs(examples, config, curriculum, losses) for e in epoch]
+
+
+def training_order(examples: Sequence[TrainingExample], config: JobConfig, curriculum: CurriculumConfig | None = None,
+                   losses: dict[str, float] | None = None) -> list[list[int]] | None:
+    """The job's curriculum as indices into ``examples``, one list per epoch; None when the job has no curriculum.
+
+    This is what an SFT job hands its training process (``spec["train_order"]``, see ``pipelines/planned_epochs.py``):
+    with ``use_curriculum`` off (or ``curriculum="none"``) the Trainer keeps its own seeded shuffle, so None.
+    """
+    if curriculum_mode(config, curriculum) == "none":
+        return None
+    index = {e.example_id: i for i, e in enumerate(examples)}
+    if len(index) != len(examples):
+        raise L07Error(L07ErrorCode.DATASET_LOADING_FAILURE, "example ids repeat inside the train split")
+    return [[index[e.example_id] for e in epoch] for epoch in plan_epochs(examples, config, curriculum, losses)]
 
 
 class CurriculumPlanner:

@@ -338,6 +338,16 @@ class DatasetCurator:
                                ((ex.example_id, ex) for ex in dataset.split_examples(s))]
         manifest_path = out_dir / "manifest.json"
         manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+        try:
+            # An export hands out training data (contract §7.4): no export without its audit row.
+            async with self.db.session() as session:
+                await audit(session, "dataset.export", "dataset", dataset.dataset_id, details={
+                    "name": dataset.name, "version": dataset.version, "format": format, "path": str(out_dir),
+                    "rows": {s: f["rows"] for s, f in files.items()}, "checksum_sha256": dataset.checksum_sha256})
+        except Exception:
+            for written in [*(Path(f["path"]) for f in files.values()), manifest_path]:
+                written.unlink(missing_ok=True)
+            raise
         return {"dataset_id": dataset.dataset_id, "name": dataset.name, "version": dataset.version, "format": format,
                 "files": files, "manifest": str(manifest_path), "checksum_sha256": dataset.checksum_sha256}
 
@@ -453,8 +463,8 @@ class DatasetCurator:
                 missing = sorted(set(hashes) - set(stored_hashes))
                 if missing:
                     raise L07Error(L07ErrorCode.DATASET_TABLE_WRITE_ERROR,
-                                   f"{len(missing)} example(s) could not be stored: another stored example holds "
-                                   "their (source_type, execution_id)", example_ids=missing[:20])
+                                   f"{len(missing)} example(s) could not be stored or were removed while the "
+                                   "version was written; retry", example_ids=missing[:20])
                 differing = sorted(eid for eid, h in stored_hashes.items() if h != hashes[eid])
                 if differing:
                     raise L07Error(L07ErrorCode.DATA_VALIDATION_SCHEMA_MISMATCH,

@@ -24,6 +24,7 @@ from .filtering.duplicate_rules import ExactDuplicates, NearDuplicates
 from .filtering.gc_pause import paused_gc
 from .filtering.persistence import persist
 from .filtering.pool import ExamplePool
+from .filtering.redaction import StorageRedactor
 from .filtering.rules import (
     BatchPoisoning,
     Completeness,
@@ -54,6 +55,7 @@ class ExampleQualityFilter:
         self.settings = settings or get_settings()
         self.config = cfg = config or FilterConfig.from_settings(self.settings)
         self.scanner = ContentScanner(cfg)
+        self.redactor = StorageRedactor(cfg.pii_custom_names)
         self.pool = ExamplePool(cfg, db)
         self.completeness = Completeness()
         # Rules 2-9 in the contract's order: the first to mark an example decides it.
@@ -93,7 +95,7 @@ class ExampleQualityFilter:
             decisions[c.index] = c.finish()
         report = FilterReport(decisions=[d for d in decisions if d is not None], alerts=batch.alerts)
         if self.db is not None:
-            await persist(self.db, report, self.scanner.secrets)
+            await persist(self.db, report, self.redactor)
         self.pool.remember(batch.candidates, report, batch.signatures)
         count_outcomes(report)
         report.duration_s = time.perf_counter() - started

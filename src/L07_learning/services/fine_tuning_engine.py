@@ -1,10 +1,13 @@
 """``FineTuningEngine``: submit, watch and cancel durable training jobs (contract §0, §3.3, §4.1).
 
 ``start_training`` validates everything that can be checked at submission (config ranges E7500, LoRA targets against
-the base model's architecture E7036, sequence length against the model's positions, dataset existence E7028) and stores
-the job as PENDING; a worker (``l07 worker``, ``run_worker_once`` or the embedded background worker) runs it in its own
-process through ``services/jobs/runner.py``. Every change of a job's state goes through ``services/jobs/lifecycle.py``;
-the SFT kind's worker side is ``services/jobs/sft.py``, its child side ``pipelines/sft_pipeline.py``.
+the base model's architecture E7036, sequence length against the model's positions, dataset existence E7028, a train
+split of at least ``minimum_dataset_size`` E7020) and stores the job as PENDING. A submitter who names no complete
+config for an SFT job gets the recipe measured for the device, the base model's size and the dataset's size
+(``jobs/presets.select_recipe``), with any fields it did name on top. A worker (``l07 worker``, ``run_worker_once`` or
+the embedded background worker) runs it in its own process through ``services/jobs/runner.py``. Every change of a
+job's state goes through ``services/jobs/lifecycle.py``; the SFT kind's worker side is ``services/jobs/sft.py``, its
+child side ``pipelines/sft_pipeline.py``.
 """
 
 from __future__ import annotations
@@ -25,12 +28,20 @@ from ..store.db import Database, get_database
 from ..store.repositories.jobs import JobRepository
 from .dataset_curator import DatasetCurator
 from .jobs.lifecycle import JobLifecycle
-from .jobs.presets import coerce_config, list_presets, load_preset
-from .jobs.runner import JobRunner
+from .jobs.presets import (
+    Recipe,
+    coerce_config,
+    count_parameters,
+    list_presets,
+    load_preset,
+    recipe_config,
+    select_recipe,
+)
+from .jobs.runner import JobRunner, _device
 from .model_registry import ModelRegistry
 
 # The presets are part of this engine's public surface (``l07 train --preset``, the demo).
-__all__ = ["FineTuningEngine", "coerce_config", "list_presets", "load_preset"]
+__all__ = ["FineTuningEngine", "coerce_config", "list_presets", "load_preset", "select_recipe"]
 
 log = logging.getLogger(__name__)
 
@@ -67,16 +78,23 @@ class FineTuningEngine:
         Args:
             dataset_id: Dataset to train on (its latest version, recorded on the job).
             base_model_id: Registry id of the base model; default: the registered default base (registered on first use).
-            config: Hyper-parameters (contract §3.4 defaults).
+            config: Hyper-parameters. A ``JobConfig`` is used as it is; for an SFT job, None or a dict of fields
+                gets the recipe for this device, base model and dataset size (``jobs/presets.select_recipe``) with
+                the dict's fields on top, recorded in ``config.extra["recipe"]`` and ``metrics["recipe"]``.
             job_type: SFT, RLHF or DISTILLATION (table ``services/jobs/kinds.py``).
             created_by: Requester (audit).
             idempotency_key: Submitting the same key again returns the first job.
 
         Raises:
             L07Error: E7500 config out of range, E7036 LoRA targets that do not resolve, E7028 unknown dataset,
-                E7250 unknown base model, E7201/E7207 tampered base model.
+                E7020 a train split smaller than ``minimum_dataset_size``, E7250 unknown base model, E7201/E7207
+                tampered base model.
         """
-        cfg = coerce_config(config)
+        if isinstance(config, JobConfig):
+            cfg: JobConfig | None = config
+        else:
+            cfg = None
+            coerce_config(config)  # out-of-range fields fail fast (E7500), before any model is looked at
         job_type = JobType(job_type)
         if idempotency_key:
             async with self.db.session() as session:
@@ -86,22 +104,43 @@ class FineTuningEngine:
         if base_model_id is None:
             base_model_id = (await self.registry.ensure_base_model()).model_id
         base_dir = await self.registry.local_path(base_model_id)
-        targets = await asyncio.to_thread(self._check_model_fit, cfg, base_dir)
         dataset = await self.curator.get_dataset(dataset_id)
         train_n = len(dataset.split_examples("train"))
         if train_n == 0:
             raise L07Error(L07ErrorCode.DATASET_LOADING_FAILURE, f"dataset {dataset_id} has no training examples")
+        minimum = self.settings.minimum_dataset_size
+        if train_n < minimum:
+            raise L07Error(L07ErrorCode.INSUFFICIENT_EXAMPLES,
+                           f"dataset {dataset_id} {dataset.version} has {train_n} training examples; training needs "
+                           f"at least minimum_dataset_size={minimum} (L07_MINIMUM_DATASET_SIZE)",
+                           dataset_id=dataset_id, train_examples=train_n, minimum_dataset_size=minimum)
+        if cfg is None and job_type is JobType.SFT:
+            recipe = await asyncio.to_thread(self._recipe, base_dir, train_n)
+            cfg = recipe_config(recipe, config if isinstance(config, dict) else None, base_dir)
+        elif cfg is None:  # the recipes were measured for SFT; RLHF and distillation keep the contract's defaults
+            cfg = coerce_config(config)
+        targets = await asyncio.to_thread(self._check_model_fit, cfg, base_dir)
         job = TrainingJob(
             job_type=job_type, status=JobStatus.PENDING, config=cfg.model_dump(mode="json"), dataset_id=dataset_id,
             dataset_version=dataset.version, dataset_size=len(dataset.examples), base_model_id=base_model_id,
             created_by=created_by, idempotency_key=idempotency_key,
-            metrics={"resolved_target_modules": targets},
+            metrics={"resolved_target_modules": targets,
+                     "recipe": cfg.extra.get("recipe") or {"preset": None, "reason": "a complete config was given"}},
         )
         await self.lifecycle.submit(job, created_by, {"job_type": job_type.value, "dataset_id": dataset_id,
                                                       "dataset_version": dataset.version,
                                                       "base_model_id": base_model_id})
         log.info("training job queued", extra={"job_id": job.job_id, "job_type": job_type.value})
         return job
+
+    @staticmethod
+    def _recipe(base_dir: str, train_examples: int) -> Recipe:
+        """The measured recipe for where this process's worker trains, the base model's size and the train split.
+
+        The device is the one this machine's workers train on (``l07 train`` and the embedded worker run here); a
+        queue served by workers elsewhere gets its recipe by naming a preset.
+        """
+        return select_recipe(_device(), count_parameters(base_dir), train_examples)
 
     @staticmethod
     def _check_model_fit(cfg: JobConfig, base_dir: str) -> list[str]:

@@ -30,6 +30,7 @@ from .access import AccessService
 from .dataset_curator import DatasetCurator
 from .distillation_engine import DistillationEngine
 from .example_quality_filter import Decision, ExampleQualityFilter
+from .filtering.redaction import redact_raw
 from .fine_tuning_engine import FineTuningEngine
 from .ingestion.pipeline import IngestionPipeline, ingest_and_filter, run_source
 from .model_registry import ModelRegistry
@@ -193,7 +194,9 @@ class LearningService:
     @staticmethod
     def stream_source(redis_url: str, stream: str, group: str, consumer: str | None = None,
                       **options: Any) -> RedisStreamSource:
-        """A Redis Streams consumer-group source for ``consume`` (``options``: ``RedisStreamSource``'s keywords)."""
+        """A Redis Streams consumer-group source for ``consume`` (``options``: ``RedisStreamSource``'s keywords);
+        its dead letters are stored redacted."""
+        options.setdefault("redact", redact_raw)
         return RedisStreamSource(redis_url, stream, group, consumer, **options)
 
     async def consume(self, source: RedisStreamSource) -> dict[str, Any]:
@@ -254,13 +257,14 @@ class LearningService:
         return dataset
 
     # -------------------------------------------------------------------------------------------------- training
-    async def train_model(self, dataset_id: str, config: JobConfig | None = None,
+    async def train_model(self, dataset_id: str, config: JobConfig | dict[str, Any] | None = None,
                           base_model_id: str | None = None) -> TrainingJob:
-        """Submit an SFT job (returns at once, PENDING). Without ``base_model_id`` the default base is used."""
+        """Submit an SFT job (returns at once, PENDING). Without ``base_model_id`` the default base is used; without a
+        ``JobConfig`` the measured recipe (``jobs/presets.select_recipe``) under the dict's fields."""
         await self._ensure()
         if base_model_id is None:
             base_model_id = (await self.registry.ensure_base_model()).model_id
-        return await self.sft_engine.start_training(dataset_id, base_model_id, config or JobConfig())
+        return await self.sft_engine.start_training(dataset_id, base_model_id, config)
 
     # ------------------------------------------------------------------------------------------------ deployment
     async def deploy_model(self, model_id: str) -> ValidationResult:

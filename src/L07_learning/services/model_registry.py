@@ -11,9 +11,10 @@ for STAGING/PRODUCTION, the ``learning.model_deployment_approved`` event. A refu
 audit row saying why. One ACTIVE PRODUCTION version per name is enforced by a partial unique index; concurrent
 promotions of one name are detected and the loser gets E7251.
 
-The parts live in ``services/registry/``: ``intake`` (hash, sign, copy in), ``artifact_store``, ``signing``,
-``verification``, ``stages``, ``transitions``, ``base_models``, ``versions``, ``lineage``, ``comparison`` and
-``loading``.
+This class is the face; the parts live in ``services/registry/``: ``registration`` (job-idempotent registration,
+orphan reclaim), ``intake`` (hash, sign, copy in), ``artifact_store``, ``signing``, ``verification``, ``stages``,
+``approvals``, ``promotion`` (the locked promotion transaction), ``rollback``, ``transitions``, ``refusals``
+(audited refusals), ``base_models``, ``versions``, ``lineage``, ``comparison``, ``resign`` and ``loading``.
 """
 
 from __future__ import annotations
@@ -29,38 +30,39 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from ..events.publisher import EventPublisher
 from ..models._base import utcnow
 from ..models.error_codes import L07Error, L07ErrorCode
-from ..models.model_artifact import ModelArtifact, ModelLineage, ModelStage, ModelType, ServingState
+from ..models.model_artifact import ModelArtifact, ModelLineage, ModelStage, ModelType
 from ..models.validation import Recommendation, ValidationResult
-from ..observability.metrics import ERRORS, MODEL_ROLLBACKS, MODELS_DEPLOYED, MODELS_REGISTERED
+from ..observability.metrics import MODEL_ROLLBACKS, MODELS_DEPLOYED
 from ..settings import Settings, get_settings
 from ..store.db import Database, get_database
 from ..store.repositories.audit import audit
 from ..store.repositories.models import ModelRepository
 from .registry import base_models
-from .registry.artifact_store import ArtifactStore, check_model_name
+from .registry.approvals import record_approval
+from .registry.artifact_store import ArtifactStore
 from .registry.base_models import DEFAULT_BASE_MODEL
 from .registry.comparison import compare
-from .registry.intake import store_signed
 from .registry.lineage import model_lineage
-from .registry.signing import SigningKeyInfo, SigningKeyring
+from .registry.promotion import active_model_id, commit_promotion, promotion_error
+from .registry.refusals import record_failure
+from .registry.registration import register
+from .registry.resign import resign_legacy
+from .registry.rollback import commit_rollback, rollback_target
+from .registry.signing import SigningKeyInfo, SigningKeyring, keyring_for
 from .registry.stages import (
     ALLOWED,
     APPROVAL_ROLES,
     ARCHIVE_AFTER_DAYS,
     CANARY_CONFIG,
     allowed_targets,
-    approval_target,
-    check_actor,
-    check_role,
     check_rollback_reason,
     check_transition,
     parse_approvals,
     parse_stage,
-    requirements,
 )
-from .registry.transitions import Conflict, apply_promotion, apply_rollback, archive_standby
+from .registry.transitions import Conflict, archive_standby
 from .registry.verification import VerificationReport, verify_artifact
-from .registry.versions import registration_version, version_after
+from .registry.versions import version_after
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,7 @@ class ModelRegistry:
         self.store = store or ArtifactStore(
             str(self.settings.artifact_root), cache_dir=Path(self.settings.home) / "cache" / "artifacts"
         )
-        self.keyring = keyring or SigningKeyring(self.settings.signing_key_path or Path(self.settings.home) / "keys")
+        self.keyring = keyring or keyring_for(self.settings)
         self.publisher = publisher or EventPublisher()
 
     # --- registration ---------------------------------------------------------------------------------------------
@@ -111,42 +113,7 @@ class ModelRegistry:
             L07Error: E7045 existing name+version, E7042 missing/unreadable files, E7207 checksum mismatch,
             E7201 bad caller signature, E7200 signing failure, E7110 bad name. Nothing is stored on failure.
         """
-        source = source_dir or artifact.artifact_path
-        if not source:
-            raise L07Error(L07ErrorCode.ARTIFACT_UPLOAD_FAILURE, "no artifact files given: pass source_dir or artifact_path")
-        check_model_name(artifact.name)
-        async with self.db.session() as session:
-            existing = await ModelRepository(session).versions(artifact.name)
-        version = registration_version(artifact, existing)
-        stored = await store_signed(self.store, self.keyring, source, artifact, version)
-        try:
-            record = artifact.model_copy(update={
-                "version": version, "stage": ModelStage.DEVELOPMENT, "serving_state": ServingState.NONE,
-                "artifact_path": stored.url, "artifact_size_bytes": sum(f["size"] for f in stored.files),
-                "checksum": stored.checksum, "signature": stored.signature, "signed": True,
-                "signing_key_version": stored.key_version, "created_by": actor, "created_at": utcnow(),
-                "stage_history": [], "deployed_at": None,
-            })
-            async with self.db.session() as session:
-                repo = ModelRepository(session)
-                repo.add(record, stored.manifest)
-                repo.add_history(record.model_id, None, ModelStage.DEVELOPMENT, ServingState.NONE, actor, "registered")
-                await audit(session, "model.register", "model", record.model_id, actor=actor, details={
-                    "name": record.name, "version": version, "model_type": record.model_type.value,
-                    "checksum": stored.checksum, "signing_key_version": stored.key_version, "files": len(stored.files),
-                    "artifact_path": stored.url,
-                })
-        except BaseException as exc:
-            await asyncio.to_thread(self.store.remove, stored.dest)
-            if isinstance(exc, IntegrityError):
-                raise L07Error(
-                    L07ErrorCode.ARTIFACT_VERSIONING_ERROR, f"{artifact.name} {version} was registered concurrently",
-                    name=artifact.name, version=version,
-                ) from exc
-            raise
-        MODELS_REGISTERED.labels(model_type=record.model_type.value).inc()
-        log.info("model registered", extra={"model_id": record.model_id, "model_name": record.name, "version": version})
-        return record.model_id
+        return await register(self.db, self.store, self.keyring, artifact, source_dir, actor)
 
     async def next_version(self, name: str, change: str = "MINOR") -> str:
         """The next free semantic version of a name (``1.0.0`` for a new name)."""
@@ -216,8 +183,23 @@ class ModelRegistry:
         model = await self._get(model_id)
         report = await self._check(model)
         if not report.ok:
-            await self._record_failure("model.verify", model.model_id, "l07", L07Error(report.error_code or "E7207", "; ".join(report.problems)))
+            await record_failure(self.db, "model.verify", model.model_id, "l07", L07Error(report.error_code or "E7207", "; ".join(report.problems)))
         return report
+
+    async def resign(self, model_id: str, actor: str = "l07") -> dict[str, Any]:
+        """Re-sign a model registered before manifests were bound to their registry row (``registry/resign.py``).
+
+        Raises:
+            L07Error: E7250 unknown id; E7207/E7201 the model fails its old checks (it is not re-signed).
+        """
+        model = await self._get(model_id)
+        async with self.db.session() as session:
+            manifest = await ModelRepository(session).get_manifest(model_id) or {}
+        try:
+            return await resign_legacy(self.db, self.keyring, model, manifest, actor)
+        except L07Error as exc:
+            await record_failure(self.db, "model.resign", model_id, actor, exc)
+            raise
 
     async def local_path(self, model_id: str) -> str:
         """A verified local folder with the model's files. Every load for training, validation or serving uses this.
@@ -255,41 +237,31 @@ class ModelRegistry:
                 + "; ".join(report.problems),
                 model_id=model.model_id, problems=report.problems,
             )
-            await self._record_failure(f"model.{action}", model.model_id, "l07", exc)
+            await record_failure(self.db, f"model.{action}", model.model_id, "l07", exc)
             raise exc
         return report
 
     # --- approvals and stage changes ------------------------------------------------------------------------------
 
-    async def approve(self, model_id: str, role: str, actor: str, to_stage: str | ModelStage | None = None) -> dict[str, Any]:
+    async def approve(self, model_id: str, role: str, actor: str, to_stage: str | ModelStage | None = None,
+                      validation_id: str | None = None) -> dict[str, Any]:
         """Record that ``actor`` in ``role`` approves the model's next transition.
+
+        A STAGING or PRODUCTION approval is given for one validation report, the model's latest: it counts only
+        while that report is the latest, so a newer validation (for instance a worse one) needs a new approval.
 
         Args:
             role: ``reviewer`` (REVIEW -> STAGING), ``deployer`` / ``ml_manager`` (STAGING -> PRODUCTION),
                 ``admin`` (manual archive).
             to_stage: The transition approved; default: the one the role approves.
+            validation_id: The report approved; default: the latest. Naming one that is not the latest is refused.
 
         Raises:
             L07Error: E7250 unknown id, E7110 bad role or empty actor, E7251 when that transition is not open from
-            the model's current stage.
+            the model's current stage, E7252 when there is no validation to approve or ``validation_id`` is not the
+            latest one.
         """
-        role, actor = check_role(role), check_actor(actor)
-        target = approval_target(role, to_stage)
-        try:
-            async with self.db.session() as session:
-                repo = ModelRepository(session)
-                model = await repo.get(model_id, with_history=False)
-                if model is None:
-                    raise L07Error(L07ErrorCode.MODEL_NOT_FOUND, f"no model with id {model_id}", model_id=model_id)
-                check_transition(model, target)
-                repo.add_approval(model_id, target, role, actor)
-                await audit(session, "model.approve", "model", model_id, actor=actor,
-                            details={"role": role, "to_stage": target.value, "from_stage": model.stage.value})
-        except L07Error as exc:
-            if exc.code is not L07ErrorCode.MODEL_NOT_FOUND:
-                await self._record_failure("model.approve", model_id, actor, exc)
-            raise
-        return {"model_id": model_id, "role": role, "actor": actor, "to_stage": target.value}
+        return await record_approval(self.db, model_id, role, actor, to_stage, validation_id)
 
     async def promote_model(
         self,
@@ -322,50 +294,20 @@ class ModelRegistry:
         target = parse_stage(stage)
         given = parse_approvals(approvals)
         model = await self._get(model_id)
-        expected_active: str | None = None
         try:
             check_transition(model, target)
-            if target is ModelStage.PRODUCTION:
-                async with self.db.session() as session:
-                    current = await ModelRepository(session).active(model.name)
-                expected_active = current.model_id if current else None
+            expected_active = await active_model_id(self.db, model.name) if target is ModelStage.PRODUCTION else None
             if target in (ModelStage.STAGING, ModelStage.PRODUCTION):
                 # Hash and signature re-verified before anything changes (contract §4.2); slow, so outside the lock.
                 await self._verify_or_raise(model, "promote")
-            async with self.db.session() as session:
-                repo = ModelRepository(session)
-                locked = await repo.get(model_id, for_update=True, with_history=False)
-                assert locked is not None
-                if locked.stage is not model.stage or locked.checksum != model.checksum:
-                    raise L07Error(
-                        L07ErrorCode.STAGE_TRANSITION_NOT_ALLOWED,
-                        f"model {model_id} changed to {locked.stage.value} while this promotion ran; check and retry",
-                        current_stage=locked.stage.value,
-                    )
-                for role, who in given:
-                    repo.add_approval(model_id, target, role, who)
-                await session.flush()
-                chain = requirements(locked, await repo.open_approvals(model_id, target),
-                                     await repo.latest_validation(model_id), target)
-                result = await apply_promotion(session, self.publisher, locked, target, actor, chain, notes,
-                                               expected_active)
-                for event_type, data in events or []:
-                    await self.publisher.publish(session, event_type, data, subject=model_id)
-        except (IntegrityError, Conflict) as exc:
-            err = L07Error(
-                L07ErrorCode.STAGE_TRANSITION_NOT_ALLOWED,
-                f"another version of {model.name} became the ACTIVE production model while this promotion ran; "
-                f"nothing was changed. Check `l07 models list --stage production` and retry if still wanted",
-                model_id=model_id, name=model.name,
-            )
-            await self._record_failure("model.promote", model_id, actor, err, target)
-            raise err from exc
-        except OperationalError as exc:
-            err = L07Error(L07ErrorCode.MODEL_REGISTRY_UNAVAILABLE, f"registry database busy or unreachable: {exc.orig}")
-            await self._record_failure("model.promote", model_id, actor, err, target)
+            result = await commit_promotion(self.db, self.publisher, model, target, given, actor, notes, events,
+                                            expected_active)
+        except (IntegrityError, Conflict, OperationalError) as exc:
+            err = promotion_error(model, exc)
+            await record_failure(self.db, "model.promote", model_id, actor, err, target)
             raise err from exc
         except L07Error as exc:
-            await self._record_failure("model.promote", model_id, actor, exc, target)
+            await record_failure(self.db, "model.promote", model_id, actor, exc, target)
             raise
         MODELS_DEPLOYED.labels(stage=target.value, success="true").inc()
         log.info("model promoted", extra={"model_id": model_id, "to_stage": target.value, "actor": actor})
@@ -389,48 +331,15 @@ class ModelRegistry:
             E7207/E7201 when the target fails verification (it is then not activated).
         """
         check_rollback_reason(reason)
-        async with self.db.session() as session:
-            repo = ModelRepository(session)
-            named = await repo.get(name_or_id, with_history=False)
-            name = named.name if named else name_or_id
-            versions = await repo.production_versions(name)
-        active = next((v for v in versions if v["serving_state"] == ServingState.ACTIVE.value), None)
-        standby = [v for v in versions if v["serving_state"] == ServingState.STANDBY.value]
-        if to_version is not None:
-            target_row = next((v for v in standby if v["version"] == to_version), None)
-            if target_row is None:
-                async with self.db.session() as session:
-                    found = await ModelRepository(session).find(name, to_version)
-                state = f"{found.stage.value}/{found.serving_state.value}" if found else "not registered"
-                err = L07Error(
-                    L07ErrorCode.STAGE_TRANSITION_NOT_ALLOWED,
-                    f"{name} {to_version} is {state}; only a STANDBY PRODUCTION version can be rolled back to "
-                    f"(STANDBY now: {', '.join(v['version'] for v in standby) or 'none'})",
-                    name=name, version=to_version,
-                )
-                await self._record_failure("model.rollback", found.model_id if found else None, actor, err)
-                raise err
-        else:
-            candidates = [v for v in standby if v["rolled_back_at"] is None and v["superseded_at"] is not None]
-            if not candidates:
-                err = L07Error(L07ErrorCode.STAGE_TRANSITION_NOT_ALLOWED,
-                               f"{name} has no previous PRODUCTION version to roll back to", name=name)
-                await self._record_failure("model.rollback", active["model_id"] if active else None, actor, err)
-                raise err
-            target_row = max(candidates, key=lambda v: v["superseded_at"])
+        name, active, target_row = await rollback_target(self.db, name_or_id, actor, to_version)
         target = await self._get(target_row["model_id"])
         await self._verify_or_raise(target, "rollback")
-        now = utcnow()
-        incident = {"reason": reason, "from_model_id": active["model_id"] if active else None,
-                    "from_version": active["version"] if active else None,
-                    "to_model_id": target.model_id, "to_version": target.version, "at": now.isoformat()}
         try:
-            async with self.db.session() as session:
-                await apply_rollback(session, self.publisher, active, target, actor, incident, now)
+            incident = await commit_rollback(self.db, self.publisher, active, target, actor, reason)
         except (IntegrityError, Conflict) as exc:
             err = L07Error(L07ErrorCode.STAGE_TRANSITION_NOT_ALLOWED,
                            f"the production models of {name} changed during the rollback; nothing was changed, retry")
-            await self._record_failure("model.rollback", target.model_id, actor, err)
+            await record_failure(self.db, "model.rollback", target.model_id, actor, err)
             raise err from exc
         MODEL_ROLLBACKS.labels(reason=reason).inc()
         log.warning("model rolled back", extra={"model_name": name, "incident": incident})
@@ -508,7 +417,7 @@ class ModelRegistry:
         try:
             info = await asyncio.to_thread(self.keyring.rotate)
         except L07Error as exc:
-            await self._record_failure("key.rotate", None, actor, exc, resource_type="signing_key")
+            await record_failure(self.db, "key.rotate", None, actor, exc, resource_type="signing_key")
             raise
         keys = self.keyring.list_keys()
         retired = [k.version for k in keys if k.status == "retired"]
@@ -524,26 +433,6 @@ class ModelRegistry:
     def list_signing_keys(self) -> list[SigningKeyInfo]:
         """The signing keys, newest first (public parts only)."""
         return self.keyring.list_keys()
-
-    # --- refusals -------------------------------------------------------------------------------------------------
-
-    async def _record_failure(
-        self, action: str, model_id: str | None, actor: str, exc: L07Error, target: ModelStage | None = None,
-        resource_type: str = "model",
-    ) -> None:
-        """Audit a refusal in its own transaction (the refused one rolled back) and count it."""
-        ERRORS.labels(error_code=exc.code.value, error_type="security" if exc.code.value.startswith("E72") else "validation").inc()
-        if action == "model.promote" and target is not None:
-            MODELS_DEPLOYED.labels(stage=target.value, success="false").inc()
-        try:
-            async with self.db.session() as session:
-                await audit(session, action, resource_type, model_id, result="denied", actor=actor,
-                            details={"message": exc.message, "target_stage": target.value if target else None,
-                                     **{k: v for k, v in exc.details.items() if isinstance(v, (str, int, float, bool, list))}},
-                            error_code=exc.code.value)
-        except Exception as audit_exc:  # noqa: BLE001 - the original refusal must still reach the caller
-            log.error("could not audit a refusal", extra={"action": action, "error": str(audit_exc)})
-
 
 
 

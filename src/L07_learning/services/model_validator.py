@@ -11,7 +11,7 @@ import asyncio
 import functools
 import logging
 import multiprocessing
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,7 +41,7 @@ from ..pipelines.evaluation_pipeline import (
     measure_model,
     paired_bootstrap,
 )
-from ..pipelines.matching import infer_match_mode
+from ..pipelines.matching import match_mode_for
 from ..settings import Settings, get_settings
 from ..store.db import Database, get_database
 from ..store.repositories.golden import GoldenCaseRepository
@@ -110,9 +110,34 @@ class ModelValidator:
         self.curator = curator
         self.config = config or ValidationConfig(max_new_tokens=self.settings.validation_max_new_tokens)
         self.publisher = EventPublisher()
+        # Each validation loads two models; more at once than the machine holds thrashes or dies (settings doc).
+        self._slots = asyncio.Semaphore(self.settings.max_concurrent_validations)
+        self._waiting = 0
+
+    @property
+    def saturated(self) -> bool:
+        """True when a validation started now would wait for a slot (``max_concurrent_validations`` are running)."""
+        return self._slots.locked() or self._waiting > 0
+
+    async def validate_model(self, model_id: str, baseline_model_id: str | None = None,
+                             on_start: Callable[[], Awaitable[None]] | None = None) -> ValidationResult:
+        """``_validate`` once one of the ``max_concurrent_validations`` slots is free; validations beyond the cap wait
+        in arrival order. ``on_start`` is awaited when this one leaves the queue (operations show QUEUED until then).
+        """
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            if on_start is not None:
+                await on_start()
+            return await self._validate(model_id, baseline_model_id)
+        finally:
+            self._slots.release()
 
     # ----------------------------------------------------------------------------------------------------------
-    async def validate_model(self, model_id: str, baseline_model_id: str | None = None) -> ValidationResult:
+    async def _validate(self, model_id: str, baseline_model_id: str | None = None) -> ValidationResult:
         """Run all stages for ``model_id`` against the baseline (given, else current PRODUCTION of its name, else its
         parent/base model), store the result, publish ``learning.model_validation_completed``.
 
@@ -215,7 +240,14 @@ class ModelValidator:
 
     async def _baseline(self, candidate: ModelArtifact, baseline_model_id: str | None) -> ModelArtifact | None:
         if baseline_model_id:
-            return await self.registry.get_model(baseline_model_id)
+            chosen = await self.registry.get_model(baseline_model_id)
+            # A rejected (or the candidate's own) baseline would make any candidate pass the regression gates.
+            if chosen.stage is ModelStage.REJECTED or chosen.model_id == candidate.model_id:
+                raise L07Error(L07ErrorCode.DATA_VALIDATION_SCHEMA_MISMATCH,
+                               f"model {baseline_model_id} cannot be a baseline: it is "
+                               + ("the candidate itself" if chosen.model_id == candidate.model_id else "REJECTED"),
+                               baseline_model_id=baseline_model_id, stage=chosen.stage.value)
+            return chosen
         for m in await self.registry.list_models(status=ModelStage.PRODUCTION.value):
             if m.name == candidate.name and m.serving_state is ServingState.ACTIVE and m.model_id != candidate.model_id:
                 return m
@@ -237,10 +269,12 @@ class ModelValidator:
         if dataset is None:
             return [], []
         cases = []
+        # The prompt the job trained and measured with (its config's system prompt for examples without messages).
+        system_prompt = (model.config or {}).get("system_prompt")
         for ex in dataset.split_examples("test")[: self.config.max_cases]:
-            msgs = ex.chat_messages()
+            msgs = ex.chat_messages(system_prompt)
             expected = msgs[-1]["content"]
-            mode = str(ex.metadata.get("match_mode") or infer_match_mode(expected))
+            mode = match_mode_for(expected, ex.metadata)  # the job's eval_accuracy uses the same rule
             cases.append(EvalCase(case_id=ex.example_id, messages=msgs[:-1], expected=expected,
                                   match_mode=mode, task_type=ex.task_type,
                                   difficulty=(ex.difficulty_level.value if ex.difficulty_level else "MEDIUM")))

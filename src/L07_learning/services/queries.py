@@ -1,6 +1,7 @@
 """Read-only questions about what is stored, for the CLI and the API (which never open a repository themselves).
 
-Each method opens its own short transaction and returns plain models or rows; nothing here changes state.
+Each method opens its own short transaction and returns plain models or rows; nothing here changes state
+(a read of training data adds its audit row).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 from ..models.reward_signal import PreferencePair
 from ..models.training_example import TrainingExample
 from ..store.db import Database
-from ..store.repositories.audit import list_audit
+from ..store.repositories.audit import audit, list_audit
 from ..store.repositories.events import RejectedEvent, RejectedEventRepository
 from ..store.repositories.examples import ExampleRepository
 from ..store.repositories.filter_decisions import FilterDecisionRepository
@@ -35,10 +36,20 @@ class Queries:
         async with self.db.session() as session:
             return await table_counts(session)
 
-    async def examples(self, status: str | None = None, limit: int | None = None) -> list[TrainingExample]:
-        """Stored examples, oldest first, optionally of one status (PENDING, ACCEPTED, ...)."""
+    async def examples(self, status: str | None = None, limit: int | None = None, *,
+                       audited: bool = False) -> list[TrainingExample]:
+        """Stored examples, oldest first, optionally of one status (PENDING, ACCEPTED, ...).
+
+        Args:
+            audited: A person reads the texts (``l07 examples list``): record the read of training data in the audit
+                log (contract §7.4), in the read's own transaction. Internal batch reads leave it off.
+        """
         async with self.db.session() as session:
-            return await ExampleRepository(session).list(status=status, limit=limit)
+            examples = await ExampleRepository(session).list(status=status, limit=limit)
+            if audited:
+                await audit(session, "training_data.read", "training_example", None,
+                            details={"status": status, "limit": limit, "returned": len(examples)})
+            return examples
 
     async def count_examples(self, status: str | None = None) -> int:
         """Number of stored examples, optionally of one status."""

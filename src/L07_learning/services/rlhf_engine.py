@@ -34,6 +34,7 @@ from ..settings import Settings, get_settings
 from ..store.db import Database, get_database
 from ..store.repositories.audit import audit
 from ..store.repositories.rewards import RewardRepository
+from .filtering.redaction import redact_for_storage
 from .jobs.register import Provenance, default_name, model_record
 from .model_registry import ModelRegistry
 
@@ -187,7 +188,7 @@ class RLHFEngine:
         base = await self.registry.get_model(base_id)
         base_dir = await self.registry.local_path(base_id)
         async with self.db.session() as session:
-            await RewardRepository(session).add_pairs(pairs)
+            await RewardRepository(session, redact=redact_for_storage).add_pairs(pairs)
         work = self._workdir()
         try:
             result = await asyncio.to_thread(
@@ -289,7 +290,7 @@ class RLHFEngine:
         else:
             pairs = _coerce_pairs(preference_pairs)
             async with self.db.session() as session:
-                await RewardRepository(session).add_pairs(pairs)
+                await RewardRepository(session, redact=redact_for_storage).add_pairs(pairs)
         if len(pairs) < 2:
             raise L07Error(L07ErrorCode.INSUFFICIENT_EXAMPLES, "need at least 2 preference pairs", pairs=len(pairs))
         train, val = rlhf_pipeline.split_pairs(pairs, cfg.reward_validation_split, cfg.seed)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,7 +21,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from ..models.error_codes import L07Error, L07ErrorCode
-from ..settings import get_settings
+from ..settings import get_settings, private_dir, private_file
 from .tables import Base
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class Database:
         if self.is_sqlite:
             path = self.url.split("///", 1)[1] if "///" in self.url else ""
             if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                _private_sqlite_file(Path(path))
             connect_args["timeout"] = 30
         elif schema:
             connect_args["server_settings"] = {"search_path": schema}
@@ -179,6 +180,27 @@ class Database:
     async def dispose(self) -> None:
         """Close every pooled connection."""
         await self.engine.dispose()
+
+
+def _private_sqlite_file(path: Path) -> None:
+    """The database file and its folder readable by the owner only (file 0600, new folders 0700; the L07 home is
+    tightened to 0700). SQLite creates the -wal and -shm files with the database file's mode; existing ones are
+    tightened too."""
+    try:
+        private_dir(path.parent)
+        home = Path(get_settings().home).expanduser()
+        if path.parent.resolve() == home.resolve():
+            os.chmod(home, 0o700)
+        private_file(path)
+        for suffix in ("-wal", "-shm", "-journal"):
+            side = path.with_name(path.name + suffix)
+            if side.exists():
+                os.chmod(side, 0o600)
+    except OSError as exc:
+        # A database file of another owner (shared deployment): its owner decides its mode; opening it may still work.
+        # Anything else wrong with the path (a folder, a missing mount) is reported by the first connection, where
+        # readiness checks and callers expect it, not by building the Database object.
+        log.warning("cannot make %s owner-only: %s", path, exc)
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]

@@ -90,7 +90,8 @@ class SqlPendingJoin(Base):
 
 class SqlTrainingExample(Base):
     __tablename__ = "l07_training_examples"
-    __table_args__ = (UniqueConstraint("source_type", "execution_id", name="uq_l07_training_examples_source_exec"),)
+    # Not unique: several examples may come from one execution (contract §9); idempotency is on example_id.
+    __table_args__ = (Index("ix_l07_training_examples_source_exec", "source_type", "execution_id"),)
     example_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     source_type: Mapped[str] = mapped_column(String(32))
     execution_id: Mapped[str | None] = mapped_column(String(512), nullable=True)
@@ -297,6 +298,8 @@ class SqlModelApproval(Base):
     role: Mapped[str] = mapped_column(String(32))
     actor: Mapped[str] = mapped_column(String(256))
     consumed: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The validation report this approval was given for; it counts only while that report is the latest.
+    validation_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=_now)
 
 
@@ -404,6 +407,26 @@ class SqlAuditLog(Base):
     details: Mapped[dict] = mapped_column(JSON, default=dict)
     error_code: Mapped[str | None] = mapped_column(String(8), nullable=True)
     request_id: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    ip_address: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    user_agent: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    # Hash chain (store/audit_chain.py): position, the previous row's hash, and this row's hash over its content.
+    seq: Mapped[int] = mapped_column(Integer, unique=True, index=True)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    row_hash: Mapped[str] = mapped_column(String(64))
+
+
+class SqlAuditChainHead(Base):
+    """The audit chain's head (one row): the last position and hash, and the anchor left by a retention purge.
+
+    Appending locks this row, so concurrent writers extend the chain one after the other and never fork it."""
+
+    __tablename__ = "l07_audit_chain"
+    chain_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(Integer, default=0)
+    last_hash: Mapped[str] = mapped_column(String(64))
+    anchor_seq: Mapped[int] = mapped_column(Integer, default=0)
+    anchor_hash: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(default=_now)
 
 
 class SqlApiKey(Base):
@@ -415,6 +438,23 @@ class SqlApiKey(Base):
     role: Mapped[str] = mapped_column(String(32))
     name: Mapped[str | None] = mapped_column(String(256), nullable=True)
     attributes: Mapped[dict] = mapped_column(JSON, default=dict)
+    # Producer keys only: the sources and event kinds the key may send (services/ingestion/provenance.py).
+    sources: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    kinds: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+    revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class SqlProducerKey(Base):
+    """Producer public keys (ECDSA P-256) that sign consumed events, each bound to sources and kinds (§1.9, §7.4)."""
+
+    __tablename__ = "l07_producer_keys"
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    public_key_pem: Mapped[str] = mapped_column(Text)
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    sources: Mapped[list] = mapped_column(JSON)
+    kinds: Mapped[list] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=_now)
     revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
 

@@ -21,6 +21,9 @@ from L07_learning.store.db import Database
 PG_URL = os.environ.get("L07_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("L07_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 CLEANUP_TIMEOUT_S = 2.0
+# Training refuses a train split under minimum_dataset_size (contract §4.3; default 5000). Test datasets have tens of
+# examples; the tests of the minimum itself set their own.
+os.environ.setdefault("L07_MINIMUM_DATASET_SIZE", "1")
 
 
 @pytest.fixture

@@ -147,6 +147,7 @@ async def list_datasets(_: CanListDatasets, ctx: ContextDep) -> DatasetList:
 @router.get("/{dataset_id}", name="datasets.get", response_model=DatasetPublic, responses=error_responses(404))
 async def get_dataset(
     dataset_id: DatasetId,
+    request: Request,
     principal: CanListDatasets,
     ctx: ContextDep,
     version: Annotated[str | None, Query(min_length=5, max_length=64, description="A version; default the latest")] = None,
@@ -154,5 +155,6 @@ async def get_dataset(
 ) -> DatasetPublic:
     """One dataset version with statistics and lineage; with ``include_examples`` also its examples."""
     if include_examples:
+        request.state.audit_read = True  # a read of training data: audited, allowed or not (contract §7.4)
         principal.require(Permission.DATASET_GET_TRAINING_DATA)
     return to_public(await ctx.curator.get_dataset(dataset_id, version), with_examples=include_examples)

@@ -3,6 +3,9 @@
 The router only splits the request into raw events; parsing, validation, deduplication, joins, extraction and
 rejection storage are the shared ingestion path (``services.ingestion``), the same code the file and Redis sources
 run. An invalid event is stored in ``l07_rejected_events`` with its code before the answer goes out.
+
+The caller's key binding travels with the events: a producer key may post only the sources and kinds it is bound
+to (``services/ingestion/provenance.py``); anything else is rejected with E7115, stored, counted and audited.
 """
 
 from __future__ import annotations
@@ -122,7 +125,7 @@ async def ingest(request: Request, principal: CanIngest, ctx: ContextDep) -> Ing
         ctx.limiter.acquire(principal.key_id, cost=len(raws))
     # The same path as every other source: ingest (stored PENDING), then the quality filter decides.
     result, accepted = await ingest_and_filter(raws, "http", db=ctx.db, settings=ctx.settings,
-                                               quality_filter=ctx.quality_filter)
+                                               quality_filter=ctx.quality_filter, binding=principal.event_binding())
     summary = result.summary
     request.state.audit_details = {
         "events": summary.events_read,
@@ -131,6 +134,7 @@ async def ingest(request: Request, principal: CanIngest, ctx: ContextDep) -> Ing
         "examples_extracted": summary.examples_extracted,
         "examples_accepted": len(accepted),
         "batch": is_batch,
+        "rejected_by_code": dict(summary.rejected_by_code),
     }
     items = [
         EventResult(index=i, status=item.status, code=item.code, reason=item.reason, examples=len(item.examples))

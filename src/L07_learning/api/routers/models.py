@@ -111,6 +111,11 @@ class ApproveRequest(BaseModel):
     capacity: Literal["reviewer", "deployer", "ml_manager", "admin"] | None = Field(
         default=None, description="Capacity of this approval; needed only when the key holds several for the stage"
     )
+    validation_id: str | None = Field(
+        default=None, min_length=1, max_length=128,
+        description="The validation report approved (STAGING, PRODUCTION); default: the latest. The approval counts "
+                    "only while that report is the model's latest",
+    )
 
 
 class Approval(BaseModel):
@@ -118,6 +123,7 @@ class Approval(BaseModel):
     role: str
     actor: str
     to_stage: str
+    validation_id: str | None = Field(description="The validation report this approval was given for")
 
 
 class RollbackRequest(BaseModel):
@@ -126,7 +132,11 @@ class RollbackRequest(BaseModel):
 
 
 class ValidateRequest(BaseModel):
-    baseline_model_id: str | None = Field(default=None, min_length=1, max_length=128)
+    baseline_model_id: str | None = Field(
+        default=None, min_length=1, max_length=128,
+        description="Admin only: the model to compare against (never a REJECTED one). Default, and for every other "
+                    "role: the ACTIVE PRODUCTION version of the name, else the parent or base model",
+    )
 
 
 class ValidationReport(BaseModel):
@@ -335,7 +345,9 @@ async def approve(
     target = _enum_value(ModelStage, body.stage, "stage") if body.stage is not None else None
     capacity = _capacity_for(principal, target, body.capacity)
     request.state.audit_details = {"capacity": capacity.value, "to_stage": target.value if target else None}
-    result = await ctx.registry.approve(model_id, capacity.value, principal.key_id, to_stage=target)
+    result = await ctx.registry.approve(model_id, capacity.value, principal.key_id, to_stage=target,
+                                        validation_id=body.validation_id)
+    request.state.audit_details["validation_id"] = result.get("validation_id")
     return Approval.model_validate(result)
 
 
@@ -387,8 +399,23 @@ async def validate(
     body: Annotated[ValidateRequest | None, Body()] = None,
 ) -> OperationStatus:
     """Start every validation stage in the background and store the report (it runs the models: seconds to
-    minutes), so the answer is 202 with ``status_url``; the finished operation holds the report in ``result``."""
+    minutes), so the answer is 202 with ``status_url``; the finished operation holds the report in ``result``.
+
+    The server picks the baseline. Only an admin may name one (403 E7904 otherwise), and never a REJECTED model
+    (400 E7110): the baseline decides whether the candidate counts as a regression.
+    """
     baseline = body.baseline_model_id if body else None
+    if baseline is not None:
+        if not principal.is_admin:
+            raise PermissionDenied(principal, "choose the validation baseline")
+        chosen = await ctx.registry.get_model(baseline)
+        if chosen.stage is ModelStage.REJECTED or chosen.model_id == model_id:
+            raise L07Error(
+                L07ErrorCode.DATA_VALIDATION_SCHEMA_MISMATCH,
+                f"model {baseline} cannot be a baseline: it is "
+                + ("the candidate itself" if chosen.model_id == model_id else "REJECTED, so any candidate would beat it"),
+                baseline_model_id=baseline, stage=chosen.stage.value,
+            )
     op = await ctx.operations.start("validate", model_id, principal.key_id, {"baseline_model_id": baseline})
     request.state.audit_details = {"baseline_model_id": baseline, "operation_id": op.operation_id}
     return OperationStatus.of(op, request)

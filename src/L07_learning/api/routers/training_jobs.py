@@ -11,6 +11,7 @@ from ...models._base import utcnow
 from ...models.error_codes import L07Error, L07ErrorCode
 from ...models.model_artifact import ModelStage
 from ...models.training_job import JobConfig, JobType, TrainingJob
+from ..auth import Principal, PermissionDenied
 from ..deps import CanGetJob, CanManageJobs, CanTrain, ContextDep
 from ..errors import error_responses
 from ..types import as_utc
@@ -30,9 +31,12 @@ class TrainingJobCreate(BaseModel):
         default=None, min_length=1, max_length=256, description="Registered name of the base model (newest usable version)"
     )
     training_type: Literal["sft", "rlhf", "distillation"] = "sft"
-    config: JobConfig = Field(default_factory=JobConfig)
+    config: JobConfig | None = Field(
+        default=None, description="JobConfig fields; those left out come from the recipe measured for the device, "
+                                  "the base model's size and the dataset's size (configs/sft-*.yaml)")
     idempotency_key: str | None = Field(
-        default=None, min_length=1, max_length=256, description="Sending the same key again returns the first job"
+        default=None, min_length=1, max_length=160,
+        description="Sending the same key again with the same API key returns the first job; keys are per caller"
     )
 
 
@@ -135,10 +139,11 @@ async def create_job(
     job = await ctx.engine.start_training(
         body.dataset_id,
         base_model_id,
-        body.config,
+        # Only the fields the client sent: the engine fills the rest from the recipe.
+        body.config.model_dump(mode="json", exclude_unset=True) if body.config is not None else None,
         job_type=JobType(body.training_type),
         created_by=principal.key_id,
-        idempotency_key=body.idempotency_key,
+        idempotency_key=scoped_idempotency_key(principal.key_id, body.idempotency_key),
     )
     request.state.audit_resource_id = job.job_id
     request.state.audit_details = {
@@ -163,8 +168,18 @@ async def get_job(job_id: JobId, _: CanGetJob, ctx: ContextDep) -> TrainingJobPu
     return to_public(await ctx.engine.get_job_status(job_id))
 
 
-async def _cancel(job_id: str, ctx: Any, actor: str) -> TrainingJobPublic:
-    await ctx.engine.cancel_job(job_id, actor=actor)
+def scoped_idempotency_key(key_id: str, key: str | None) -> str | None:
+    """The stored form of a caller's idempotency key: prefixed with the caller's key id, so two callers choosing the
+    same key get their own jobs and neither can read the other's job through it."""
+    return f"api:{key_id}:{key}" if key else None
+
+
+async def _cancel(job_id: str, ctx: Any, principal: Principal) -> TrainingJobPublic:
+    job = await ctx.engine.get_job_status(job_id)  # E7410 for an unknown id, before any ownership answer
+    if job.created_by != principal.key_id and not principal.is_admin:
+        # Trainers follow and cancel their own jobs (contract §7.4 "train_log"); anyone else's needs an admin.
+        raise PermissionDenied(principal, f"cancel job {job_id} submitted by another key")
+    await ctx.engine.cancel_job(job_id, actor=principal.key_id)
     return to_public(await ctx.engine.get_job_status(job_id))
 
 
@@ -172,8 +187,9 @@ async def _cancel(job_id: str, ctx: Any, actor: str) -> TrainingJobPublic:
     "/{job_id}/cancel", name="training_jobs.cancel", response_model=TrainingJobPublic, responses=error_responses(404)
 )
 async def cancel_job(job_id: JobId, principal: CanManageJobs, ctx: ContextDep) -> TrainingJobPublic:
-    """Cancel a job (idempotent; a terminal job stays as it is). The worker stops within one optimizer step."""
-    return await _cancel(job_id, ctx, principal.key_id)
+    """Cancel a job (idempotent; a terminal job stays as it is). The worker stops within one optimizer step.
+    A trainer cancels only the jobs its key submitted; an admin any job (403 E7904 otherwise)."""
+    return await _cancel(job_id, ctx, principal)
 
 
 @router.delete(
@@ -181,5 +197,5 @@ async def cancel_job(job_id: JobId, principal: CanManageJobs, ctx: ContextDep) -
 )
 async def delete_job(job_id: JobId, principal: CanManageJobs, ctx: ContextDep) -> TrainingJobPublic:
     """Same as ``POST /{job_id}/cancel`` (contract §7.1 extension); the job's record is kept."""
-    return await _cancel(job_id, ctx, principal.key_id)
+    return await _cancel(job_id, ctx, principal)
 

@@ -19,7 +19,6 @@ from ...settings import Settings
 from ...store.db import Database
 from ...store.repositories.events import RejectedEventRepository
 from ...store.repositories.filter_decisions import FilterDecisionRepository
-from ..fine_tuning_engine import load_preset
 from ..learning_service import LearningService
 from .report import render_report
 from .sample_stream import generate
@@ -28,19 +27,11 @@ Progress = Callable[[str, dict[str, Any]], None]
 
 DEMO_DATASET = "demo-agent-tasks"
 
-# The CPU preset (configs/sft-cpu-small.yaml: LoRA r=8, lr 1e-3, no activation checkpointing) with what this
-# dataset measured best on 2 cores (154 training examples, 20 held out, tuned model's held-out exact match; steps of
-# 8 examples with the answer-only loss head). LoRA on q/k/v/o needed 3 epochs for 100% (60 steps; 9.0 s a step,
-# 7.1 s without dropout). LoRA on every linear layer learns the keyword->team lookup faster: 2 epochs reached 95% at
-# alpha 16 and 100% at alpha 32 (1 epoch: 85%), at 8.9 s a step. Adapting only the 20 blocks nearest the output kept
-# 100% (eval loss 0.005) at 7.5 s a step; the 15 nearest gave 90%. Early stopping is off so the length is
-# predictable; the job's own generation check is skipped because the validator measures both models right after.
-DEMO_PRESET = "cpu-small"
-DEMO_OVERRIDES: dict[str, Any] = {
-    "early_stopping_patience": 0, "epochs": 2, "lora_alpha": 32, "lora_dropout": 0.0, "lora_top_layers": 20,
-    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    "extra": {"generation_eval": False},
-}
+# Training uses the recipe every job without a config gets (jobs/presets.select_recipe: on CPU with this 135M model
+# and 154 training examples, configs/sft-cpu-small.yaml, whose settings were measured on this very dataset). The
+# job's own generation check is skipped because the validator measures both models right after; the job's
+# no-improvement verdict then falls back on the eval loss.
+DEMO_OVERRIDES: dict[str, Any] = {"extra": {"generation_eval": False}}
 # A subset of the generator's task types, so each gets enough examples for a CPU budget; with all six types, 140
 # training examples reached only 28% held-out accuracy.
 DEMO_TASK_TYPES = ["capital_qa", "meeting_scheduling", "ticket_routing"]
@@ -71,7 +62,7 @@ async def run_demo(home: Path, *, executions: int = DEMO_EXECUTIONS, seed: int =
         model_cache_dir: Where the converted base model is cached (kept across runs).
         progress: Called with (stage, info) as the loop advances.
         task_types: Task types in the generated stream (default ``DEMO_TASK_TYPES``).
-        training_overrides: JobConfig fields replacing the measured CPU defaults.
+        training_overrides: JobConfig fields on top of the recipe.
     """
     t0 = time.perf_counter()
     home = Path(home)
@@ -112,9 +103,9 @@ async def run_demo(home: Path, *, executions: int = DEMO_EXECUTIONS, seed: int =
         progress("base_model", {"model_id": base.model_id, "name": base.name})
 
         # 6. fine-tune (a worker process, watched here)
-        cfg = load_preset(DEMO_PRESET, {**DEMO_OVERRIDES, "seed": seed, **(training_overrides or {})})
-        job = await service.train_model(dataset.dataset_id, cfg, base_model_id=base.model_id)
-        progress("training_started", {"job_id": job.job_id})
+        overrides = {**DEMO_OVERRIDES, "seed": seed, **(training_overrides or {})}
+        job = await service.train_model(dataset.dataset_id, overrides, base_model_id=base.model_id)
+        progress("training_started", {"job_id": job.job_id, "recipe": job.metrics.get("recipe")})
         worker = asyncio.create_task(service.sft_engine.run_worker_once())
         last_event = 0
         while not worker.done():

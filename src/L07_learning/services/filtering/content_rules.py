@@ -14,6 +14,7 @@ from ...models.training_example import normalise_text
 from .config import FilterConfig
 from .decisions import Batch, Candidate, Decision
 from .findings import replace_spans
+from .pii import FLOOD_KIND as PII_FLOOD
 from .pii import Placeholders
 from .poisoning import rare_token_cooccurrence
 from .scan import ContentScanner
@@ -139,7 +140,11 @@ class Pii:
             distinct = {(f.kind, getattr(c.example, f.field)[f.start:f.end].strip().lower()) for f in hits}
             kinds = Counter(kind for kind, _ in distinct)
             summary = ", ".join(f"{k}={n}" for k, n in sorted(kinds.items()))
-            if len(distinct) > cfg.pii_max_hits:
+            if PII_FLOOD in kinds:
+                # Too many PII-shaped strings to read one by one: the field is stored redacted whole, for review.
+                c.decide(Decision.QUARANTINE, "pii", code, "pii:flood",
+                         f"more PII-shaped strings than the scan reads one by one ({summary})")
+            elif len(distinct) > cfg.pii_max_hits:
                 c.decide(Decision.QUARANTINE, "pii", code, "pii:too_many_hits",
                          f"{len(distinct)} PII values > {cfg.pii_max_hits} ({summary})")
             elif cfg.pii_action == "drop":

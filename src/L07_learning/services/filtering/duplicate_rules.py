@@ -1,6 +1,6 @@
 """Rule 4 of the filter (contract §5.2): an example already kept, in this batch or before, is rejected.
 
-Exact duplicates (same normalised content, or the same execution of the same source) are found by key; near
+Exact duplicates (same normalised content, or one example id twice in a batch) are found by key; near
 duplicates (shingle Jaccard at or above the threshold) by MinHash and banded LSH, then checked exactly.
 """
 
@@ -11,11 +11,16 @@ import numpy as np
 from .config import FilterConfig
 from .decisions import Batch, Candidate, Decision
 from .minhash import decode_many, shingles, signatures
-from .pool import ExamplePool, ExecKey
+from .pool import ExamplePool
 
 
 class ExactDuplicates:
-    """Same content hash, or same ``(source_type, execution_id)``, as an earlier example: REJECT."""
+    """Same content hash as an earlier example, or the same example id twice in one batch: REJECT.
+
+    Several examples of one execution (the turns of one conversation) are not duplicates: an example's identity is
+    its ``example_id`` (replays of one event give the same id and are no-ops in storage), and the splitter keeps
+    examples of one execution in one split (contract §5.4).
+    """
 
     def __init__(self, pool: ExamplePool) -> None:
         self.pool = pool
@@ -25,23 +30,20 @@ class ExactDuplicates:
         if not live:
             return
         batch_ids = {c.example.example_id for c in batch.candidates}
-        exec_keys = [(c.example.source_type.value, c.example.execution_id) for c in live if c.example.execution_id]
-        stored_hashes, stored_exec = await self.pool.stored_keys(live, batch_ids, exec_keys)
+        stored_hashes, _ = await self.pool.stored_keys(live, batch_ids, [])
         batch_hash: dict[str, str] = {}
-        batch_exec: dict[ExecKey, str] = {}
+        seen_ids: set[str] = set()
         for c in live:
             ex = c.example
-            key = (ex.source_type.value, ex.execution_id) if ex.execution_id else None
             earlier = batch_hash.get(c.content_hash) or stored_hashes.get(c.content_hash)
-            exec_earlier = (batch_exec.get(key) or stored_exec.get(key)) if key else None
             batch_hash.setdefault(c.content_hash, ex.example_id)
-            if key:
-                batch_exec.setdefault(key, ex.example_id)
+            repeated = ex.example_id in seen_ids
+            seen_ids.add(ex.example_id)
             if earlier:
                 c.decide(Decision.REJECT, "duplicate", None, "exact_duplicate", f"same content as {earlier}")
-            elif exec_earlier:
-                c.decide(Decision.REJECT, "duplicate", None, "execution_duplicate",
-                         f"execution {ex.execution_id} already gave example {exec_earlier}")
+            elif repeated:
+                c.decide(Decision.REJECT, "duplicate", None, "example_id_duplicate",
+                         f"example {ex.example_id} appears twice in this batch")
 
 
 class NearDuplicates:

@@ -9,11 +9,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .findings import Finding
+import re2
+
+from .findings import DisjointSpans, Finding
+from .normalize import Normalised, normalise
 
 PII_CODE = "E7112"
 
-_EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+# Every repetition is bounded (RFC 5321: local part <= 64, label <= 63, a handful of labels) and a match can only start
+# where a run of address characters starts (``%`` included: a run of ``%`` was a quadratic retry per character).
+_EMAIL = re.compile(
+    r"(?<![\w.%+-])[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,8}\.[A-Za-z]{2,63}\b")
 # Separators are required between groups (§8 #18): a bare run of digits is never a phone number, and a phone
 # number is not a slice of a longer run of digit groups (a card number that failed Luhn, an account number).
 _PHONE = re.compile(
@@ -25,8 +31,55 @@ _SSN = re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?
 _NINO = re.compile(r"\b[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b")
 _IPV4 = re.compile(r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w.])")
 _IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}(?![\w:])")
-# Cheap pre-checks: numeric ids need a run of digits with at most separators between them, e-mails an '@'.
-_MAYBE_NUMBER = re.compile(r"\d[\d ().+-]{5,}\d|\d{1,3}\.\d{1,3}\.|[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}:")
+# Where PII can be at all, found in one linear RE2 pass: every detector's pattern without its lookarounds and word
+# boundaries (so each is a superset of its detector), joined. Each hit of this union, widened by ``_WINDOW`` (longer
+# than any PII match and the two characters its lookahead reads), bounds where the exact patterns (Python ``re``, for
+# their lookarounds) run: a true match starts inside some union hit (the union's leftmost hits leave no candidate
+# uncovered), so the windows hold every one of them, and ordinary text costs one RE2 pass.
+# Counted repetitions are loosened to ``+`` (a superset still): RE2's DFA would otherwise track every overlapping start
+# inside a counted window and, on text built for it, run out of memory and fall back to a slow simulation.
+_CANDIDATES = re2.compile(
+    # digit runs of 8+ digits (cards, SSNs, phones with spaces or hyphens), IBAN, NINO, e-mail, dotted numbers
+    # (IPv4, phones with dots), IPv6, any phone shape: each as short as its detector's shortest match allows, so
+    # ordinary text (``Task 12``) opens no window.
+    rb"(?:\d[ -]?){7}(?:\d[ -]?)*\d|[A-Z][A-Z]\d\d[ A-Z0-9]{11,}|[A-Z][A-Z] ?\d\d ?\d\d ?\d\d ?[A-D]"
+    rb"|[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z][A-Za-z]+"
+    rb"|\d+\.\d+\.\d+(?:\.\d+)*|(?:[0-9A-Fa-f]+:){7}[0-9A-Fa-f]+"
+    rb"|(?:\+\d+[ .-]?)?(?:\(\d+\)[ .-]?|\d+[ .-])\d+[ .-]\d+"
+)
+# A window runs past its candidate by the longest PII match other than an e-mail address (an IBAN: 64) plus the two
+# characters a lookahead reads, or by the longest address (64 + 1 + 9 labels of 63 + ...) when an ``@`` follows
+# within reach of the candidate (an address's ``@`` is at most 65 characters after its start).
+_WINDOW = 80
+_EMAIL_WINDOW = 720
+# A field whose candidates span more than this, or that yields more matches than ``MAX_MATCHES``, is not scanned
+# match by match: it is reported as one ``pii_flood`` finding over the whole field, so it is stored fully redacted
+# and quarantined (content_rules.Pii). Bounds the per-field cost whatever the text; ordinary text is far below both.
+MAX_WINDOW_CHARS = 200_000
+MAX_MATCHES = 2_000
+FLOOD_KIND = "pii_flood"
+
+
+def _windows(data: bytes) -> list[tuple[int, int]] | None:
+    """Disjoint ``[start, end)`` ranges of the text that hold every possible PII match (None: over the caps)."""
+    out: list[tuple[int, int]] = []
+    size = len(data)
+    total = 0
+    for n, m in enumerate(_CANDIDATES.finditer(data)):
+        if n >= MAX_MATCHES:
+            return None
+        s, e = m.start(), m.end()
+        reach = _EMAIL_WINDOW if data.find(b"@", s, e + _WINDOW) >= 0 else _WINDOW
+        e = min(size, e + reach)
+        if out and s <= out[-1][1]:
+            total += max(0, e - out[-1][1])
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            total += e - s
+            out.append((s, e))
+        if total > MAX_WINDOW_CHARS:
+            return None
+    return out
 
 
 def luhn_ok(digits: str) -> bool:
@@ -90,6 +143,7 @@ PLACEHOLDER = {
     "ip_address": "IP",
     "phone": "PHONE",
     "name": "NAME",
+    FLOOD_KIND: "PII_FLOOD",
 }
 
 
@@ -101,30 +155,43 @@ class PIIDetector:
     """
 
     def __init__(self, custom_names: list[str] | None = None) -> None:
-        names = [n for n in (custom_names or []) if n.strip()]
+        names = sorted({normalise(n.strip()).text for n in (custom_names or []) if n.strip()})
+        self._name_keys = tuple(n.casefold() for n in names)
         self._names = re.compile(r"\b(?:" + "|".join(re.escape(n) for n in names) + r")\b", re.I) if names else None
 
-    def detect(self, text: str, field: str) -> list[Finding]:
-        """Every non-overlapping PII span in ``text``."""
+    def detect(self, text: str, field: str, norm: Normalised | None = None) -> list[Finding]:
+        """Every non-overlapping PII span in ``text`` (matched on its skeleton, see ``normalize``).
+
+        Args:
+            norm: ``normalise(text)``, when the caller already has it.
+        """
+        norm = norm or normalise(text)
+        skeleton = norm.text
         found: list[Finding] = []
-        taken: list[tuple[int, int]] = []
-        maybe_number = _MAYBE_NUMBER.search(text) is not None
-        maybe_email = "@" in text
-        if maybe_number or maybe_email:
-            for det in _DETECTORS:
-                if not (maybe_email if det.kind == "email" else maybe_number):
-                    continue
-                for m in det.pattern.finditer(text):
-                    s, e = m.start(), m.end()
-                    if any(s < te and ts < e for ts, te in taken) or not det.valid(m.group()):
+        taken = DisjointSpans()
+        windows = _windows(norm.data)
+        if windows is None:
+            return [Finding("pii", FLOOD_KIND, field, 0, len(text), PII_CODE, "pii")]
+        matches = 0
+        for det in _DETECTORS:
+            for ws, we in windows:
+                for m in det.pattern.finditer(skeleton, ws, we):
+                    matches += 1
+                    if matches > MAX_MATCHES:
+                        return [Finding("pii", FLOOD_KIND, field, 0, len(text), PII_CODE, "pii")]
+                    if not det.valid(m.group()):
                         continue
-                    taken.append((s, e))
-                    found.append(Finding("pii", det.kind, field, s, e, PII_CODE, "pii"))
+                    s, e = norm.span(m.start(), m.end())
+                    if taken.claim(s, e):
+                        found.append(Finding("pii", det.kind, field, s, e, PII_CODE, "pii"))
         # Names last, so a name inside an e-mail address does not hide the address.
         if self._names is not None:
-            for m in self._names.finditer(text):
-                if not any(m.start() < te and ts < m.end() for ts, te in taken):
-                    found.append(Finding("pii", "name", field, m.start(), m.end(), PII_CODE, "pii"))
+            folded = skeleton.casefold()
+            if any(k in folded for k in self._name_keys):
+                for m in self._names.finditer(skeleton):
+                    s, e = norm.span(m.start(), m.end())
+                    if taken.claim(s, e):
+                        found.append(Finding("pii", "name", field, s, e, PII_CODE, "pii"))
         return found
 
 

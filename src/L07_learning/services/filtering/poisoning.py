@@ -4,79 +4,92 @@ check for rare tokens that co-occur with one output (the shape of a planted back
 
 from __future__ import annotations
 
-import re
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from itertools import islice
+
+import re2
 
 from .findings import Finding
+from .gate import KeywordGate
+from .normalize import Normalised, normalise
 
-# (kind, reason, code, pattern); checked in this order, every hit is reported.
-_RULES: tuple[tuple[str, str, str, re.Pattern[str]], ...] = (
-    ("backdoor_trigger", "backdoor_trigger", "E7102", re.compile(r"\b(?:PWNED|INJECTION):")),
+# Every pattern runs on RE2 (time linear in the text whatever the text: no backtracking), over the text's
+# NFKC/confusables skeleton (``normalize``), so fullwidth or lookalike letters do not hide a hit. ``_SP`` is what SQL
+# accepts between keywords: whitespace or an inline comment (``DROP/**/TABLE``).
+_SP = r"(?:\s|/\*[^*]{0,64}\*/)"
+# At most this many hits of one rule in one field are reported: the first decides, more only grow the cache.
+MAX_HITS_PER_RULE = 16
+
+# (kind, reason, code, pattern); checked in this order.
+_RULES: tuple[tuple[str, str, str, str], ...] = (
+    # Any case: ``pwned:`` is the same trigger to a model that has learnt it.
+    ("backdoor_trigger", "backdoor_trigger", "E7102", r"(?i)\b(?:PWNED|INJECTION):"),
     (
         "control_token",
         "control_tokens",
         "E7102",
-        re.compile(
-            r"<\|(?:im_start|im_end|im_sep|endoftext|system|user|assistant|eot_id|eom_id|start_header_id|end_header_id|"
-            r"begin_of_text|end_of_text|fim_prefix|fim_middle|fim_suffix|pad|[a-z_]{2,20})\|>|\[/?INST\]|<</?SYS>>|"
-            r"<start_of_turn>|<end_of_turn>"
-        ),
+        r"<\|(?:im_start|im_end|im_sep|endoftext|system|user|assistant|eot_id|eom_id|start_header_id|end_header_id|"
+        r"begin_of_text|end_of_text|fim_prefix|fim_middle|fim_suffix|pad|[a-z_]{2,20})\|>|\[/?INST\]|<</?SYS>>|"
+        r"<start_of_turn>|<end_of_turn>",
     ),
     (
         "invisible_unicode",
         "invisible_unicode",
         "E7100",
         # zero-width and joiners, bidi embeddings/overrides/isolates, word joiner family, BOM, soft hyphen, tag chars
-        re.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\u00ad\U000e0000-\U000e007f]"),
+        # (matched on the original text: the skeleton drops them).
+        "[\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\u00ad\U000e0000-\U000e007f]",
     ),
     (
         "prompt_injection",
         "prompt_injection",
         "E7100",
-        re.compile(
-            r"(?i)\b(?:ignore|disregard|forget|override|bypass)\s+(?:all\s+|any\s+|the\s+|every\s+)?"
-            r"(?:previous|prior|above|earlier|preceding|your|system|safety)\s+"
-            r"(?:instructions?|prompts?|rules|directions|guidelines|context|messages)\b"
-            r"|\byou\s+are\s+now\s+(?:in\s+)?(?:developer\s+mode|dan|jailbroken|unrestricted)\b"
-            r"|\bdo\s+anything\s+now\b"
-            r"|\b(?:reveal|print|output|leak|repeat)\s+(?:your|the)\s+(?:system\s+prompt|hidden\s+instructions|initial\s+prompt)\b"
-            r"|\bnew\s+instructions\s*:"
-        ),
+        r"(?i)\b(?:ignore|disregard|forget|override|bypass)\s+(?:all\s+|any\s+|the\s+|every\s+)?"
+        r"(?:previous|prior|above|earlier|preceding|your|system|safety)\s+"
+        r"(?:instructions?|prompts?|rules|directions|guidelines|context|messages)\b"
+        r"|\byou\s+are\s+now\s+(?:in\s+)?(?:developer\s+mode|dan|jailbroken|unrestricted)\b"
+        r"|\bdo\s+anything\s+now\b"
+        r"|\b(?:reveal|print|output|leak|repeat)\s+(?:your|the)\s+(?:system\s+prompt|hidden\s+instructions|initial\s+prompt)\b"
+        r"|\bnew\s+instructions\s*:",
     ),
     (
         "sql_injection",
         "sql_injection",
         "E7100",
-        re.compile(r"(?i)\bdrop\s+table\b|'\s*;\s*--|'\s*or\s+'?1'?\s*=\s*'?1\b|\bunion\s+(?:all\s+)?select\b.*\bfrom\b"),
+        # ``.*`` was quadratic under backtracking (each ``union select`` rescanned the rest of its line); RE2 reads the
+        # text once.
+        rf"(?i)\bdrop{_SP}+table\b|'{_SP}*;{_SP}*--|'\s*or\s+'?1'?\s*=\s*'?1\b"
+        rf"|\bunion{_SP}+(?:all{_SP}+)?select\b.*\bfrom\b",
     ),
     (
         "privilege_escalation",
         "privilege_escalation",
         "E7103",
-        re.compile(
-            r"(?i)\bsudo\s+(?:su\b|-i\b|-s\b|bash\b|sh\b)|\bchmod\s+(?:[ugoa]*\+s|[0-7]?[4-7]777|777)\s+/"
-            r"|/etc/(?:shadow|sudoers)\b|\bgrant\s+all\s+privileges\b|\busermod\s+-aG\s+(?:sudo|wheel|root)\b"
-            r"|\b(?:escalate|elevate)\s+(?:to\s+)?(?:root|admin(?:istrator)?)\s+privileges?\b"
-        ),
+        r"(?i)\bsudo\s+(?:su\b|-i\b|-s\b|bash\b|sh\b)|\bchmod\s+(?:[ugoa]*\+s|[0-7]?[4-7]777|777)\s+/"
+        r"|/etc/(?:shadow|sudoers)\b|\bgrant\s+all\s+privileges\b|\busermod\s+-aG\s+(?:sudo|wheel|root)\b"
+        r"|\b(?:escalate|elevate)\s+(?:to\s+)?(?:root|admin(?:istrator)?)\s+privileges?\b",
     ),
     (
         "malware_signature",
         "malware_signature",
         "E7113",
-        re.compile(
-            r"X5O!P%@AP\[4\\PZX54\(P\^\)7CC\)7\}\$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!\$H\+H\*"
-            r"|(?i:\b(?:curl|wget)\s+[^|\n]{1,200}\|\s*(?:sudo\s+)?(?:ba|z)?sh\b)"
-            r"|(?i:\bpowershell(?:\.exe)?\s+[^\n]{0,40}-e(?:nc|ncodedcommand)?\s+[A-Za-z0-9+/=]{16,})"
-            r"|(?i:\bnc\s+(?:-\w+\s+)*-e\s+/bin/(?:ba)?sh\b)|(?i:\bbase64\s+(?:-d|--decode)\s*\|\s*(?:ba)?sh\b)"
-            r"|\brm\s+-rf\s+/(?:\s|$|\*)"
-        ),
+        r"X5O!P%@AP\[4\\PZX54\(P\^\)7CC\)7\}\$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!\$H\+H\*"
+        # No counted windows (``{1,200}``): RE2's DFA must track every overlapping start inside one, runs out of
+        # memory on a line of ``curl curl ...`` and falls back to a slow simulation. The whole line is the window.
+        r"|(?i:\b(?:curl|wget)\s+[^|\n]+\|\s*(?:sudo\s+)?(?:ba|z)?sh\b)"
+        r"|(?i:\bpowershell(?:\.exe)?\s+[^\n]*-e(?:nc|ncodedcommand)?\s+[A-Za-z0-9+/=]{16,})"
+        r"|(?i:\bnc\s+(?:-\w+\s+)*-e\s+/bin/(?:ba)?sh\b)|(?i:\bbase64\s+(?:-d|--decode)\s*\|\s*(?:ba)?sh\b)"
+        r"|\brm\s+-rf\s+/(?:\s|$|\*)",
     ),
 )
+# The invisible-character rule reads the original text (str); the others read the skeleton's ASCII bytes.
+_COMPILED = tuple((kind, reason, code, re2.compile(pattern if kind == "invisible_unicode" else pattern.encode()))
+                  for kind, reason, code, pattern in _RULES)
 
-# Lower-case literals of which each rule's pattern needs at least one: the regex runs only when one is present, which
-# keeps the scan cheap on the (vast) clean majority. ``None``: always run.
-_KEYWORDS: dict[str, tuple[str, ...] | None] = {
+# Lower-case literals of which each rule's pattern needs at least one (in the skeleton): the regex runs only when one
+# is present, which keeps the scan cheap on the (vast) clean majority. ``None``: always run.
+_KEYWORD_TEXT: dict[str, tuple[str, ...] | None] = {
     "backdoor_trigger": ("pwned:", "injection:"),
     "control_token": ("<|", "inst]", "<<sys>>", "_of_turn>"),
     "invisible_unicode": None,
@@ -86,6 +99,8 @@ _KEYWORDS: dict[str, tuple[str, ...] | None] = {
     "privilege_escalation": ("sudo", "chmod", "/etc/", "grant", "usermod", "escalate", "elevate"),
     "malware_signature": ("eicar", "curl", "wget", "powershell", "nc ", "base64", "rm -rf"),
 }
+_KEYWORDS = {k: None if v is None else tuple(w.encode() for w in v) for k, v in _KEYWORD_TEXT.items()}
+_GATE = KeywordGate([_KEYWORDS[kind] for kind, *_ in _COMPILED])
 
 POISONING_REASONS = frozenset(r[1] for r in _RULES) | {"trigger_cooccurrence", "batch_poisoning"}
 
@@ -94,27 +109,43 @@ class PoisoningScanner:
     """Per-text poisoning rules.
 
     Args:
-        extra_triggers: More literal backdoor triggers (matched case-sensitively) besides ``PWNED:``/``INJECTION:``.
+        extra_triggers: More literal backdoor triggers besides ``PWNED:``/``INJECTION:`` (matched like those: on the
+            skeleton, in any case).
     """
 
     def __init__(self, extra_triggers: list[str] | None = None) -> None:
-        extra = [t for t in (extra_triggers or []) if t]
-        self._extra = re.compile("|".join(re.escape(t) for t in extra)) if extra else None
+        extra = sorted({normalise(t).text for t in (extra_triggers or []) if t})
+        pattern = "(?i)" + "|".join(re2.escape(t) for t in extra)
+        # A trigger with non-ASCII letters cannot be matched on the ASCII bytes: those run on the skeleton itself.
+        self._extra_on_text = any(not t.isascii() for t in extra)
+        self._extra = re2.compile(pattern if self._extra_on_text else pattern.encode()) if extra else None
 
-    def detect(self, text: str, field: str) -> list[Finding]:
-        """Every poisoning hit in ``text``."""
-        low = text.lower()
-        found = [
-            Finding("poisoning", kind, field, m.start(), m.end(), code, reason)
-            for kind, reason, code, pattern in _RULES
-            if (keys := _KEYWORDS[kind]) is None or any(k in low for k in keys)
-            for m in pattern.finditer(text)
-        ]
+    def detect(self, text: str, field: str, norm: Normalised | None = None) -> list[Finding]:
+        """Every poisoning hit in ``text`` (spans in ``text``), at most ``MAX_HITS_PER_RULE`` per rule.
+
+        Args:
+            norm: ``normalise(text)``, when the caller already has it.
+        """
+        norm = norm or normalise(text)
+        data = norm.data
+        runs = _GATE.rules(data)
+        found: list[Finding] = []
+        for i, (kind, reason, code, pattern) in enumerate(_COMPILED):
+            if i not in runs:
+                continue
+            if _KEYWORDS[kind] is None:
+                # Invisible characters are among those the skeleton dropped.
+                if norm.dropped:
+                    found += [Finding("poisoning", kind, field, m.start(), m.end(), code, reason)
+                              for m in islice(pattern.finditer(text), MAX_HITS_PER_RULE)]
+                continue
+            for m in islice(pattern.finditer(data), MAX_HITS_PER_RULE):
+                s, e = norm.span(m.start(), m.end())
+                found.append(Finding("poisoning", kind, field, s, e, code, reason))
         if self._extra is not None:
-            found += [
-                Finding("poisoning", "backdoor_trigger", field, m.start(), m.end(), "E7102", "backdoor_trigger")
-                for m in self._extra.finditer(text)
-            ]
+            for m in islice(self._extra.finditer(norm.text if self._extra_on_text else data), MAX_HITS_PER_RULE):
+                s, e = norm.span(m.start(), m.end())
+                found.append(Finding("poisoning", "backdoor_trigger", field, s, e, "E7102", "backdoor_trigger"))
         return found
 
 

@@ -13,10 +13,15 @@ by a caller, by another process, or before the text changed is never trusted: th
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import multiprocessing
+import os
 import secrets
 import weakref
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +29,7 @@ from ...models.training_example import TrainingExample, normalise_text
 from .config import FilterConfig
 from .findings import Finding, replace_spans
 from .minhash import encode, shingles, signatures
+from .normalize import normalise
 from .pii import PIIDetector
 from .poisoning import PoisoningScanner
 from .secret_scan import SecretScanner, masked_form
@@ -128,15 +134,7 @@ class ContentScanner:
 
     def scan(self, example: TrainingExample) -> ScanReport:
         """Findings for every scanned text field of ``example`` (no side effects)."""
-        report = ScanReport()
-        for name in SCANNED_FIELDS:
-            text = getattr(example, name)
-            if not text:
-                continue
-            report.secrets += self.secrets.detect(text, name) + self.secrets.masked(text, name)
-            report.poisoning += self.poisoning.detect(text, name)
-            report.pii += self.pii.detect(text, name)
-        return report
+        return self.scan_texts(tuple(getattr(example, name) for name in SCANNED_FIELDS))
 
     def _mac(self, ex: TrainingExample, content_hash: str, out_hash: str, findings: str, signature: str) -> str:
         # Every part is length-prefixed, so no characters can be moved from one part into its neighbour (a hash, the
@@ -146,20 +144,59 @@ class ContentScanner:
         payload = "".join(f"{len(p)}{_SEP}{p}" for p in parts)
         return hashlib.blake2b(payload.encode("utf-8", "surrogatepass"), key=self._key, digest_size=16).hexdigest()
 
-    def annotate_many(self, examples: list[TrainingExample]) -> list[TrainingExample]:
+    async def annotate_many_async(self, examples: list[TrainingExample]) -> list[TrainingExample]:
+        """``annotate_many`` that keeps the event loop free: the detectors run in the scan process pool (``_POOL``)
+        unless the batch holds less than ``INLINE_SCAN_CHARS`` of text (then the scan costs less than handing it
+        over). What ingestion calls, so one large event cannot stall ``/health/live`` or other requests."""
+        texts = [tuple(getattr(ex, name) or "" for name in SCANNED_FIELDS) for ex in examples]
+        if sum(len(t) for fields in texts for t in fields) < INLINE_SCAN_CHARS:
+            return self.annotate_many(examples)
+        loop = asyncio.get_running_loop()
+        settings = self.config.model_dump_json()
+        try:
+            digests = await loop.run_in_executor(_pool(), _digest_texts, settings, texts)
+        except BrokenProcessPool:
+            _reset_pool()
+            digests = await asyncio.to_thread(_digest_texts, settings, texts)
+        return self.annotate_many(examples, digests)
+
+    def scan_texts(self, fields: tuple[str, ...]) -> ScanReport:
+        """``scan`` of an example's scanned fields given as text (``SCANNED_FIELDS`` order)."""
+        report = ScanReport()
+        for name, text in zip(SCANNED_FIELDS, fields):
+            if not text:
+                continue
+            norm = normalise(text)
+            report.secrets += self.secrets.detect(text, name, norm) + self.secrets.masked(text, name)
+            report.poisoning += self.poisoning.detect(text, name, norm)
+            report.pii += self.pii.detect(text, name, norm)
+        return report
+
+    def digest_texts(self, texts: list[tuple[str, ...]]) -> list[tuple[str, str, str, str]]:
+        """The text-derived part of each example's cache: ``(findings JSON, content hash, output hash, MinHash)``,
+        from its scanned fields (``SCANNED_FIELDS`` order; input and output come first). Pure: it runs in the scan
+        pool for large batches."""
+        cfg = self.config
+        norms = [(normalise_text(f[0]), normalise_text(f[1])) for f in texts]
+        sigs = signatures([shingles(i, o, cfg.shingle_size) for i, o in norms], cfg.num_perm, cfg.minhash_seed)
+        return [(self.scan_texts(f).findings_json(), hash_normalised(i, o), output_hash(o), encode(sig))
+                for f, (i, o), sig in zip(texts, norms, sigs)]
+
+    def annotate_many(self, examples: list[TrainingExample],
+                      digests: list[tuple[str, str, str, str]] | None = None) -> list[TrainingExample]:
         """Copies of ``examples`` with the scan cached in ``metadata["scan"]`` and summarised in
         ``metadata["scan_flags"]``. The extractor calls this once per batch, so ``filter()`` does not rescan.
 
         Text is not changed here: the filter masks and redacts when it decides.
+
+        Args:
+            digests: ``digest_texts`` of the examples when it ran elsewhere (``annotate_many_async``).
         """
-        cfg = self.config
-        norms = [(normalise_text(ex.input_text), normalise_text(ex.output_text)) for ex in examples]
-        sigs = signatures([shingles(i, o, cfg.shingle_size) for i, o in norms], cfg.num_perm, cfg.minhash_seed)
+        if digests is None:
+            digests = self.digest_texts([tuple(getattr(ex, name) for name in SCANNED_FIELDS) for ex in examples])
         out = []
-        for ex, (inp, outp), sig in zip(examples, norms, sigs):
-            report = self.scan(ex)
-            content_hash = hash_normalised(inp, outp)
-            out_hash, findings, signature = output_hash(outp), report.findings_json(), encode(sig)
+        for ex, (findings, content_hash, out_hash, signature) in zip(examples, digests):
+            report = _NO_FINDINGS if findings == "[]" else ScanReport.from_json(findings)
             metadata = dict(ex.metadata)
             metadata["scan"] = {"v": SCAN_VERSION, "content_hash": content_hash, "output_hash": out_hash,
                                 "findings": findings, "minhash": signature,
@@ -195,6 +232,40 @@ class ContentScanner:
             return CachedScan(report, cache["content_hash"], cache["output_hash"], cache["minhash"])
         except (KeyError, TypeError, ValueError, AttributeError):
             return None  # malformed cache: scan again rather than trust it
+
+
+INLINE_SCAN_CHARS = 32_768
+"""Below this much text in a batch the scan runs in place: handing it to a worker would cost more than it takes."""
+_POOL: ProcessPoolExecutor | None = None
+_POOL_PID = 0
+_WORKER_SCANNERS: dict[str, ContentScanner] = {}
+
+
+def _pool() -> ProcessPoolExecutor:
+    """The process pool content scans run in (made on first use, again after a fork). ``spawn``: the parent runs an
+    event loop and database threads, which a forked child must not inherit."""
+    global _POOL, _POOL_PID
+    if _POOL is None or _POOL_PID != os.getpid():
+        workers = max(1, min(4, (os.cpu_count() or 2) - 1))
+        _POOL = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        _POOL_PID = os.getpid()
+    return _POOL
+
+
+def _reset_pool() -> None:
+    global _POOL
+    if _POOL is not None:
+        _POOL.shutdown(wait=False, cancel_futures=True)
+    _POOL = None
+
+
+def _digest_texts(settings: str, texts: list[tuple[str, ...]]) -> list[tuple[str, str, str, str]]:
+    """Worker side of ``annotate_many_async``: ``ContentScanner.digest_texts`` under the caller's configuration (the
+    MAC is made by the caller, under its key, which never leaves it)."""
+    scanner = _WORKER_SCANNERS.get(settings)
+    if scanner is None:
+        scanner = _WORKER_SCANNERS[settings] = ContentScanner(FilterConfig.model_validate_json(settings))
+    return scanner.digest_texts(texts)
 
 
 def mask_secrets_in_text(text: str, findings: list[Finding]) -> str:

@@ -257,11 +257,16 @@ def plan_example(plan: dict[str, Any], score: dict[str, Any], event_ids: list[st
     )
 
 
+def signal_id(execution_id: str, evaluation_id: str) -> str:
+    """Deterministic id of the reward signal of one evaluation of one execution."""
+    return _uuid5(f"reward:{execution_id}:{evaluation_id}")
+
+
 def reward_signal(score: dict[str, Any], outcome: str | None, task_type: str, processed: bool) -> RewardSignal:
     """The score as an unprocessed RewardSignal; ``services.reward_signals.compute_rewards`` fills the r values."""
     reward_outcome = score.get("failure_classification") or REWARD_OUTCOMES.get(outcome or "success", "success")
     return RewardSignal(
-        signal_id=_uuid5(f"reward:{score['execution_id']}:{score['evaluation_id']}"),
+        signal_id=signal_id(score["execution_id"], score["evaluation_id"]),
         execution_id=score["execution_id"],
         evaluation_id=score["evaluation_id"],
         quality_score=score["quality_score"],

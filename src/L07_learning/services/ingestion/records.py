@@ -14,10 +14,25 @@ from typing import Any
 
 from ...events.cloudevent import CloudEvent
 from ...models.error_codes import L07Error, L07ErrorCode
+from ...store.repositories.joins import PLAN_PREFIX
 
 OUTCOMES = frozenset({"success", "failure", "constraint_violation", "timeout", "error"})
 FAILURE_CLASSES = frozenset({"success", "constraint_violation", "timeout", "error"})
 ACTION_TYPES = frozenset({"tool_call", "reasoning", "final_answer"})
+
+# Strings that become bounded columns (store/tables.py): longer values are refused here as E7110, because on
+# PostgreSQL one of them would fail the whole transaction of its batch ("value too long"). The pending-join key
+# of a planning record is PLAN_PREFIX + execution_id, within String(512).
+MAX_LENGTHS = {
+    "execution_id": 512 - len(PLAN_PREFIX),
+    "agent_id": 256,
+    "task_type": 128,
+    "domain": 64,
+    "plan_id": 256,
+    "evaluation_id": 512,
+    "request_id": 512,
+    "model_name": 256,
+}
 
 
 def _missing(kind: str, field: str) -> L07Error:
@@ -44,6 +59,13 @@ def _str(d: dict[str, Any], key: str, kind: str, required: bool = False) -> str 
         return None
     if not isinstance(v, str):
         raise _mismatch(kind, key, "must be a string")
+    return _bounded(v, kind, key)
+
+
+def _bounded(v: str, kind: str, key: str) -> str:
+    limit = MAX_LENGTHS.get(key)
+    if limit is not None and len(v) > limit:
+        raise _mismatch(kind, key, f"is {len(v)} characters, at most {limit}")
     return v
 
 
@@ -125,6 +147,7 @@ def parse_trace(event: CloudEvent, max_steps: int = 1000) -> dict[str, Any]:
     execution_id = _str(d, "execution_id", kind) or (event.subject if event.is_alias else None)
     if not execution_id:
         raise _missing(kind, "execution_id")
+    _bounded(execution_id, kind, "execution_id")
     agent_id = _str(d, "agent_id", kind, required=True)
     task_def = d.get("task_definition")
     if task_def is not None and not isinstance(task_def, dict):
@@ -194,6 +217,7 @@ def parse_score(event: CloudEvent) -> dict[str, Any]:
         execution_id = event.subject or _str(d, "task_id", kind)
     if not execution_id:
         raise _missing(kind, "execution_id")
+    _bounded(execution_id, kind, "execution_id")
     raw_q = d.get("quality_score")
     if raw_q is None and event.is_alias:
         raw_q = d.get("overall_score", d.get("score"))

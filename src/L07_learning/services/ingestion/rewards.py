@@ -217,3 +217,36 @@ def pair_from_correction(example: TrainingExample, corrected_output: str, correc
         task_type=example.task_type,
         source="correction",
     )
+
+
+def answer_scores(
+    examples: list[TrainingExample],
+    mode: str = "pipeline",
+    latency_target_ms: float = 1000.0,
+    token_budget: float = 1.0,
+) -> dict[str, float]:
+    """The score (0-100) that ranks two answers to one goal, by reward mode (``RLHFConfig.reward_mode``).
+
+    ``pipeline``: L06's quality score q, as §5.5 pairs them. ``multi_objective``: spec Q2's composite
+    ``0.5·q/100 + 0.3·(1 − latency/target) + 0.2·(1 − token_cost/budget)`` × 100, clipped to [0, 100], from the
+    example's ``metadata.latency_ms`` and ``metadata.token_cost``; a slower or dearer answer loses to a quick one of
+    similar quality. The ≥ 10-point pairing margin applies on this scale in both modes.
+
+    Raises:
+        L07Error: E7500 for an unknown mode; E7110 naming the first example without latency / cost metrics.
+    """
+    if mode not in {"pipeline", "multi_objective"}:
+        raise L07Error(L07ErrorCode.HYPERPARAMETER_CONFIG_INVALID, f"unknown reward mode {mode!r}", mode=mode)
+    if mode == "pipeline":
+        return {e.example_id: e.quality_score for e in examples}
+    out: dict[str, float] = {}
+    for e in examples:
+        metrics = {k: float(e.metadata[k]) for k in ("latency_ms", "token_cost") if e.metadata.get(k) is not None}
+        signal = RewardSignal(quality_score=e.quality_score, confidence_level=e.confidence, metrics=metrics,
+                              task_type=e.task_type, execution_id=e.execution_id)
+        try:
+            r_norm = _multi_objective(signal, latency_target_ms, token_budget)
+        except L07Error as exc:
+            raise L07Error(exc.code, f"example {e.example_id}: {exc.message}", example_id=e.example_id) from None
+        out[e.example_id] = min(100.0, max(0.0, 50.0 + 50.0 * r_norm))
+    return out

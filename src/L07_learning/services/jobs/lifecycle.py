@@ -127,7 +127,7 @@ class JobLifecycle:
         now = utcnow()
         async with self.db.session() as session:
             repo = JobRepository(session)
-            job = await repo.update(job.job_id, JobStatus.INITIALIZING, started_at=now, device=device)
+            job = await repo.update(job.job_id, JobStatus.INITIALIZING, owner=self.actor, started_at=now, device=device)
             repo.add_event(job.job_id, "status", {"status": JobStatus.INITIALIZING.value, "worker_id": self.actor})
             await audit(session, "training_job.initializing", "training_job", job.job_id, actor=self.actor,
                         details={"device": device})
@@ -172,7 +172,16 @@ class JobLifecycle:
     async def attach_process(self, job_id: str, pid: int) -> None:
         """Record the pid of the job's training process."""
         async with self.db.session() as session:
-            await JobRepository(session).update(job_id, worker_pid=pid)
+            await JobRepository(session).update(job_id, owner=self.actor, worker_pid=pid)
+
+    async def heartbeat(self, job_id: str) -> bool:
+        """Refresh this worker's heartbeat on its claim; returns whether cancellation was requested.
+
+        Raises:
+            L07Error: E7901 when another worker has taken the job over.
+        """
+        async with self.db.session() as session:
+            return await JobRepository(session).heartbeat(job_id, self.actor)
 
     async def note_cancel_requested(self, job_id: str) -> None:
         """The worker saw the cancel request and is stopping the training process."""
@@ -252,7 +261,7 @@ class JobLifecycle:
                           **fields: Any) -> TrainingJob:
         async with self.db.session() as session:
             repo = JobRepository(session)
-            job = await repo.update(job_id, status, **fields)
+            job = await repo.update(job_id, status, owner=self.actor, **fields)
             repo.add_event(job_id, "status", {"status": status.value})
             if event:
                 repo.add_event(job_id, *event)
@@ -264,7 +273,8 @@ class JobLifecycle:
                         model: ModelArtifact | None = None, **fields: Any) -> TrainingJob:
         async with self.db.session() as session:
             repo = JobRepository(session)
-            job = await repo.update(job.job_id, status, completed_at=utcnow(), **fields)
+            # Conditional on the claim: a worker presumed dead must not finish a job another worker now runs.
+            job = await repo.update(job.job_id, status, owner=self.actor, completed_at=utcnow(), **fields)
             repo.add_event(job.job_id, "status", {"status": status.value, **{
                 k: v for k, v in fields.items() if k in ("error_code", "error_message", "output_model_id")}})
             await self._publish_completed(session, job, model, duration)

@@ -6,6 +6,7 @@ dataset version) are filled here the same way for all of them.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,12 @@ def default_name(trained_from: ModelArtifact, suffix: str) -> str:
     return f"{trained_from.name.split('/')[-1].lower()}-{suffix}"
 
 
+def job_output_id(job_id: str, model_type: ModelType, name: str) -> str:
+    """The model id of a job's output, the same on every attempt: a worker that registers a job's output again (it
+    took over a job whose first worker died mid-registration) gets the registered model back, not a second one."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"l07:job-output:{job_id}:{model_type.value}:{name}"))
+
+
 def model_record(name: str, model_type: ModelType, trained_from: ModelArtifact, provenance: Provenance, *,
                  metrics: dict[str, Any], config: dict[str, Any], tags: list[str], **fields: Any) -> ModelArtifact:
     """A ``ModelArtifact`` for a trained output, ready for ``ModelRegistry.register_model``.
@@ -42,6 +49,8 @@ def model_record(name: str, model_type: ModelType, trained_from: ModelArtifact, 
         fields: Any other ``ModelArtifact`` field; these override the defaults drawn from ``trained_from``.
     """
     return ModelArtifact(**{
+        **({"model_id": job_output_id(provenance.training_job_id, model_type, name)}
+           if provenance.training_job_id else {}),
         "name": name,
         "model_type": model_type,
         "parent_model_id": trained_from.model_id,

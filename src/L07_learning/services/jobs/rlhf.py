@@ -9,10 +9,12 @@ from typing import Any
 
 from ...models.error_codes import L07Error, L07ErrorCode
 from ...models.reward_signal import PreferencePair, RLHFConfig
+from ...models.training_example import TrainingExample
 from ...models.training_job import JobConfig, TrainingJob
 from ...pipelines.rlhf.common import GuardAlert, PolicyResult, RewardTrainResult
 from ...store.repositories.rewards import RewardRepository
-from ..ingestion.rewards import build_preference_pairs
+from ..filtering.redaction import redact_for_storage
+from ..ingestion.rewards import answer_scores, build_preference_pairs
 from ..rlhf_engine import RLHFEngine
 from .context import RunnerContext, job_config
 from .register import Provenance
@@ -25,19 +27,31 @@ def rlhf_config_of(config: JobConfig) -> RLHFConfig:
     return RLHFConfig.model_validate(raw)
 
 
+def preference_pairs(examples: list[TrainingExample], cfg: RLHFConfig) -> list[PreferencePair]:
+    """Pairs of answers to one goal, better over worse by the job's ``reward_mode`` (``answer_scores``): L06's q in
+    ``pipeline`` mode, spec Q2's quality/latency/cost composite in ``multi_objective`` mode; margins on that scale.
+
+    Raises:
+        L07Error: E7110 in ``multi_objective`` mode for an example without latency / cost metrics.
+    """
+    scores = answer_scores(examples, cfg.reward_mode, cfg.reward_latency_target_ms, cfg.reward_token_budget)
+    return build_preference_pairs([e.model_copy(update={"quality_score": scores[e.example_id]}) for e in examples])
+
+
 async def prepare(job: TrainingJob, config: JobConfig, ctx: RunnerContext) -> dict[str, Any]:
     """Job spec: verified base / SFT / reward model folders and preference pairs built from the dataset version.
 
     ``config.extra``: ``rlhf`` (RLHFConfig dict), optional ``reward_model_id`` (else the job trains one first) and
-    ``sft_model_id``. Pairs come from the train split (§5.5 rules); held-out pairs from the val and test splits.
+    ``sft_model_id``. Pairs come from the train split (§5.5 rules, ranked by ``rlhf.reward_mode``); held-out pairs
+    from the val and test splits.
 
     Raises:
         L07Error: E7020 when the dataset yields fewer than 2 training pairs or no held-out pair.
     """
     cfg = rlhf_config_of(config)
     dataset = await ctx.curator.get_dataset(job.dataset_id, job.dataset_version)
-    train = build_preference_pairs(dataset.split_examples("train"))
-    val = build_preference_pairs(dataset.split_examples("val") + dataset.split_examples("test"))
+    train = preference_pairs(dataset.split_examples("train"), cfg)
+    val = preference_pairs(dataset.split_examples("val") + dataset.split_examples("test"), cfg)
     if len(train) < 2 or not val:
         raise L07Error(L07ErrorCode.INSUFFICIENT_EXAMPLES,
                        f"dataset {job.dataset_id} yields {len(train)} training and {len(val)} held-out preference pairs",
@@ -65,7 +79,7 @@ async def register(job: TrainingJob, result: dict[str, Any], ctx: RunnerContext)
     spec = json.loads((ctx.workdir / "spec.json").read_text())
     pairs = [PreferencePair.model_validate(p) for p in spec["train_pairs"] + spec["val_pairs"]]
     async with ctx.db.session() as session:
-        await RewardRepository(session).add_pairs(pairs)
+        await RewardRepository(session, redact=redact_for_storage).add_pairs(pairs)
     provenance = Provenance.of(job)
     reward_id = config.extra.get("reward_model_id")
     if result.get("reward_model"):

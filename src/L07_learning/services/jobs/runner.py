@@ -34,10 +34,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
+
 from ...events.publisher import EventPublisher
 from ...models._base import utcnow
 from ...models.error_codes import L07Error, L07ErrorCode
 from ...models.training_job import JobConfig, JobStatus, TrainingJob
+from ...observability.metrics import ERRORS
 from ...settings import Settings, get_settings
 from ...store.db import Database, get_database
 from ..dataset_curator import DatasetCurator
@@ -51,6 +55,8 @@ from .retry import MAX_RETRIES, backoff, retry_config
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
+# The longest a worker waits between rounds after consecutive failures (database down).
+MAX_ERROR_BACKOFF_S = 60.0
 
 
 class OwnershipLost(Exception):
@@ -95,28 +101,78 @@ class JobRunner:
 
     # --- loop ---------------------------------------------------------------------------------------------------
 
-    async def run_forever(self, poll_s: float = 2.0, stop: asyncio.Event | None = None) -> None:
-        """Claim and run jobs until ``stop`` is set."""
+    async def run_forever(self, poll_s: float = 2.0, stop: asyncio.Event | None = None,
+                          max_backoff_s: float = MAX_ERROR_BACKOFF_S) -> None:
+        """Claim and run jobs until ``stop`` is set.
+
+        Any error of one round (database down, a job's bookkeeping failing, a bug) is logged and the worker polls
+        again after a backoff that doubles per consecutive failure up to ``max_backoff_s``: a job left mid-way is
+        resumed through the stale-claim path, and this worker, often the one embedded in ``l07 run``, keeps serving.
+        """
         stop = stop or asyncio.Event()
+        failures = 0
         while not stop.is_set():
             try:
                 ran = await self.run_once()
-            except L07Error:
-                # A job's bookkeeping failed (database blip, a state another process changed): the job is left for
-                # the stale-claim path, and this worker, often the one embedded in ``l07 run``, keeps serving.
-                log.exception("worker: a job ended with an error; polling again")
-                ran = None
-            if not ran:
+                failures = 0
+                wait = 0.0 if ran else poll_s
+            except Exception as exc:  # noqa: BLE001 - the worker outlives any one round's failure
+                failures += 1
+                wait = min(poll_s * 2 ** failures, max_backoff_s)
+                code = exc.code.value if isinstance(exc, L07Error) else exc.__class__.__name__
+                log.error("worker: round failed (%s: %s); polling again in %.1fs", code, exc, wait,
+                          exc_info=not isinstance(exc, (L07Error, SQLAlchemyError, OSError)))
+                unavailable = L07ErrorCode.MODEL_REGISTRY_UNAVAILABLE.value  # database unreachable
+                ERRORS.labels(error_code=code if isinstance(exc, L07Error) else (
+                    unavailable if isinstance(exc, SQLAlchemyError) else L07ErrorCode.UNHANDLED_EXCEPTION.value),
+                    error_type="worker").inc()
+            if wait:
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=poll_s)
+                    await asyncio.wait_for(stop.wait(), timeout=wait)
 
     async def run_once(self) -> TrainingJob | None:
-        """Claim one job and run it to a terminal state (or until this worker loses it). None when idle."""
+        """Claim one job and run it to a terminal state (or until this worker loses it). None when idle.
+
+        The claim is heart-beaten for the whole run, prepare and register included, not only while the training
+        process reports; when the heartbeat finds the job taken over, this worker's run of it is cancelled.
+        """
         stale_before = utcnow() - timedelta(seconds=self.settings.worker_stale_after_s)
         claimed = await self.lifecycle.claim(os.getpid(), stale_before, self.settings.max_concurrent_jobs)
         if claimed is None:
             return None
-        return await self._run(*claimed)
+        job_id = claimed[0].job_id
+        lost = asyncio.Event()
+        main = asyncio.ensure_future(self._run(*claimed))
+        beat = asyncio.ensure_future(self._hold_claim(job_id, main, lost))
+        try:
+            return await main
+        except asyncio.CancelledError:
+            if not lost.is_set():
+                raise
+        except (OwnershipLost, L07Error) as exc:
+            if isinstance(exc, L07Error) and exc.code is not L07ErrorCode.CONTAINER_STARTUP_FAILURE:
+                raise
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+        log.warning("job %s was taken over by another worker; this worker stopped its run", job_id)
+        return await self.lifecycle.get(job_id)
+
+    async def _hold_claim(self, job_id: str, main: asyncio.Future, lost: asyncio.Event) -> None:
+        """Heartbeat ``job_id`` until cancelled; cancel ``main`` when another worker owns the job now."""
+        while True:
+            await asyncio.sleep(self.settings.worker_heartbeat_s)
+            try:
+                await self.lifecycle.heartbeat(job_id)
+            except L07Error as exc:
+                if exc.code is L07ErrorCode.CONTAINER_STARTUP_FAILURE:
+                    lost.set()
+                    main.cancel()
+                    return
+                log.warning("heartbeat of job %s failed: %s", job_id, exc)
+            except Exception as exc:  # noqa: BLE001 - a database blip; the next beat may work, staleness is 12 beats
+                log.warning("heartbeat of job %s failed: %s", job_id, exc)
 
     # --- one job ------------------------------------------------------------------------------------------------
 
@@ -128,7 +184,15 @@ class JobRunner:
         workdir = self.workdir(job_id)
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / CANCEL_FILE).unlink(missing_ok=True)
-        config = job_config(job)
+        try:
+            config = job_config(job)
+        except ValidationError as exc:
+            # Stored before ``JobConfig`` checked it (e.g. an unknown or out-of-range ``extra`` key): fail the job with
+            # the reason instead of failing the worker on every claim.
+            if previous == JobStatus.PENDING:
+                job = await self.lifecycle.start(job, JobConfig.model_construct(**dict(job.config)), "none")
+            return await self.lifecycle.fail(job, L07ErrorCode.HYPERPARAMETER_CONFIG_INVALID,
+                                             f"stored job config is invalid: {exc}", time.monotonic() - started)
         resumed = previous != JobStatus.PENDING
         kind = JOB_KINDS[job.job_type]
         ctx = RunnerContext(self.db, self.settings, self.registry, self.curator, workdir)
@@ -222,7 +286,7 @@ class JobRunner:
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         with open(workdir / "child.log", "ab") as child_log:
             proc = await asyncio.create_subprocess_exec(
-                *command(workdir / "spec.json", int(config.extra.get("nproc_per_node", 1))),
+                *command(workdir / "spec.json", config.nproc_per_node),
                 stdout=asyncio.subprocess.PIPE, stderr=child_log, env=env, limit=2**24)
         await self.lifecycle.attach_process(job.job_id, proc.pid)
         buffer: list[tuple[str, dict[str, Any], int | None]] = []

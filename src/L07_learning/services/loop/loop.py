@@ -28,7 +28,7 @@ from ...models.training_job import JobType, TrainingJob
 from ...settings import Settings, get_settings
 from ...store.db import Database
 from ...store.repositories.loop import LoopRepository, LoopRun, PolicyState
-from ..fine_tuning_engine import coerce_config, load_preset
+from ..fine_tuning_engine import load_preset
 from ..learning_service import LearningService
 from .breakers import PolicyBreakers
 from .datasets import version_group
@@ -293,7 +293,8 @@ class LearningLoop:
                 t.teacher_model_id, dataset.dataset_id, model_name=policy.dataset_name, created_by="l07-loop",
                 idempotency_key=key)
         overrides = {"model_name": policy.dataset_name, **t.config}
-        config = load_preset(t.preset, overrides) if t.preset else coerce_config(overrides)
+        # Without a preset the engine picks the measured recipe (device, model size, dataset size) under overrides.
+        config = load_preset(t.preset, overrides) if t.preset else overrides
         return await self.service.sft_engine.start_training(
             dataset.dataset_id, t.base_model_id, config, job_type=JobType(kind), created_by="l07-loop",
             idempotency_key=key)

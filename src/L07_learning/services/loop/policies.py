@@ -11,7 +11,10 @@ seen among the ACCEPTED examples, each with its own dataset, model track and bre
       - name: support
         group: {agent_id: agent-support-03}
         trigger: {min_new_examples: 200, max_interval: 12h, cooldown: 1h}
-        training: {kind: auto, preset: cpu-small}
+        training: {kind: auto}          # no preset: the measured recipe (jobs/presets.select_recipe)
+
+A job whose tuned model does not improve on its base ends FAILED with E7035 and registers nothing; the run ends
+FAILED and counts toward the policy's breaker like any failed run.
 """
 
 from __future__ import annotations
@@ -67,8 +70,10 @@ class Training(_Strict):
     rlhf_min_pairs: int = Field(default=200, ge=2)
     teacher_model_id: str | None = None
     base_model_id: str | None = None
-    preset: str | None = Field(default=None, description="JobConfig preset name or YAML path (configs/sft-*.yaml)")
-    config: dict[str, Any] = Field(default_factory=dict, description="JobConfig overrides")
+    preset: str | None = Field(default=None, description="JobConfig preset name or YAML path (configs/sft-*.yaml); "
+                                                       "default: the recipe measured for the device, the base model's "
+                                                       "size and the dataset's size (jobs/presets.select_recipe)")
+    config: dict[str, Any] = Field(default_factory=dict, description="JobConfig fields on top of the preset or recipe")
 
     @model_validator(mode="after")
     def _teacher(self) -> "Training":

@@ -21,14 +21,15 @@ from ...store.repositories.events import ProcessedEventRepository
 from ...store.repositories.loop import LoopRepository
 from ..model_registry import ModelRegistry
 from ..registry.signing import SigningKeyring
+from ..retention import RetentionService
 
 log = logging.getLogger(__name__)
 
 Action = Callable[[], Awaitable[dict[str, Any]]]
 
-# Contract §7.4: keys rotate every 90 days; failed runs are kept 30 days; processed-event keys at least 7 days.
+# Contract §7.4: keys rotate every 90 days; processed-event keys are kept at least 7 days (the other retention
+# periods live in services/retention.py).
 KEY_MAX_AGE = timedelta(days=90)
-FAILED_RUN_RETENTION = timedelta(days=30)
 PROCESSED_EVENT_RETENTION_DAYS = 7.0
 
 
@@ -146,9 +147,9 @@ def default_tasks(service: Any) -> list[ScheduledTask]:
         return {"archived": await service.registry.archive_superseded()}
 
     async def retention() -> dict[str, Any]:
-        async with db.session() as session:
-            purged = await LoopRepository(session).purge_runs(("FAILED", "REJECTED"), utcnow() - FAILED_RUN_RETENTION)
-        return {"loop_runs_purged": purged}
+        # Everything contract §7.4 keeps for a limited time, not only loop runs (``services/retention.py``).
+        report = await RetentionService(db, service.settings).purge(actor="l07-loop")
+        return {"purged": report.counts, "files_removed": len(report.files_removed), "verified": report.verified}
 
     async def sweep() -> dict[str, Any]:
         summary = await service.ingestion.sweep()

@@ -1,7 +1,7 @@
 """The stage process of contract §4.2: the transition table, approvals and the gates, as plain functions.
 
-Nothing here reads or writes the database: ``ModelRegistry`` loads the model, its open approvals and its latest
-validation, calls these functions inside its transaction and stores what they return. A refusal is an ``L07Error``
+Nothing here reads or writes the database: the registry (``promotion.py``, ``approvals.py``) loads the model, its
+open approvals and its latest validation, calls these functions inside its transaction and stores what they return. A refusal is an ``L07Error``
 whose message names what is missing.
 """
 
@@ -124,6 +124,24 @@ def check_actor(actor: str) -> str:
 def approval_target(role: str, to_stage: str | ModelStage | None = None) -> ModelStage:
     """The transition an approval is for: ``to_stage`` when given, else the one the role approves."""
     return parse_stage(to_stage) if to_stage is not None else APPROVAL_ROLE_TARGET[role]
+
+
+# Transitions whose approvals are given for one validation report (contract §4.2 gates read the latest report).
+VALIDATED_TARGETS = (ModelStage.STAGING, ModelStage.PRODUCTION)
+
+
+def approved_validation(model_id: str, latest: ValidationResult | None, asked: str | None) -> str:
+    """The validation an approval is bound to: the model's latest (E7252 when there is none, or ``asked`` is older)."""
+    if latest is None:
+        raise L07Error(L07ErrorCode.STAGE_APPROVAL_MISSING,
+                       f"model {model_id} has no validation report to approve; validate it first "
+                       f"(l07 models validate {model_id})", model_id=model_id)
+    if asked is not None and asked != latest.validation_id:
+        raise L07Error(L07ErrorCode.STAGE_APPROVAL_MISSING,
+                       f"validation {asked} is not the latest report of model {model_id}; review and approve "
+                       f"{latest.validation_id} instead", model_id=model_id, validation_id=asked,
+                       latest_validation_id=latest.validation_id)
+    return latest.validation_id
 
 
 # --- gates --------------------------------------------------------------------------------------------------------

@@ -67,7 +67,8 @@ async def apply_promotion(
     if not ok:
         raise L07Error(L07ErrorCode.STAGE_TRANSITION_NOT_ALLOWED, f"model {model.model_id} changed stage concurrently")
     await repo.consume_approvals([a["id"] for a in chain if "id" in a])
-    public_chain = [{"role": a["role"], "actor": a["actor"], "at": a["at"]} for a in chain]
+    public_chain = [{"role": a["role"], "actor": a["actor"], "at": a["at"],
+                     **({"validation_id": a["validation_id"]} if a.get("validation_id") else {})} for a in chain]
     repo.add_history(model.model_id, model.stage, target, serving, actor, notes, public_chain)
     await audit(session, "model.promote", "model", model.model_id, actor=actor, details={
         "name": model.name, "version": model.version, "from_stage": model.stage.value, "to_stage": target.value,

@@ -1,4 +1,5 @@
-"""Verification of a registered artifact: every file's hash, the manifest checksum and its signature."""
+"""Verification of a registered artifact: every file's hash, the manifest checksum, its signature, and that the signed
+manifest names this very registry row (model id, name, version, type, parent)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any
 from ...models._base import L07Model, utcnow
 from ...models.error_codes import L07Error, L07ErrorCode
 from ...models.model_artifact import ModelArtifact
-from .artifact_store import ArtifactStore, manifest_checksum
+from .artifact_store import BOUND_FIELDS, LEGACY_MANIFEST_SCHEMAS, MANIFEST_SCHEMA, ArtifactStore, manifest_checksum
+from .intake import row_binding
 from .signing import SigningKeyring
 
 
@@ -33,6 +35,19 @@ class VerificationReport(L07Model):
     duration_s: float
 
 
+def binding_problems(model: ModelArtifact, manifest: dict[str, Any]) -> list[str]:
+    """Where the signed manifest does not describe this registry row (another model's artifact, or a legacy manifest)."""
+    schema = manifest.get("schema")
+    if schema in LEGACY_MANIFEST_SCHEMAS:
+        return [f"the manifest ({schema}) was signed before manifests were bound to their registry row, so it cannot "
+                f"prove it belongs to {model.model_id}; re-sign it: `l07 models resign {model.model_id}`"]
+    if schema != MANIFEST_SCHEMA:
+        return [f"unknown manifest schema {schema!r}"]
+    expected = row_binding(model)
+    return [f"the signed manifest is for {field} {manifest.get(field)!r}, not this model's {expected[field]!r}"
+            for field in BOUND_FIELDS if manifest.get(field) != expected[field]]
+
+
 async def verify_artifact(model: ModelArtifact, manifest: dict[str, Any], keyring: SigningKeyring) -> VerificationReport:
     """Check a model's files against its registered manifest; problems are reported, not raised.
 
@@ -52,6 +67,10 @@ async def verify_artifact(model: ModelArtifact, manifest: dict[str, Any], keyrin
     except L07Error as exc:
         signature_ok = False
         problems.append(exc.message)
+    binding = binding_problems(model, manifest)
+    if binding:
+        signature_ok = False  # a valid signature over someone else's manifest is a signature failure for this row
+        problems += binding
     file_problems = await asyncio.to_thread(ArtifactStore.check_files, model.artifact_path, manifest)
     problems += file_problems
     ok = not problems

@@ -14,6 +14,7 @@ import os
 import socket
 import uuid
 from datetime import timedelta
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ...events.outbox_relay import OutboxRelay
@@ -22,7 +23,7 @@ from ...models.error_codes import L07Error, L07ErrorCode
 from ...models.model_artifact import ModelStage, ModelType
 from ...models.validation import Recommendation, ValidationResult
 from ...store.db import Database
-from ...store.repositories.operations import RUNNING, Operation, OperationRepository
+from ...store.repositories.operations import LIVE, QUEUED, RUNNING, Operation, OperationRepository
 from ..model_registry import ModelRegistry
 from ..model_validator import ModelValidator
 from .gateway import CANARY_CONFIG, register_with_gateway
@@ -35,7 +36,8 @@ VALIDATOR_ACTOR = "l07-validator"
 
 
 async def deploy_model(model_id: str, *, validator: ModelValidator, registry: ModelRegistry,
-                       relay: OutboxRelay | None = None) -> ValidationResult:
+                       relay: OutboxRelay | None = None,
+                       on_start: Callable[[], Awaitable[None]] | None = None) -> ValidationResult:
     """Validate, then DEVELOPMENT -> STAGING on DEPLOY with ``model_ready_for_deployment`` in the same transaction;
     REJECT moves the model to REJECTED (with ``model_deployment_failed``); REVIEW leaves it for a reviewer.
 
@@ -44,6 +46,7 @@ async def deploy_model(model_id: str, *, validator: ModelValidator, registry: Mo
         validator: Runs every validation stage and stores the report.
         registry: Moves the model between stages and writes the outbox rows with each move.
         relay: When given, the outbox is flushed at once so the release event leaves before this returns.
+        on_start: Awaited when the validation leaves the queue of ``max_concurrent_validations``.
 
     Returns:
         The validation result.
@@ -51,7 +54,7 @@ async def deploy_model(model_id: str, *, validator: ModelValidator, registry: Mo
     Raises:
         L07Error: E7203 when validation rejects the model (failing stages in ``details``).
     """
-    result = await validator.validate_model(model_id)
+    result = await validator.validate_model(model_id, on_start=on_start)
     model = await registry.get_model(model_id)
     if result.recommendation is Recommendation.REJECT:
         failing = [k for k, v in result.stages.items() if v.outcome.value == "FAIL"]
@@ -152,9 +155,10 @@ def _owner_dead(owner: str, me: str) -> bool:
 class Operations:
     """Runs validations and deployments as background tasks of this process, their state in ``l07_operations``.
 
-    ``validate`` ends COMPLETED with the stored validation report as ``result`` (or FAILED); ``deploy`` ends STAGED,
-    REVIEW, REJECTED (E7203, the model is REJECTED) or FAILED, with ``validation_id``, ``recommendation`` and
-    ``stage`` in ``result``. A running operation refreshes its heartbeat; one whose process died is marked FAILED
+    Both kinds validate, so both wait for one of the validator's ``max_concurrent_validations`` slots: an operation
+    is stored QUEUED when none is free and turns RUNNING when it gets one. ``validate`` ends COMPLETED with the
+    stored validation report as ``result`` (or FAILED); ``deploy`` ends STAGED, REVIEW, REJECTED (E7203, the model
+    is REJECTED) or FAILED, with ``validation_id``, ``recommendation`` and ``stage`` in ``result``. A running operation refreshes its heartbeat; one whose process died is marked FAILED
     with an "interrupted" error by the first process that notices: at once when its owner was a process of this host
     that is gone, else once its heartbeat is ``STALE_AFTER_S`` old. An orderly shutdown marks its own FAILED at once.
 
@@ -174,13 +178,15 @@ class Operations:
 
     async def start(self, kind: str, model_id: str, requested_by: str,
                     params: dict[str, Any] | None = None) -> Operation:
-        """Check the model exists (E7250 otherwise), store the operation RUNNING and start it in the background."""
+        """Check the model exists (E7250 otherwise), store the operation (QUEUED when every validation slot is taken,
+        else RUNNING) and start it in the background."""
         if kind not in OPERATION_KINDS:
             raise ValueError(f"unknown operation kind {kind!r}")
         await self.recover()
         await self.registry.get_model(model_id)
         now = utcnow()
-        op = Operation(operation_id=str(uuid.uuid4()), kind=kind, model_id=model_id, status=RUNNING,
+        status = QUEUED if self.validator.saturated else RUNNING
+        op = Operation(operation_id=str(uuid.uuid4()), kind=kind, model_id=model_id, status=status,
                        requested_by=requested_by, owner=self.owner, created_at=now, heartbeat_at=now,
                        params=dict(params or {}))
         async with self.db.session() as session:
@@ -188,15 +194,16 @@ class Operations:
         task = asyncio.create_task(self._run(op))
         self._tasks[op.operation_id] = task
         task.add_done_callback(lambda _t, oid=op.operation_id: self._tasks.pop(oid, None))
+        await asyncio.sleep(0)  # let it take a free validation slot now, so the next start sees the slot taken
         return op
 
     async def get(self, operation_id: str) -> Operation | None:
-        """The stored operation; a RUNNING one whose process is gone is marked FAILED first."""
+        """The stored operation; a live (QUEUED or RUNNING) one whose process is gone is marked FAILED first."""
         await self.recover()
         async with self.db.session() as session:
             repo = OperationRepository(session)
             op = await repo.get(operation_id)
-            if op is None or op.status != RUNNING or op.operation_id in self._tasks:
+            if op is None or op.status not in LIVE or op.operation_id in self._tasks:
                 return op
             stale = op.heartbeat_at < utcnow() - timedelta(seconds=STALE_AFTER_S)
             if op.owner == self.owner or stale or _owner_dead(op.owner, self.owner):
@@ -214,7 +221,7 @@ class Operations:
         now = utcnow()
         async with self.db.session() as session:
             repo = OperationRepository(session)
-            dead = {op.owner for op in await repo.list(status=RUNNING, limit=1000) if _owner_dead(op.owner, self.owner)}
+            dead = {op.owner for op in await repo.list(status=LIVE, limit=1000) if _owner_dead(op.owner, self.owner)}
             failed = await repo.fail_stale(now - timedelta(seconds=STALE_AFTER_S), now,
                                            L07ErrorCode.UNHANDLED_EXCEPTION.value, INTERRUPTED.format(kind="operation"))
             for owner in dead:
@@ -259,10 +266,15 @@ class Operations:
                                                       error_code=code, error_message=message)
 
     async def _execute(self, op: Operation) -> tuple[str, dict[str, Any]]:
+        async def running() -> None:
+            async with self.db.session() as session:
+                await OperationRepository(session).mark_running(op.operation_id, utcnow())
+
         if op.kind == "validate":
-            report = await self.validator.validate_model(op.model_id, op.params.get("baseline_model_id"))
+            report = await self.validator.validate_model(op.model_id, op.params.get("baseline_model_id"),
+                                                         on_start=running)
             return "COMPLETED", report.model_dump(mode="json")
-        report = await deploy_model(op.model_id, validator=self.validator, registry=self.registry)
+        report = await deploy_model(op.model_id, validator=self.validator, registry=self.registry, on_start=running)
         stage = (await self.registry.get_model(op.model_id)).stage.value
         status = "STAGED" if report.recommendation is Recommendation.DEPLOY else "REVIEW"
         return status, {"validation_id": report.validation_id, "recommendation": report.recommendation.value,

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import and_, delete, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ...models._base import utcnow
@@ -39,6 +39,9 @@ class ProcessedEventRepository:
         """Record ``(source, event_id, event_type, result)`` keys; return the ``(source, event_id)`` pairs that were new.
 
         A key already stored (by an earlier run or a concurrent consumer) is not returned, so its event is a no-op.
+        One exception: a key held by a *rejected* event is taken over by a valid event (result other than
+        ``rejected``). Otherwise anyone could send an invalid event under another producer's ``(source, id)`` first
+        and have the real event dropped as a duplicate; a replayed invalid event still finds its key and is a no-op.
         """
         if not keys:
             return set()
@@ -50,7 +53,38 @@ class ProcessedEventRepository:
             rows = [{"source": s, "event_id": i, "event_type": t, "result": r, "processed_at": now} for s, i, t, r in part]
             result = await self.session.execute(stmt, rows)
             claimed.update((row[0], row[1]) for row in result.all())
+        valid_taken = [k for k in keys if k[3] != "rejected" and (k[0], k[1]) not in claimed]
+        if valid_taken:
+            claimed |= await self._take_over_rejected(valid_taken, now)
         return claimed
+
+    async def _take_over_rejected(self, keys: list[tuple[str, str, str, str]], now: datetime) -> set[tuple[str, str]]:
+        table = SqlProcessedEvent.__table__
+        held: set[tuple[str, str]] = set()
+        for part in chunks(keys):
+            stmt = select(table.c.source, table.c.event_id).where(
+                tuple_(table.c.source, table.c.event_id).in_([(s, i) for s, i, _, _ in part]),
+                table.c.result == "rejected")
+            held.update((r[0], r[1]) for r in (await self.session.execute(stmt)).all())
+        taken: set[tuple[str, str]] = set()
+        for source, event_id, event_type, result in keys:
+            if (source, event_id) not in held:
+                continue
+            # The result condition is re-checked under the row lock: of two consumers racing, one takes the key.
+            stmt = (update(table)
+                    .where(and_(table.c.source == source, table.c.event_id == event_id, table.c.result == "rejected"))
+                    .values(event_type=event_type, result=result, processed_at=now))
+            if (await self.session.execute(stmt)).rowcount:
+                taken.add((source, event_id))
+        return taken
+
+    async def mark_rejected(self, keys: list[tuple[str, str]]) -> None:
+        """Mark claimed keys as held by rejected events (found invalid after the claim), so a valid event with the
+        same key can still take them over."""
+        table = SqlProcessedEvent.__table__
+        for source, event_id in keys:
+            await self.session.execute(update(table).where(and_(table.c.source == source, table.c.event_id == event_id))
+                                       .values(result="rejected"))
 
     async def count(self, result: str | None = None) -> int:
         stmt = select(func.count()).select_from(SqlProcessedEvent)

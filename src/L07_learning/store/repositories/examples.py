@@ -48,7 +48,8 @@ class ExampleRepository:
 
     async def add_many(self, examples: list[TrainingExample],
                        stored_form: Callable[[TrainingExample], dict[str, Any]] | None = None) -> int:
-        """Insert examples; one whose id or (source_type, execution_id) is already stored is skipped.
+        """Insert examples; one whose ``example_id`` is already stored is skipped (idempotency is on the id: several
+        examples may share an execution, contract §9).
 
         Args:
             stored_form: The JSON form to persist per example (e.g. with secrets masked); default its plain dump.
@@ -94,6 +95,7 @@ class ExampleRepository:
         return int(await self.session.scalar(stmt) or 0)
 
     async def keys(self) -> list[tuple[str, str | None]]:
-        """``(source_type, execution_id)`` of every stored example (exactly-once checks)."""
+        """``(source_type, execution_id)`` of every stored example, one pair per example (several examples may share
+        one execution)."""
         rows = await self.session.execute(select(SqlTrainingExample.source_type, SqlTrainingExample.execution_id))
         return [(r[0], r[1]) for r in rows.all()]

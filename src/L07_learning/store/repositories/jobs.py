@@ -59,6 +59,13 @@ def _split(job: TrainingJob) -> tuple[dict[str, Any], dict[str, Any]]:
     return cols, data
 
 
+def _lost(job_id: str, owner: str | None) -> L07Error:
+    """E7901: the claim of ``job_id`` is no longer this worker's (taken over, or released)."""
+    return L07Error(L07ErrorCode.CONTAINER_STARTUP_FAILURE,
+                    f"job {job_id} is now owned by worker {owner}" if owner else f"job {job_id} is no longer claimed",
+                    job_id=job_id, owner=owner)
+
+
 class JobRepository:
     """Data access for training jobs and their per-step events."""
 
@@ -103,13 +110,21 @@ class JobRepository:
         row = await self._row(job_id)
         return row.worker_id, _aware(row.heartbeat_at), bool(row.cancel_requested)
 
-    async def update(self, job_id: str, status: JobStatus | None = None, *, lock: bool = True, **fields: Any) -> TrainingJob:
+    async def update(self, job_id: str, status: JobStatus | None = None, *, lock: bool = True, owner: str | None = None,
+                     **fields: Any) -> TrainingJob:
         """Change a job's fields and, optionally, its status (checked against contract §4.1).
 
+        Args:
+            owner: When given, the change is made only while this worker still owns the job's claim (a worker that was
+                presumed dead must not overwrite what the worker that took the job over writes).
+
         Raises:
-            L07Error: E7410 unknown job; E7500 when the transition is not in the state machine.
+            L07Error: E7410 unknown job; E7500 when the transition is not in the state machine; E7901 when ``owner``
+            no longer owns the job.
         """
         row = await self._row(job_id, lock=lock)
+        if owner is not None and row.worker_id != owner:
+            raise _lost(job_id, row.worker_id)
         current = JobStatus(row.status)
         if status is not None and status != current:
             if status not in JOB_TRANSITIONS[current]:
@@ -150,8 +165,7 @@ class JobRepository:
         """
         row = await self._row(job_id)
         if row.worker_id != worker_id:
-            raise L07Error(L07ErrorCode.CONTAINER_STARTUP_FAILURE,
-                           f"job {job_id} is now owned by worker {row.worker_id}", job_id=job_id)
+            raise _lost(job_id, row.worker_id)
         row.heartbeat_at = utcnow()
         await self.session.flush()
         return bool(row.cancel_requested)

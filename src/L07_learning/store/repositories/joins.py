@@ -12,6 +12,7 @@ row ``plan:<execution_id>`` and is completed by the scores of that execution. St
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -41,11 +42,14 @@ class JoinRow:
     is_new: bool = True
     dirty: bool = False
 
-    def as_values(self) -> dict[str, Any]:
+    def as_values(self, redact: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+        """The row's column values; ``redact`` gives the stored form of the trace and score payloads."""
+        trace, scores = (self.trace, self.scores) if redact is None else (
+            redact(self.trace) if self.trace is not None else None, redact(self.scores))
         return {
             "execution_id": self.key,
-            "trace_event": self.trace,
-            "score_events": self.scores,
+            "trace_event": trace,
+            "score_events": scores,
             "trace_at": self.trace_at,
             "score_at": self.score_at,
             "first_seen_at": self.first_seen_at,
@@ -55,10 +59,18 @@ class JoinRow:
 
 
 class JoinRepository:
-    """Data access for ``l07_pending_joins``."""
+    """Data access for ``l07_pending_joins``.
 
-    def __init__(self, session: AsyncSession) -> None:
+    Args:
+        session: The unit of work.
+        redact: Storage form of the waiting trace and score payloads (the service layer passes its secret and PII
+            redactor, so producer content never rests here in clear). The row key and the ids inside the payloads
+            must survive it: a later event joins on them.
+    """
+
+    def __init__(self, session: AsyncSession, redact: Callable[[Any], Any] | None = None) -> None:
         self.session = session
+        self.redact = redact
 
     async def load(self, keys: list[str], lock: bool = True) -> dict[str, JoinRow]:
         """Rows for ``keys``; on PostgreSQL they are locked (``FOR UPDATE``) until the transaction ends."""
@@ -77,8 +89,8 @@ class JoinRepository:
 
     async def save(self, rows: list[JoinRow]) -> None:
         """Insert new rows and update changed ones. A concurrent insert of the same key raises IntegrityError."""
-        new = [r.as_values() for r in rows if r.is_new]
-        changed = [r.as_values() for r in rows if not r.is_new and r.dirty]
+        new = [r.as_values(self.redact) for r in rows if r.is_new]
+        changed = [r.as_values(self.redact) for r in rows if not r.is_new and r.dirty]
         table = SqlPendingJoin.__table__
         for part in chunks(new):
             await self.session.execute(table.insert(), part)

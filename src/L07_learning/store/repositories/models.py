@@ -71,6 +71,18 @@ class ModelRepository:
         row = await self._row(model_id)
         return None if row is None else dict((row.data or {}).get("manifest") or {})
 
+    async def resign(self, model_id: str, expect_checksum: str, checksum: str, signature: str, key_version: str,
+                     manifest: dict[str, Any]) -> bool:
+        """Replace a model's signed manifest, only if its checksum is still ``expect_checksum``; True when done."""
+        row = await self._row(model_id, for_update=True)
+        if row is None or row.checksum != expect_checksum:
+            return False
+        row.checksum, row.signature, row.signing_key_version = checksum, signature, key_version
+        row.data = {**(row.data or {}), "manifest": manifest}
+        row.updated_at = utcnow()
+        await self.session.flush()
+        return True
+
     async def find(self, name: str, version: str) -> ModelArtifact | None:
         row = await self.session.scalar(select(SqlModel).where(SqlModel.name == name, SqlModel.version == version))
         return None if row is None else _artifact(row, [])
@@ -209,8 +221,10 @@ class ModelRepository:
 
     # --- approvals ------------------------------------------------------------------------------------------------
 
-    def add_approval(self, model_id: str, to_stage: ModelStage, role: str, actor: str) -> None:
-        self.session.add(SqlModelApproval(model_id=model_id, to_stage=to_stage.value, role=role, actor=actor, created_at=utcnow()))
+    def add_approval(self, model_id: str, to_stage: ModelStage, role: str, actor: str,
+                     validation_id: str | None = None) -> None:
+        self.session.add(SqlModelApproval(model_id=model_id, to_stage=to_stage.value, role=role, actor=actor,
+                                          validation_id=validation_id, created_at=utcnow()))
 
     async def open_approvals(self, model_id: str, to_stage: ModelStage) -> list[dict[str, Any]]:
         """Approvals recorded for a transition and not yet used by one, oldest first."""
@@ -220,7 +234,8 @@ class ModelRepository:
                    SqlModelApproval.consumed.is_(False))
             .order_by(SqlModelApproval.id)
         )).all()
-        return [{"id": r.id, "role": r.role, "actor": r.actor, "at": r.created_at.isoformat()} for r in rows]
+        return [{"id": r.id, "role": r.role, "actor": r.actor, "at": r.created_at.isoformat(),
+                 "validation_id": r.validation_id} for r in rows]
 
     async def consume_approvals(self, ids: list[int]) -> None:
         """Mark approvals as used, so one approval never authorises two transitions."""

@@ -13,6 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ..tables import SqlOperation
 
 RUNNING = "RUNNING"
+# Waiting for a validation slot (``max_concurrent_validations``); live like RUNNING, it heart-beats and can end.
+QUEUED = "QUEUED"
+LIVE = (QUEUED, RUNNING)
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -22,7 +25,8 @@ def _aware(value: datetime | None) -> datetime | None:
 
 @dataclass(frozen=True)
 class Operation:
-    """One background operation. ``status`` is RUNNING until it ends (the final values depend on ``kind``)."""
+    """One background operation. ``status`` is QUEUED while it waits for a validation slot, RUNNING until it ends
+    (the final values depend on ``kind``)."""
 
     operation_id: str
     kind: str
@@ -69,39 +73,47 @@ class OperationRepository:
         return _to_model(row) if row is not None else None
 
     async def heartbeat(self, operation_ids: list[str], now: datetime) -> None:
-        """Refresh the heartbeat of running operations this process holds."""
+        """Refresh the heartbeat of live (queued or running) operations this process holds."""
         if operation_ids:
             await self.session.execute(update(SqlOperation).where(
-                SqlOperation.operation_id.in_(operation_ids), SqlOperation.status == RUNNING).values(heartbeat_at=now))
+                SqlOperation.operation_id.in_(operation_ids), SqlOperation.status.in_(LIVE)).values(heartbeat_at=now))
+
+    async def mark_running(self, operation_id: str, now: datetime) -> bool:
+        """A QUEUED operation got its slot; False when it is not QUEUED (already running or ended)."""
+        done = await self.session.execute(update(SqlOperation).where(
+            SqlOperation.operation_id == operation_id, SqlOperation.status == QUEUED).values(
+            status=RUNNING, heartbeat_at=now))
+        return done.rowcount == 1
 
     async def finish(self, operation_id: str, status: str, now: datetime, *, result: dict[str, Any] | None = None,
                      error_code: str | None = None, error_message: str | None = None) -> bool:
-        """End a RUNNING operation; False when it had already ended (another process declared it dead)."""
+        """End a live operation; False when it had already ended (another process declared it dead)."""
         values: dict[str, Any] = {"status": status, "finished_at": now, "error_code": error_code,
                                   "error_message": (error_message or "")[:4000] or None}
         if result is not None:
             values["result"] = result
         done = await self.session.execute(update(SqlOperation).where(
-            SqlOperation.operation_id == operation_id, SqlOperation.status == RUNNING).values(**values))
+            SqlOperation.operation_id == operation_id, SqlOperation.status.in_(LIVE)).values(**values))
         return done.rowcount == 1
 
     async def fail_stale(self, stale_before: datetime, now: datetime, error_code: str, message: str,
                          owner: str | None = None) -> list[str]:
-        """Mark FAILED every RUNNING operation whose heartbeat is older than ``stale_before`` (or, with ``owner``,
+        """Mark FAILED every live operation whose heartbeat is older than ``stale_before`` (or, with ``owner``,
         every one that owner holds, whatever its heartbeat); returns their ids."""
-        where = [SqlOperation.status == RUNNING]
+        where = [SqlOperation.status.in_(LIVE)]
         where.append(SqlOperation.owner == owner if owner is not None else SqlOperation.heartbeat_at < stale_before)
         ids = list((await self.session.scalars(select(SqlOperation.operation_id).where(*where))).all())
         if ids:
             await self.session.execute(update(SqlOperation).where(
-                SqlOperation.operation_id.in_(ids), SqlOperation.status == RUNNING).values(
+                SqlOperation.operation_id.in_(ids), SqlOperation.status.in_(LIVE)).values(
                 status="FAILED", finished_at=now, error_code=error_code, error_message=message))
         return ids
 
-    async def list(self, model_id: str | None = None, status: str | None = None, limit: int = 100) -> list[Operation]:
+    async def list(self, model_id: str | None = None, status: str | tuple[str, ...] | None = None,
+                   limit: int = 100) -> list[Operation]:
         stmt = select(SqlOperation).order_by(SqlOperation.created_at.desc()).limit(limit)
         if model_id is not None:
             stmt = stmt.where(SqlOperation.model_id == model_id)
         if status is not None:
-            stmt = stmt.where(SqlOperation.status == status)
+            stmt = stmt.where(SqlOperation.status.in_([status] if isinstance(status, str) else list(status)))
         return [_to_model(r) for r in (await self.session.scalars(stmt)).all()]

@@ -1,10 +1,15 @@
-"""Reward signals (``l07_reward_signals``) and preference pairs (``l07_preference_pairs``), contract §3.6 / §5.5."""
+"""Reward signals (``l07_reward_signals``) and preference pairs (``l07_preference_pairs``), contract §3.6 / §5.5.
+
+A signal is stored when its score arrives (numbers, outcome, the L06 metrics); the answer it rated (prompt and output
+text) is attached only once the quality filter accepted that answer's example, and only accepted answers are paired.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ...models.reward_signal import PreferencePair, RewardSignal
@@ -13,10 +18,17 @@ from ._upsert import chunks, insert_ignore
 
 
 class RewardRepository:
-    """Data access for reward signals and preference pairs."""
+    """Data access for reward signals and preference pairs.
 
-    def __init__(self, session: AsyncSession) -> None:
+    Args:
+        session: The unit of work.
+        redact: Storage form of the signals' and pairs' content (the service layer passes its secret and PII
+            redactor); ids, hashes and numbers must survive it.
+    """
+
+    def __init__(self, session: AsyncSession, redact: Callable[[Any], Any] | None = None) -> None:
         self.session = session
+        self.redact = redact or (lambda value: value)
 
     async def add_signals(self, signals: list[tuple[RewardSignal, dict[str, Any] | None]]) -> None:
         """Store signals (idempotent on ``signal_id``). The optional dict is the scored answer
@@ -26,6 +38,7 @@ class RewardRepository:
             data = sig.model_dump(mode="json")
             if answer:
                 data["answer"] = {k: v for k, v in answer.items() if k != "prompt_hash"}
+            data = self.redact(data)
             rows.append(
                 {
                     "signal_id": sig.signal_id,
@@ -42,6 +55,22 @@ class RewardRepository:
         table = SqlRewardSignal.__table__
         for part in chunks(rows):
             await self.session.execute(insert_ignore(self.session, table), part)
+
+    async def attach_answers(self, answers: list[tuple[str, str, dict[str, Any]]]) -> int:
+        """Attach accepted answers to their stored signals: ``(signal_id, prompt_hash, {prompt, example_id,
+        output_text})`` each. Returns how many signals were found (a signal dropped for low confidence has none)."""
+        found = 0
+        by_id = {sid: (h, a) for sid, h, a in answers}
+        for part in chunks(sorted(by_id)):
+            rows = (await self.session.execute(
+                select(SqlRewardSignal.signal_id, SqlRewardSignal.data).where(SqlRewardSignal.signal_id.in_(part))
+            )).all()
+            values = [{"signal_id": sid, "prompt_hash": by_id[sid][0],
+                       "data": {**(data or {}), "answer": self.redact(by_id[sid][1])}} for sid, data in rows]
+            if values:
+                await self.session.execute(update(SqlRewardSignal), values)  # bulk UPDATE by primary key
+            found += len(values)
+        return found
 
     async def answers_by_prompt(self, prompt_hashes: list[str], per_prompt: int = 5) -> dict[str, list[dict[str, Any]]]:
         """The ``per_prompt`` most recent scored answers per prompt hash, newest first:
@@ -89,7 +118,7 @@ class RewardRepository:
                     "source": p.source,
                     "chosen_example_id": p.chosen_example_id,
                     "rejected_example_id": p.rejected_example_id,
-                    "data": p.model_dump(mode="json"),
+                    "data": self.redact(p.model_dump(mode="json")),
                     "created_at": p.created_at,
                 }
                 for p in part

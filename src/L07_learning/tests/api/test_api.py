@@ -32,7 +32,9 @@ ROLES = [r.value for r in Role]
 async def make_keys(db: Database, settings) -> dict[str, str]:  # type: ignore[no-untyped-def]
     """One key per role, plus ``ml_manager`` (a reviewer key with the ml_manager attribute)."""
     auth = AuthService(AccessService(db))
-    keys = {role: (await auth.create_key(role, name=f"test-{role}"))[1] for role in ROLES}
+    # The producer key speaks for L02 traces, the kind of the samples these tests post.
+    keys = {role: (await auth.create_key(role, name=f"test-{role}", sources=["L02"] if role == "producer" else None))[1]
+            for role in ROLES}
     keys["ml_manager"] = (await auth.create_key("reviewer", name="manager", attributes={"ml_manager": True}))[1]
     return keys
 
@@ -138,7 +140,7 @@ RBAC = [
     ("POST", f"/api/v1/models/{MISSING}/approve", {"stage": "staging"}, {"reviewer", "admin"}),
     ("POST", f"/api/v1/models/{MISSING}/approve", {"capacity": "deployer"}, {"deployer", "admin"}),
     ("POST", f"/api/v1/models/{MISSING}/rollback", {"reason": "manual"}, {"deployer", "admin"}),
-    ("POST", f"/api/v1/models/{MISSING}/validate", {}, {"trainer", "reviewer", "deployer", "admin"}),
+    ("POST", f"/api/v1/models/{MISSING}/validate", {}, {"reviewer", "deployer", "admin"}),
     ("POST", f"/api/v1/models/{MISSING}/deploy", None, {"deployer", "admin"}),
     ("GET", f"/api/v1/models/{MISSING}/deployments/{MISSING}", None, EVERY_READER),
     ("GET", "/api/v1/datasets", None, EVERY_READER),
@@ -217,7 +219,8 @@ async def test_request_id_is_echoed_and_lands_in_the_audit_log(api: httpx.AsyncC
     rows = r.json()["data"]
     assert [(x["action"], x["result"], x["error_code"]) for x in rows] == [("api.models.promote", "failure", "E7250")]
     key_id = (await AuthService(AccessService(sqlite_db)).authenticate(keys["deployer"])).key_id
-    assert rows[0]["actor"] == {"type": "api_key", "identifier": key_id}
+    assert rows[0]["actor"] == {"type": "api_key", "identifier": key_id, "ip_address": "127.0.0.1",
+                                "user_agent": f"python-httpx/{httpx.__version__}"}
     assert rows[0]["details"]["to_stage"] == "STAGING"
 
 
@@ -295,7 +298,7 @@ async def test_events_structured_batch_and_binary_share_the_ingestion_path(
     db: Database, client_for, settings, sample_cloud_event: dict  # type: ignore[no-untyped-def]
 ) -> None:
     client = await client_for(db)
-    producer = (await AuthService(AccessService(db)).create_key("producer"))[1]
+    producer = (await AuthService(AccessService(db)).create_key("producer", sources=["L02", "L06"]))[1]
     execution_id = sample_cloud_event["data"]["execution_id"]
 
     # Single event, structured mode: the trace waits for its score.
@@ -361,9 +364,9 @@ async def test_ready_checks_the_configured_broker(sqlite_db: Database, client_fo
     assert r.status_code == 503 and r.json()["dependencies_satisfied"]["event_stream"] is False
 
 
-async def test_metrics_expose_the_brief_metrics_and_http_requests(api: httpx.AsyncClient) -> None:
+async def test_metrics_expose_the_brief_metrics_and_http_requests(api: httpx.AsyncClient, keys: dict[str, str]) -> None:
     await api.get("/health/live")
-    r = await api.get("/metrics")
+    r = await api.get("/metrics", headers=auth(keys["auditor"]))
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     for name in ("l07_examples_extracted_total", "l07_examples_filtered_total", "l07_datasets_created_total",
                  "l07_training_jobs_total", "l07_training_job_duration_seconds", "l07_models_registered_total",

@@ -1,50 +1,178 @@
-"""`l07 serve-model`: an OpenAI-compatible chat endpoint over a verified registered model."""
+"""`l07 serve-model`: the official openai client calls a verified registered model as an agent would (its own
+system prompt, tools in the request) and gets parsed tool calls, streaming, concurrency, keys and limits."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
+from typer.testing import CliRunner
 
+from L07_learning.api.auth import AuthService
 from L07_learning.models import ModelArtifact, ModelType
 from L07_learning.models.error_codes import L07Error
+from L07_learning.models.tool_calls import same_calls
+from L07_learning.tests.factories.serving import TEACH, TOOLS, conversation, taught_tool_caller
+from L07_learning.tests.paths import SRC
+
+pytestmark = pytest.mark.slow  # trains a tiny model and starts a server process
 
 
-async def test_chat_completions_over_a_verified_model_and_tampering_refused(sqlite_db, settings, tmp_path):
-    from L07_learning.api.serving import create_serving_app
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def taught(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from L07_learning.pipelines.base_model import build_tiny_model
-    from L07_learning.services.registry.loading import resolve_model_dirs
-    from L07_learning.services.model_registry import ModelRegistry
 
-    from L07_learning.tests.factories.validation import chatty
+    tmp = tmp_path_factory.mktemp("taught")
+    return taught_tool_caller(build_tiny_model(tmp / "tiny"), tmp / "taught")
 
-    registry = ModelRegistry(db=sqlite_db, settings=settings)
-    src = chatty(build_tiny_model(tmp_path / "tiny", seed=0), tmp_path / "chatty")
-    model_id = await registry.register_model(ModelArtifact(name="serve-me", model_type=ModelType.FINE_TUNED),
-                                             source_dir=str(src))
-    model_dir, adapter = await resolve_model_dirs(registry, model_id)
-    assert adapter is None
-    app = create_serving_app(model_dir, adapter, model_id)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://model.test") as client:
-        listed = (await client.get("/v1/models")).json()
-        assert listed["data"][0]["id"] == model_id
-        body = {"model": model_id, "messages": [{"role": "user", "content": "Which tool handles request 1?"}],
-                "max_tokens": 6}
-        first = (await client.post("/v1/chat/completions", json=body)).json()
-        second = (await client.post("/v1/chat/completions", json=body)).json()
-        assert first["choices"][0]["message"]["content"] and first["object"] == "chat.completion"
-        assert first["choices"][0]["message"]["content"] == second["choices"][0]["message"]["content"]
-        assert first["usage"]["completion_tokens"] == 6 and first["choices"][0]["finish_reason"] == "length"
-        wrong = await client.post("/v1/chat/completions", json={**body, "model": "other"})
-        assert wrong.status_code == 404 and wrong.json()["code"] == "E7250"
 
-    # A changed byte in the stored artifact: the model is never loaded for serving.
-    stored = Path((await registry.get_model(model_id)).artifact_path.removeprefix("file://"))
-    weights = next(stored.rglob("*.safetensors"))
-    data = bytearray(weights.read_bytes())
-    data[-1] ^= 0xFF
-    weights.write_bytes(bytes(data))
-    with pytest.raises(L07Error) as info:
-        await resolve_model_dirs(registry, model_id)
-    assert info.value.code.value in ("E7207", "E7201")
+async def _register(model_dir: Path) -> tuple[str, str, str]:
+    from L07_learning.services.learning_service import LearningService
+
+    service = LearningService.build()
+    try:
+        await service.initialize()
+        model_id = await service.registry.register_model(
+            ModelArtifact(name="field-ops", model_type=ModelType.FINE_TUNED), source_dir=str(model_dir))
+        auth = AuthService(service.access)
+        _, agent_key = await auth.create_key("inference", name="agent")
+        _, producer_key = await auth.create_key("producer", name="l02", sources=["L02"])
+    finally:
+        await service.cleanup()
+    return model_id, agent_key, producer_key
+
+
+@pytest.fixture
+def served(l07_home: Path, taught: Path):  # type: ignore[no-untyped-def]
+    model_id, agent_key, producer_key = asyncio.run(_register(taught))
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "L07_learning.cli.main", "serve-model", model_id, "--port", str(port),
+         "--allow-stage", "DEVELOPMENT", "--max-tokens", "96", "--max-request-bytes", "20000"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:] if proc.stderr else "server exited"
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "serve-model did not start"
+            time.sleep(0.3)
+        yield {"model_id": model_id, "base": base, "agent_key": agent_key, "producer_key": producer_key}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_agents_get_tool_calls_streams_and_concurrency_through_the_openai_client(served) -> None:  # type: ignore[no-untyped-def]
+    client = openai.OpenAI(base_url=served["base"] + "/v1", api_key=served["agent_key"], max_retries=0)
+    assert [m.id for m in client.models.list().data] == [served["model_id"]]
+
+    for goal, expected in TEACH:
+        answer = client.chat.completions.create(model=served["model_id"], messages=conversation(goal), tools=TOOLS,
+                                                max_tokens=64)
+        choice = answer.choices[0]
+        assert choice.finish_reason == "tool_calls", choice
+        calls = [c.model_dump() for c in choice.message.tool_calls or []]
+        assert same_calls([expected], calls), calls
+        assert json.loads(calls[0]["function"]["arguments"]) == json.loads(expected["function"]["arguments"])
+
+    # Streaming: the same call arrives as chunks; without tools the text matches the non-streamed text exactly.
+    goal, expected = TEACH[0]
+    chunks = list(client.chat.completions.create(model=served["model_id"], messages=conversation(goal), tools=TOOLS,
+                                                 max_tokens=64, stream=True))
+    streamed_calls = [tc.model_dump() for c in chunks for tc in (c.choices[0].delta.tool_calls or [])] if chunks else []
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    assert same_calls([expected], [{"function": c["function"]} for c in streamed_calls])
+    plain = client.chat.completions.create(model=served["model_id"], messages=conversation(goal), max_tokens=24)
+    pieces = list(client.chat.completions.create(model=served["model_id"], messages=conversation(goal),
+                                                 max_tokens=24, stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in pieces)
+    assert len([c for c in pieces if c.choices[0].delta.content]) > 1
+    assert text.strip() == (plain.choices[0].message.content or "").strip()
+
+    # 8 agents at once: every request answered, each with its own right call.
+    def ask(k: int) -> bool:
+        goal, expected = TEACH[k % len(TEACH)]
+        out = client.chat.completions.create(model=served["model_id"], messages=conversation(goal), tools=TOOLS,
+                                             max_tokens=64)
+        return same_calls([expected], [c.model_dump() for c in out.choices[0].message.tool_calls or []])
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(ask, range(8)))
+    metrics = httpx.get(served["base"] + "/metrics", headers={"Authorization": f"Bearer {served['agent_key']}"}).text
+    assert "l07_serving_tokens_total" in metrics and "l07_serving_request_latency_seconds_bucket" in metrics
+
+
+def test_keys_roles_and_limits_are_enforced(served) -> None:  # type: ignore[no-untyped-def]
+    no_key = openai.OpenAI(base_url=served["base"] + "/v1", api_key="not-a-key", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        no_key.chat.completions.create(model=served["model_id"], messages=[{"role": "user", "content": "hi"}])
+    missing = httpx.post(served["base"] + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]})
+    assert missing.status_code == 401
+    producer = openai.OpenAI(base_url=served["base"] + "/v1", api_key=served["producer_key"], max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError):
+        producer.chat.completions.create(model=served["model_id"], messages=[{"role": "user", "content": "hi"}])
+
+    agent = openai.OpenAI(base_url=served["base"] + "/v1", api_key=served["agent_key"], max_retries=0)
+    with pytest.raises(openai.BadRequestError) as too_many:
+        agent.chat.completions.create(model=served["model_id"], messages=[{"role": "user", "content": "hi"}],
+                                      max_tokens=500)
+    assert too_many.value.body["code"] == "E7110"
+    with pytest.raises(openai.APIStatusError) as too_big:
+        agent.chat.completions.create(model=served["model_id"], messages=[{"role": "user", "content": "x" * 30000}])
+    assert too_big.value.status_code == 413
+
+
+def test_only_staging_or_production_models_are_served_unless_allowed(l07_home: Path, tmp_path: Path) -> None:
+    from L07_learning.pipelines.base_model import build_tiny_model
+    from L07_learning.services.learning_service import LearningService
+
+    async def in_service(action):  # type: ignore[no-untyped-def]
+        service = LearningService.build()
+        await service.initialize()
+        try:
+            return await action(service.registry)
+        finally:
+            await service.cleanup()
+
+    model_id = asyncio.run(in_service(lambda registry: registry.register_model(
+        ModelArtifact(name="unreviewed", model_type=ModelType.FINE_TUNED),
+        source_dir=str(build_tiny_model(tmp_path / "tiny")))))
+    runner = CliRunner()
+    refused = runner.invoke(_app(), ["serve-model", model_id, "--port", str(_free_port())])
+    assert refused.exit_code == 2 and "DEVELOPMENT" in refused.output and "E7251" in refused.output
+    asyncio.run(in_service(lambda registry: registry.promote_model(model_id, "rejected", actor="test",
+                                                                   approvals=["admin=test"])))
+    rejected = runner.invoke(_app(), ["serve-model", model_id, "--allow-stage", "DEVELOPMENT"])
+    assert rejected.exit_code == 2 and "REJECTED" in rejected.output
+
+
+def _app():  # type: ignore[no-untyped-def]
+    from L07_learning.cli.main import app
+
+    return app

@@ -362,13 +362,15 @@ async def test_pending_examples_stored_by_the_extractor_are_decided_in_place(db)
     pending = [make_example(1, input_text="Reply to carol@example.net about the invoice"), make_example(2)]
     async with db.session() as s:
         await ExampleRepository(s).add_many(pending)
-    other_id_same_execution = make_example(3, execution_id=pending[1].execution_id)
-    report = await ExampleQualityFilter(db=db).filter_detailed([*pending, other_id_same_execution])
+    # Another turn of the same execution is its own example (issue 22: identity is the example id); the same
+    # example twice in one batch is a duplicate.
+    next_turn = make_example(3, execution_id=pending[1].execution_id)
+    report = await ExampleQualityFilter(db=db).filter_detailed([*pending, next_turn, next_turn])
     assert [(d.decision.value, d.rule) for d in report.decisions] == [
-        ("ACCEPT", None), ("ACCEPT", None), ("REJECT", "execution_duplicate")]
+        ("ACCEPT", None), ("ACCEPT", None), ("ACCEPT", None), ("REJECT", "exact_duplicate")]
     async with db.session() as s:
         repo = ExampleRepository(s)
-        assert await repo.count() == 2 and await repo.count(status="ACCEPTED") == 2
+        assert await repo.count() == 3 and await repo.count(status="ACCEPTED") == 3
         [stored] = await repo.get_many(["ex-00001"])
     assert stored.input_text == "Reply to <EMAIL_1> about the invoice" and stored.status is ExampleStatus.ACCEPTED
 

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 
 from L07_learning.events.cloudevent import CloudEvent, RawEvent, parse_event
 from L07_learning.services.demo.sample_stream import correct_output, generate
+from L07_learning.services.example_quality_filter import ExampleQualityFilter
 from L07_learning.models import ExampleSource, L07Error, L07ErrorCode, TrainingExample
 from L07_learning.observability.metrics import REGISTRY
 from L07_learning.services.ingestion.pipeline import IngestionPipeline, ingest_events
@@ -227,11 +228,11 @@ async def test_alias_types_and_fallback_fields(db: Database, cfg: Settings):
     assert ex.confidence is None, "an alias score without confidence can only reach REVIEW (contract §1.3)"
 
 
-async def test_preference_pairs_from_repeats_and_corrections(db: Database, cfg: Settings):
+async def test_preference_pairs_wait_for_the_filter_and_come_from_accepted_examples(db: Database, cfg: Settings):
     ex = TrainingDataExtractor(db=db, settings=cfg)
-    await ex.extract_batch([trace_event("exec-p1"), score_event("exec-p1", q=92)])
+    extracted = await ex.extract_batch([trace_event("exec-p1"), score_event("exec-p1", q=92)])
     wrong = trace_event("exec-p2", answer="Booked flight PARBER-1 from Paris to Berlin on Monday.", outcome="failure")
-    await ex.extract_batch([wrong, score_event("exec-p2", q=35, failure_classification=None)])
+    extracted += await ex.extract_batch([wrong, score_event("exec-p2", q=35, failure_classification=None)])
     reviewed = trace_event("exec-p3", goal="Book a flight from Oslo to Rome on Friday.", answer="No flights.",
                            outcome="failure")
     reference = "Step 1: search_flights({}) -> 2 flights\nAnswer: Booked flight OSLROM-5."
@@ -240,11 +241,16 @@ async def test_preference_pairs_from_repeats_and_corrections(db: Database, cfg: 
     assert [e.source_type for e in examples] == [ExampleSource.EXECUTION_TRACE, ExampleSource.QUALITY_FEEDBACK]
     assert examples[1].output_text == reference and examples[1].quality_score == 100.0
     async with db.session() as s:
-        pairs = {p.source: p for p in await RewardRepository(s).list_pairs()}
         assert await RewardRepository(s).count_signals() == 3
-    repeat = pairs["extractor"]
-    assert repeat.chosen.endswith("BERPAR-1 from Berlin to Paris on Monday.") and "PARBER" in repeat.rejected
-    assert repeat.margin == pytest.approx(57)
+        assert await RewardRepository(s).count_pairs() == 0, "no pair before the filter decided (issue 22)"
+
+    report = await ExampleQualityFilter(db=db, settings=cfg).filter_detailed(extracted + examples)
+    assert [d.decision.value for d in report.decisions] == ["ACCEPT", "REJECT", "REJECT", "ACCEPT"]
+    async with db.session() as s:
+        pairs = {p.source: p for p in await RewardRepository(s).list_pairs()}
+    # The q=35 answer was REJECTED: no repeat pair from it. The reviewer's accepted correction is chosen over the
+    # original (REJECTED for its quality, which is what a rejected side is for).
+    assert set(pairs) == {"correction"}
     correction = pairs["correction"]
     assert correction.chosen == reference and correction.rejected.endswith("Answer: No flights.")
 
@@ -316,14 +322,19 @@ async def test_on_examples_hook_runs_inside_the_transaction(db: Database, cfg: S
 
     async def hook(session, examples):
         seen.extend(e.execution_id for e in examples)
-        raise RuntimeError("filter crashed")
+        if examples:
+            raise RuntimeError("filter crashed")
 
-    with pytest.raises(RuntimeError):
-        await ingest_events([trace_event("exec-h"), score_event("exec-h")], db=db, settings=cfg, on_examples=hook)
-    assert seen == ["exec-h"]
+    trace, score = trace_event("exec-h"), score_event("exec-h")
+    result = await ingest_events([trace, score], db=db, settings=cfg, on_examples=hook)
+    assert "exec-h" in seen
+    # Issue 22: the failure is isolated to the event whose example the hook failed on (rejected, E7910, no key
+    # claimed); the rest of the batch commits.
+    assert [(i.status, i.code) for i in result.items] == [("pending", None), ("rejected", "E7910")]
     async with db.session() as s:
-        assert await ProcessedEventRepository(s).count() == 0, "a failed hook rolls the whole batch back"
-    again = await ingest_events([trace_event("exec-h"), score_event("exec-h")], db=db, settings=cfg)
+        assert await ProcessedEventRepository(s).count("processed") == 1, "only the trace holds a key"
+    again = await ingest_events([trace, score], db=db, settings=cfg)
+    assert [i.status for i in again.items] == ["duplicate", "extracted"]
     assert [e.execution_id for e in again.examples] == ["exec-h"]
 
 
