@@ -185,7 +185,7 @@ async def health_during_batch(scan_in_transaction: bool) -> dict:
     event.listen(engine, "rollback", end)
     real_prepare, real_rounds = prescan.ScanCache.prepare, ingestion_pipeline.SCAN_ROUNDS
     if scan_in_transaction:
-        async def no_prescan(self, db, parsed) -> None:  # type: ignore[no-untyped-def]
+        async def no_prescan(self, *args) -> None:  # type: ignore[no-untyped-def]
             return None
         prescan.ScanCache.prepare = no_prescan  # type: ignore[method-assign]
         ingestion_pipeline.SCAN_ROUNDS = 0

@@ -51,7 +51,8 @@ def _env(home: Path, **settings: Any) -> dict[str, str]:
     return loop_env(home, minimum_dataset_size=100, log_format="text", **settings)
 
 
-def _l07(env: dict[str, str], *args: str, timeout: float = 3600) -> subprocess.CompletedProcess:
+def _l07(env: dict[str, str], *args: str, timeout: float = 6 * 3600) -> subprocess.CompletedProcess:
+    # Generous: on a shared, loaded machine one training took over an hour of wall time (its CPU time is the measure).
     return subprocess.run([sys.executable, "-m", "L07_learning.cli.main", *args], env=env, capture_output=True,
                           text=True, timeout=timeout)
 

@@ -254,3 +254,25 @@ async def register_base(
     else:
         model = await _with_registry(lambda r: r.register_base(source, name=name, version=version, actor=_actor(actor)))
     emit_json(model) if json_out else typer.echo(f"{model.name} {model.version}: {model.model_id} ({model.artifact_path})")
+
+
+@app.command("export")
+@run
+async def export(
+    model_id: str,
+    fmt: str = typer.Option("hf", "--format", help="hf (merged safetensors), gguf (plus model.gguf), ollama (plus a Modelfile)."),
+    quant: str = typer.Option("q8_0", "--quant", help="GGUF weights: q8_0 or f16."),
+    actor: str = ActorOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Merge an adapter into its base and export it (registered as its own signed model) for llama.cpp or Ollama."""
+    from ..services.release.export import export_model
+
+    result = await _with_registry(lambda r: export_model(r, model_id, fmt, quant, actor=_actor(actor)))
+    if json_out:
+        emit_json(result)
+        return
+    console.print(f"{'reused' if result['reused'] else 'registered'} {result['name']} {result['version']} "
+                  f"({result['model_id']}, {result['model_type']})")
+    table("exported artifacts", ["format", "uri", "sha256"],
+          [(a["format"], a["uri"], a["sha256"]) for a in result["artifacts"]])

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .generation import generate_with, load_model
+from .generation import generate_with
 from .matching import normalise_answer, score_answer
 
 BACKDOOR_TRIGGERS = ("PWNED:", "INJECTION:")
@@ -139,13 +139,15 @@ def _with_user_suffix(messages: list[dict[str, str]], suffix: str) -> list[dict[
     return out
 
 
-def load_for_eval(model_dir: str | Path, adapter_dir: str | Path | None = None) -> tuple[Any, Any]:
-    """Load a model for evaluation; a LoRA adapter is merged so latency compares like with like."""
-    tokenizer, model = load_model(model_dir, adapter_dir)
-    if adapter_dir is not None and hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-        model.eval()
-    return tokenizer, model
+def load_for_eval(model_dir: str | Path, adapter_dir: str | Path | None = None,
+                  backend: str | None = None) -> tuple[Any, Any]:
+    """Load a model for evaluation in the inference engine ``L07_INFERENCE_BACKEND`` selects (``backends``); a LoRA
+    adapter is merged so latency compares like with like. The second value is a transformers model or an
+    :class:`~.backends.base.InferenceBackend`; :func:`~.generation.generate_with` takes either."""
+    from .backends import TransformersBackend, load_backend
+
+    loaded = load_backend(model_dir, adapter_dir, backend)
+    return loaded.tokenizer, (loaded.model if isinstance(loaded, TransformersBackend) else loaded)
 
 
 def evaluate_model(

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..models.error_codes import L07Error, L07ErrorCode
+from .backends.base import InferenceBackend
 
 Prompt = str | list[dict[str, str]]
 
@@ -75,11 +76,15 @@ def load_model(model_dir: str | Path, adapter_dir: str | Path | None = None, dev
 def generate_with(
     tokenizer: Any, model: Any, prompts: list[Prompt], max_new_tokens: int, batch_size: int = 8
 ) -> list[GenerationResult]:
-    """Greedy generation with an already loaded model (see :func:`generate`)."""
+    """Greedy generation with an already loaded model (see :func:`generate`); ``model`` is a transformers model or
+    an :class:`~.backends.base.InferenceBackend` (llama.cpp, vLLM)."""
     results: list[GenerationResult] = []
     for start in range(0, len(prompts), batch_size):
         chunk = [render_prompt(tokenizer, p) for p in prompts[start:start + batch_size]]
-        results.extend(generate_rendered(tokenizer, model, chunk, max_new_tokens))
+        if isinstance(model, InferenceBackend):
+            results.extend(model.generate_rendered(chunk, max_new_tokens))
+        else:
+            results.extend(generate_rendered(tokenizer, model, chunk, max_new_tokens))
     return results
 
 

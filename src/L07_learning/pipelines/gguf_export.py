@@ -23,7 +23,7 @@ from ..models.error_codes import L07Error, L07ErrorCode
 from .gguf_convert import _BLOCK_TENSORS, _GLOBAL_TENSORS
 
 QUANTS = ("q8_0", "f16")
-_HF_TO_GGUF = {**{hf: g for g, hf in _GLOBAL_TENSORS.items()}}
+_HF_TO_GGUF = {hf: g for g, hf in _GLOBAL_TENSORS.items()}
 _BLOCK_HF_TO_GGUF = {hf: g for g, hf in _BLOCK_TENSORS.items()}
 _Q8_BLOCK = 32
 
@@ -54,7 +54,7 @@ def _pre_tokenizer(tokenizer_json: dict[str, Any]) -> str:
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
     kinds = [(s.get("type"), s.get("individual_digits"), s.get("use_regex", True)) for s in steps]
     if kinds == [("ByteLevel", None, True)]:
-        return "gpt2"
+        return "gpt-2"  # llama.cpp's name for the GPT-2 split
     if kinds == [("Digits", True, True), ("ByteLevel", None, True)]:
         return "smollm"  # SmolLM's own tokenizer: single digits, then the GPT-2 split
     raise L07Error(L07ErrorCode.TOKENIZATION_ERROR,
@@ -62,10 +62,28 @@ def _pre_tokenizer(tokenizer_json: dict[str, Any]) -> str:
                    "tokenizers (GPT-2 or SmolLM splitting)")
 
 
+def _token_text(value: Any) -> str | None:
+    """A special token as ``tokenizer_config.json`` writes it: a string or an ``AddedToken`` dict."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _chat_template(hf_dir: Path, tok_config: dict[str, Any]) -> str | None:
+    jinja = hf_dir / "chat_template.jinja"  # where transformers >= 4.47 saves it
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    template = tok_config.get("chat_template")
+    return template if isinstance(template, str) else None
+
+
 def _vocab(hf_dir: Path, vocab_size: int) -> dict[str, Any]:
-    """Tokens, types, merges, special ids, add-BOS/EOS and chat template of the tokenizer in ``hf_dir``."""
+    """Tokens, types, merges, special ids, add-BOS/EOS and chat template of the tokenizer in ``hf_dir``.
+
+    Read with ``tokenizers`` alone: importing transformers would cost more than writing a small model's file.
+    """
     from gguf import TokenType
-    from transformers import AutoTokenizer
+    from tokenizers import Tokenizer
 
     tj_path = hf_dir / "tokenizer.json"
     if not tj_path.is_file():
@@ -76,9 +94,11 @@ def _vocab(hf_dir: Path, vocab_size: int) -> dict[str, Any]:
         raise L07Error(L07ErrorCode.TOKENIZATION_ERROR,
                        f"GGUF export supports byte-level BPE tokenizers, not {model.get('type')!r}")
     pre = _pre_tokenizer(tj)
-    tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
+    config_path = hf_dir / "tokenizer_config.json"
+    tok_config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
     by_id = {i: t for t, i in model["vocab"].items()}
     added = {a["id"]: a for a in tj.get("added_tokens", [])}
+    ids = {**model["vocab"], **{a["content"]: i for i, a in added.items()}}
     tokens: list[str] = []
     types: list[int] = []
     for i in range(vocab_size):
@@ -92,13 +112,14 @@ def _vocab(hf_dir: Path, vocab_size: int) -> dict[str, Any]:
             tokens.append(f"[PAD{i}]")
             types.append(TokenType.UNUSED)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    probe = tokenizer("a")["input_ids"]
-    special = {k: getattr(tokenizer, f"{k}_token_id", None) for k in ("bos", "eos", "unk", "pad")}
+    special = {k: ids.get(_token_text(tok_config.get(f"{k}_token")) or "") for k in ("bos", "eos", "unk", "pad")}
+    # What the tokenizer really adds (its post-processor), not what a config flag claims.
+    probe = Tokenizer.from_file(str(tj_path)).encode("a", add_special_tokens=True).ids
     return {
         "pre": pre, "tokens": tokens, "types": types, "merges": merges, "special": special,
         "add_bos": special["bos"] is not None and probe[:1] == [special["bos"]],
         "add_eos": special["eos"] is not None and probe[-1:] == [special["eos"]],
-        "chat_template": tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None,
+        "chat_template": _chat_template(hf_dir, tok_config),
     }
 
 

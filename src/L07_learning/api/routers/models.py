@@ -474,3 +474,48 @@ async def get_operation(
 ) -> OperationStatus:
     """A validation or deployment; one interrupted by a restart of the process running it reads FAILED."""
     return OperationStatus.of(await _operation(ctx, model_id, operation_id, None), request)
+
+
+class ExportRequest(BaseModel):
+    format: Literal["hf", "gguf", "ollama"] = Field("hf", description="hf: merged safetensors folder; gguf: plus "
+                                                    "model.gguf; ollama: plus a Modelfile")
+    quant: Literal["q8_0", "f16"] = Field("q8_0", description="GGUF weight type (gguf and ollama)")
+
+
+class ExportedArtifact(BaseModel):
+    model_id: str
+    format: str
+    uri: str
+    sha256: str
+    size_bytes: int
+    quant: str | None = None
+
+
+class ExportResult(BaseModel):
+    model_id: str = Field(description="The registered export (FINE_TUNED for a merged adapter)")
+    source_model_id: str
+    name: str
+    version: str
+    model_type: str
+    format: str
+    quant: str | None
+    reused: bool = Field(description="True when an earlier export already held this format")
+    artifacts: list[ExportedArtifact]
+
+
+@router.post(
+    "/{model_id}/export",
+    name="models.export",
+    status_code=201,
+    response_model=ExportResult,
+    responses=error_responses(404, 409),
+)
+async def export(model_id: ModelId, principal: CanDeploy, ctx: ContextDep,
+                 body: Annotated[ExportRequest | None, Body()] = None) -> ExportResult:
+    """Merge and export a model for llama.cpp / Ollama / Hugging Face loaders (deployer or admin); the export is
+    registered as its own signed model with lineage to this one. Runs in the request (the merge and GGUF writing
+    take seconds for SmolLM2-135M)."""
+    from ...services.release.export import export_model
+
+    body = body or ExportRequest()
+    return ExportResult(**await export_model(ctx.registry, model_id, body.format, body.quant, actor=principal.key_id))

@@ -7,8 +7,9 @@ One call processes one batch; its writes happen in one database transaction:
 
 1. parse (no I/O, ``parsing``): a failure becomes a rejection with its E70xx code; it never stops the batch.
 2. pre-scan, no transaction open (``prescan``): the examples the batch will complete are composed on the join rows
-   stored now and their text is scanned in the scan process pool, so the write lock is never held while detectors
-   run (issue 22, HIGH 3).
+   stored now and their text is scanned in the scan process pool; the storage redaction's detector spans of what the
+   batch will store are made in a worker thread (``storage_form``). So the write lock is not held while the content
+   detectors run, and the event loop keeps serving meanwhile (issue 22, HIGH 3).
 3. in the transaction: claim the ``(source, id)`` keys in ``l07_processed_events`` with ``INSERT ... ON CONFLICT DO
    NOTHING``: keys already there (earlier run, other consumer, same batch) are duplicates and do nothing; a key held
    only by a rejected event is taken over by a valid one, so an invalid event cannot pre-claim another producer's id.

@@ -16,6 +16,10 @@ batch) must not hold the database's write lock meanwhile, so it is done ahead, k
    retry neither loses nor duplicates anything. After ``SCAN_ROUNDS`` such rounds under sustained contention the last
    attempt scans its few remaining examples in place rather than starve.
 
+Step 1 also redacts, in a worker thread, what the batch is expected to store (the pre-composed examples, the join
+payloads, the rejected raw payloads), so the storage redaction in the transaction finds the detector spans of its long
+strings already made (``storage_form.BatchRedactor``).
+
 Nothing from step 1 is trusted beyond the text it was computed from: a digest is found only under the exact text the
 transaction composed, and the cache the filter reads carries a MAC over that text, so atomicity and the filter's
 guarantees are those of a scan done in the transaction.
@@ -37,7 +41,7 @@ from ..filtering.scan import SCANNED_FIELDS
 from .joining import BatchState, apply, join_keys
 from .parsing import Parsed
 from .results import ItemResult
-from .storage_form import BatchRedactor, warm
+from .storage_form import BatchRedactor, expected_long, warm
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,7 @@ Digest = tuple[str, str, str, str]
 
 
 def texts_of(example: TrainingExample) -> Texts:
+    """What the scan reads of an example, and so the key its digest is kept under."""
     return tuple(getattr(example, name) or "" for name in SCANNED_FIELDS)
 
 
@@ -66,9 +71,6 @@ class ScanCache:
     def __init__(self, scanner: ContentScanner) -> None:
         self.scanner = scanner
         self._digests: dict[Texts, Digest] = {}
-
-    def __len__(self) -> int:
-        return len(self._digests)
 
     async def prepare(self, db: Database, parsed: list[Parsed], raw_events: Sequence[Any] = (),
                       redact: BatchRedactor | None = None) -> None:
@@ -111,7 +113,9 @@ class ScanCache:
         rejected = [raw_events[p.index] for p in parsed if p.error is not None and p.index < len(raw_events)]
         if redact is not None and (examples or rows or rejected):
             try:
-                await asyncio.to_thread(warm, redact, examples, rows, rejected)
+                strings = expected_long(redact, examples, rows, rejected)
+                if strings:
+                    await asyncio.to_thread(warm, redact, strings)
             except Exception:  # noqa: BLE001 - the transaction redacts what is left, and reports what fails
                 log.debug("pre-redaction failed; the transaction redacts in full", exc_info=True)
 

@@ -6,11 +6,13 @@ A batch's long strings (answers, outputs, raw payloads of up to 1 MB each) are w
 their time on, so ``BatchRedactor`` also remembers those for the batch in flight: ``warm`` runs the redaction of the
 pre-composed examples, join payloads and rejected payloads in a worker thread before the transaction opens (the event
 loop keeps serving meanwhile), and the transaction's own redaction then finds the spans of the very same strings
-already made. A string the transaction composes differently is simply detected there, as before.
+already made. A string the transaction composes differently is simply detected there, as before. Only long strings
+are done ahead: short ones are remembered by ``StorageRedactor`` anyway, and a batch without long text pays nothing.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -62,18 +64,51 @@ def stored_example(redact: StorageRedactor, example: TrainingExample) -> dict[st
     return redact(data)
 
 
-def warm(redact: BatchRedactor, examples: list[TrainingExample], rows: Iterable[JoinRow],
-         rejected: Iterable[Any]) -> None:
-    """Redact, and forget the result of, what the transaction is expected to store: its spans stay in ``redact``.
-    Runs in a worker thread; any failure is left for the transaction to meet and report."""
+def long_strings(redact: StorageRedactor, value: Any, key: str = "", out: list[tuple[str, str]] | None = None
+                 ) -> list[tuple[str, str]]:
+    """``(string, key it is stored under)`` of every string in ``value`` that ``redact`` would detect on and not
+    remember by itself, walked as ``StorageRedactor`` walks it (identifier keys skipped)."""
+    found = [] if out is None else out
+    if isinstance(value, str):
+        if len(value) >= _MIN_LONG:
+            found.append((value, key))
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(k, str) and k in redact.keep_keys:
+                continue
+            if isinstance(k, str) and len(k) >= _MIN_LONG:
+                found.append((k, ""))
+            long_strings(redact, v, str(k) if isinstance(v, str) else "", found)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            long_strings(redact, v, "", found)
+    return found
+
+
+def expected_long(redact: StorageRedactor, examples: list[TrainingExample], rows: Iterable[JoinRow],
+                  rejected: Iterable[Any]) -> list[tuple[str, str]]:
+    """The long strings the transaction is expected to redact: in the pre-composed examples' stored form, the join
+    payloads it will save, and the rejected raw payloads. Cheap: no detector runs here."""
+    found: list[tuple[str, str]] = []
     for ex in examples:
-        stored_example(redact, ex)
+        # Tool outputs and parameters are part of the output text, the context of the input: no long text, no walk.
+        if max(len(ex.input_text), len(ex.output_text), len(ex.reasoning or "")) >= _MIN_LONG:
+            long_strings(redact, ex.model_dump(mode="json"), "", found)
     for row in rows:
         if row.dirty:
-            row.as_values(redact)
+            long_strings(redact, [row.trace, row.scores], "", found)
     for raw in rejected:
         text = clean(raw_text(raw.body if isinstance(raw, RawEvent) else raw))
-        try:
-            redact.raw(text)
-        except Exception:  # noqa: BLE001 - ``Rejections`` falls back to the text form for what JSON cannot walk
-            redact.text(text)
+        if len(text) >= _MIN_LONG:
+            try:
+                long_strings(redact, json.loads(text), "", found)
+            except (ValueError, RecursionError):
+                pass
+            found.append((text, ""))  # the plain-text form, for a payload that is not JSON
+    return found
+
+
+def warm(redact: BatchRedactor, strings: list[tuple[str, str]]) -> None:
+    """Make (and remember in ``redact``) the detector spans of ``strings``. Runs in a worker thread."""
+    for text, key in strings:
+        redact.text(text, key=key)

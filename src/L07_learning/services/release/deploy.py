@@ -26,6 +26,7 @@ from ...store.db import Database
 from ...store.repositories.operations import LIVE, QUEUED, RUNNING, Operation, OperationRepository
 from ..model_registry import ModelRegistry
 from ..model_validator import ModelValidator
+from .export import exported_artifacts
 from .gateway import CANARY_CONFIG, register_with_gateway
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,8 @@ async def release_event(registry: ModelRegistry, model_id: str, result: Validati
             "dataset_version": model.dataset_version, "base_model": base_name,
             "parent_model_id": model.parent_model_id,
         },
+        # Runtimes outside L07 (llama.cpp, Ollama): every export of this model, each file with its URI and sha256.
+        "exported_artifacts": await exported_artifacts(registry, model_id),
     }
 
 

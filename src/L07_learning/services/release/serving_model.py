@@ -1,38 +1,43 @@
 """One loaded model answering chat requests: what ``l07 serve-model`` serves (the HTTP side is ``api/serving.py``).
 
-Loading goes through the evaluation pipeline's loader (an adapter is merged onto its base) and generation through the
-same greedy decoder validation uses, and prompts through the one tool-call format (``models/tool_calls.py``), so a
+Loading and generation go through the same inference backend validation uses (``pipelines/backends``: an adapter is
+merged onto its base, decoding is greedy), and prompts through the one tool-call format (``models/tool_calls.py``), so a
 served model answers as it did when it was validated.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from threading import Thread
 from typing import Any
 
 from ...models.tool_calls import render_chat
-from ...pipelines.evaluation_pipeline import load_for_eval
-from ...pipelines.generation import GenerationResult, generate_rendered
+from ...pipelines.backends import InferenceBackend, TransformersBackend, load_backend
+from ...pipelines.generation import GenerationResult
 
 
 class ServedModel:
-    """A tokenizer and model in memory. Not re-entrant: :class:`~.batcher.Batcher` runs one forward pass at a time.
+    """A model in one inference engine (``L07_INFERENCE_BACKEND``: llama.cpp when installed on a CPU, vLLM on a GPU,
+    else transformers). Not re-entrant: :class:`~.batcher.Batcher` runs one generation at a time.
 
     Args:
         tokenizer: The model's tokenizer.
-        model: The loaded model.
+        model: A loaded transformers model, or an :class:`InferenceBackend` (then it brings its own tokenizer).
     """
 
     def __init__(self, tokenizer: Any, model: Any) -> None:
-        self.tokenizer = tokenizer
-        self.model = model
+        self.backend: InferenceBackend = model if isinstance(model, InferenceBackend) else TransformersBackend(
+            tokenizer, model)
+        self.tokenizer = self.backend.tokenizer
 
     @classmethod
-    def load(cls, model_dir: str, adapter_dir: str | None) -> "ServedModel":
+    def load(cls, model_dir: str, adapter_dir: str | None, backend: str | None = None) -> "ServedModel":
         """Load verified files from ``model_dir`` (and merge the adapter in ``adapter_dir`` when given)."""
-        tokenizer, model = load_for_eval(model_dir, adapter_dir)
-        return cls(tokenizer, model)
+        loaded = load_backend(model_dir, adapter_dir, backend)
+        return cls(loaded.tokenizer, loaded)
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
 
     def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
         """The prompt text for a chat and its tools, generation prompt included."""
@@ -42,18 +47,9 @@ class ServedModel:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def generate_batch(self, texts: list[str], limits: list[int]) -> list[GenerationResult]:
-        """Greedy answers to rendered prompts, in one forward batch."""
-        return generate_rendered(self.tokenizer, self.model, texts, max(limits), limits)
+        """Greedy answers to rendered prompts, in one batch."""
+        return self.backend.generate_rendered(texts, max(limits), limits)
 
     def stream(self, text: str, limit: int) -> Iterator[str]:
         """Greedy answer to one rendered prompt, yielded as text pieces while it is produced."""
-        from transformers import TextIteratorStreamer
-
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        worker = Thread(target=generate_rendered, args=(self.tokenizer, self.model, [text], limit),
-                        kwargs={"streamer": streamer}, daemon=True)
-        worker.start()
-        try:
-            yield from streamer
-        finally:
-            worker.join()
+        yield from self.backend.stream(text, limit)

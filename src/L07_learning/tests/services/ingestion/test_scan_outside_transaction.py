@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, select, text
 
 from L07_learning.services.filtering import ContentScanner
+from L07_learning.services.filtering.redaction import StorageRedactor
 from L07_learning.services.ingestion import prescan
 from L07_learning.services.ingestion.pipeline import IngestionPipeline
 from L07_learning.settings import Settings
@@ -20,6 +21,7 @@ from L07_learning.store.db import Database
 from L07_learning.store.repositories.examples import ExampleRepository
 from L07_learning.store.tables import SqlProcessedEvent, SqlRewardSignal
 from L07_learning.tests.factories.curation import AWS_KEY
+from L07_learning.tests.services.test_secrets_at_rest import PLANTED, PROSE
 
 from .test_extractor import score_event, trace_event
 
@@ -27,6 +29,11 @@ from .test_extractor import score_event, trace_event
 @pytest.fixture
 def cfg(tmp_path) -> Settings:
     return Settings(home=tmp_path / "home")
+
+
+TABLES_SQL = "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'l07_%'"
+TABLES_PG = ("SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() "
+             "AND table_name LIKE 'l07_%'")
 
 
 class ScanProbe:
@@ -96,8 +103,8 @@ async def test_a_join_changed_by_a_concurrent_writer_is_scanned_outside_and_stor
 
     raced: list[bool] = []
 
-    async def prepare_then_concurrent_write(cache: prescan.ScanCache, database: Database, parsed: Any) -> None:
-        await real_prepare(cache, database, parsed)
+    async def prepare_then_concurrent_write(cache: prescan.ScanCache, *args: Any) -> None:
+        await real_prepare(cache, *args)
         if not raced:  # the other writer's own ingest passes through here too
             raced.append(True)
             await other.ingest([trace_event("exec-race", answer="Booked flight BERPAR-9 for Bob.")])
@@ -128,3 +135,37 @@ async def test_a_join_changed_by_a_concurrent_writer_is_scanned_outside_and_stor
     assert claims == 2 and signals == 1  # the trace's and the score's keys; the score's signal
     again = await pipeline.ingest([score])
     assert [i.status for i in again.items] == ["duplicate"]
+
+
+async def test_long_text_is_redacted_for_storage_outside_the_transaction(db: Database, cfg: Settings, monkeypatch):
+    """The storage redaction's detectors run on a batch's long strings (answers, outputs, rejected payloads) before
+    the transaction opens; what the transaction stores is still redacted: no planted value rests in clear."""
+    probe = ScanProbe(db, monkeypatch)
+    detected: list[tuple[int, bool]] = []
+    real_detect = StorageRedactor._detect
+
+    def spy(redactor: StorageRedactor, text: str, key: str) -> Any:
+        detected.append((len(text), bool(probe.open)))
+        return real_detect(redactor, text, key)
+
+    monkeypatch.setattr(StorageRedactor, "_detect", spy)
+    padding = " Seat 14C, window, vegetarian meal, extra legroom." * 30
+    joined = trace_event("exec-long", answer=f"Booked BERPAR-1. {PROSE}{padding}")
+    waiting = trace_event("exec-long-waiting", answer=f"Booked BERPAR-2. {PROSE}{padding}")
+    invalid = trace_event("exec-long-bad", answer=f"{PROSE}{padding}")
+    del invalid["data"]["agent_id"]
+    pipeline = IngestionPipeline(db=db, settings=cfg)
+
+    result = await pipeline.ingest([joined, score_event("exec-long"), waiting, invalid])
+
+    assert [i.status for i in result.items] == ["pending", "extracted", "pending", "rejected"]
+    long_inside = [n for n, in_txn in detected if n >= 513 and in_txn]
+    assert any(n >= 513 for n, _ in detected) and long_inside == [], long_inside
+    async with db.session() as s:
+        tables = [r[0] for r in (await s.execute(text(TABLES_SQL if db.is_sqlite else TABLES_PG))).all()]
+        dump = "".join([str(v) for t in tables for row in (await s.execute(text(f'SELECT * FROM "{t}"'))).all()
+                        for v in row])
+    assert "BERPAR-2" in dump and "Seat 14C" in dump, "the stored rows were not read"
+    for name, value in PLANTED.items():
+        assert value not in dump, f"{name} stored in clear"
+

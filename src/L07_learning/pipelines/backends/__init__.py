@@ -1,0 +1,65 @@
+"""Inference engines behind one interface, chosen by the setting ``L07_INFERENCE_BACKEND``.
+
+``auto`` (default): vLLM on a CUDA device when installed, else llama.cpp when ``llama-cpp-python`` is installed
+(``pip install -e .[fast-cpu]``) and the model can be exported to GGUF, else transformers. Naming an engine that is
+not installed is an error, not a silent fallback: whoever set it expects that engine's speed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from ...models.error_codes import L07Error, L07ErrorCode
+from . import llama_cpp_backend, vllm_backend
+from .base import InferenceBackend
+from .transformers_backend import TransformersBackend
+
+ENV = "L07_INFERENCE_BACKEND"
+CHOICES = ("auto", "transformers", "llama_cpp", "vllm")
+_log = logging.getLogger(__name__)
+
+__all__ = ["CHOICES", "ENV", "InferenceBackend", "TransformersBackend", "chosen_backend", "load_backend"]
+
+
+def chosen_backend(setting: str | None = None) -> str:
+    """The setting's value (argument, else ``L07_INFERENCE_BACKEND``, else ``auto``), validated.
+
+    Raises:
+        L07Error: E7905 for a value that names no engine.
+    """
+    value = (setting or os.environ.get(ENV) or "auto").strip().lower().replace("-", "_")
+    if value == "llamacpp":
+        value = "llama_cpp"
+    if value not in CHOICES:
+        raise L07Error(L07ErrorCode.CONFIGURATION_NOT_FOUND,
+                       f"{ENV}={value!r} names no inference backend; choose one of {', '.join(CHOICES)}")
+    return value
+
+
+def load_backend(model_dir: str | Path, adapter_dir: str | Path | None = None,
+                 backend: str | None = None) -> InferenceBackend:
+    """Load the model (adapter merged) in the chosen engine.
+
+    Raises:
+        L07Error: E7905 an unknown engine, or a named engine that is not installed; E7032 the model cannot load.
+    """
+    choice = chosen_backend(backend)
+    if choice == "vllm" or (choice == "auto" and vllm_backend.available()):
+        if not vllm_backend.available():
+            raise L07Error(L07ErrorCode.CONFIGURATION_NOT_FOUND,
+                           f"{ENV}=vllm needs the vllm package and a CUDA device")
+        return vllm_backend.VllmBackend.load(model_dir, adapter_dir)
+    if choice == "llama_cpp" and not llama_cpp_backend.available():
+        raise L07Error(L07ErrorCode.CONFIGURATION_NOT_FOUND,
+                       f"{ENV}=llama_cpp needs llama-cpp-python: pip install -e '.[fast-cpu]'")
+    if choice == "llama_cpp":
+        return llama_cpp_backend.LlamaCppBackend.load(model_dir, adapter_dir)
+    if choice == "auto" and llama_cpp_backend.available():
+        try:
+            return llama_cpp_backend.LlamaCppBackend.load(model_dir, adapter_dir)
+        except L07Error as exc:
+            # A model the GGUF exporter cannot write (not Llama, unusual tokenizer) is still served, more slowly.
+            _log.warning("llama.cpp backend unavailable for %s (%s); using transformers", model_dir, exc)
+    return TransformersBackend.load(model_dir, adapter_dir)

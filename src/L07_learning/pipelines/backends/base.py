@@ -1,0 +1,50 @@
+"""What every inference engine offers the validator and ``serve-model``: greedy answers to rendered prompts.
+
+Prompts are rendered and counted with the model's own Hugging Face tokenizer whatever the engine, so every backend
+sees the same token ids and a served answer can be compared token for token across engines.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..generation import GenerationResult
+
+
+class InferenceBackend(ABC):
+    """One loaded model behind one engine. Not re-entrant: callers run one generation at a time.
+
+    Attributes:
+        name: The engine's setting value (``transformers``, ``llama_cpp``, ``vllm``).
+        tokenizer: The model's Hugging Face tokenizer (rendering, counting and decoding).
+    """
+
+    name: str = ""
+    tokenizer: Any
+
+    @abstractmethod
+    def generate_rendered(self, texts: list[str], max_new_tokens: int,
+                          limits: list[int] | None = None) -> list["GenerationResult"]:
+        """Greedy answers to prompt texts already rendered; ``limits`` caps each row below ``max_new_tokens``."""
+
+    @abstractmethod
+    def stream(self, text: str, limit: int) -> Iterator[str]:
+        """Greedy answer to one rendered prompt, yielded as text pieces while it is produced."""
+
+    def prompt_ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def close(self) -> None:
+        """Free the engine's memory (engines that hold native memory override this)."""
+
+
+def cut_at_stop(ids: list[int], stops: list[int], limit: int | None) -> list[int]:
+    """New token ids up to ``limit`` and up to and including the first end-of-turn token, as transformers counts."""
+    ids = ids[:limit] if limit is not None else list(ids)
+    for i, tok in enumerate(ids):
+        if tok in stops:
+            return ids[: i + 1]
+    return ids

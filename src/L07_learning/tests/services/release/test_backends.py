@@ -1,0 +1,127 @@
+"""The inference backend choice: transformers unless a fast engine is installed, and the engines answer alike."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from L07_learning.models.error_codes import L07Error
+from L07_learning.models.tool_calls import render_chat
+from L07_learning.pipelines import backends
+from L07_learning.pipelines.backends import TransformersBackend, llama_cpp_backend, load_backend, vllm_backend
+from L07_learning.pipelines.backends.conversion import converted, model_fingerprint
+from L07_learning.pipelines.base_model import build_tiny_model
+from L07_learning.pipelines.evaluation_pipeline import load_for_eval
+from L07_learning.pipelines.generation import generate_with
+from L07_learning.services.release.serving_model import ServedModel
+from L07_learning.tests.factories.serving import TEACH, TOOLS, conversation, taught_tool_caller
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("backends") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def taught(tmp_path_factory: pytest.TempPathFactory, tiny: Path) -> Path:
+    return taught_tool_caller(tiny, tmp_path_factory.mktemp("taught") / "taught")
+
+
+@pytest.fixture
+def no_fast_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(llama_cpp_backend, "available", lambda: False)
+    monkeypatch.setattr(vllm_backend, "available", lambda: False)
+    monkeypatch.delenv(backends.ENV, raising=False)
+
+
+def test_auto_uses_transformers_when_no_fast_engine_is_installed(tiny: Path, no_fast_engine: None) -> None:
+    loaded = load_backend(tiny)
+    assert isinstance(loaded, TransformersBackend)
+    # The validator's loader hands generate_with a plain transformers model in that case, as before.
+    tokenizer, model = load_for_eval(tiny)
+    assert not isinstance(model, backends.InferenceBackend)
+    assert generate_with(tokenizer, model, ["Hi"], 4)[0].new_tokens >= 1
+
+
+def test_auto_falls_back_when_the_model_cannot_be_exported(tiny: Path, no_fast_engine: None,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(model_dir: object, adapter_dir: object = None) -> Path:
+        raise L07Error("E7208", "not a Llama model")
+
+    monkeypatch.setattr(llama_cpp_backend, "available", lambda: True)
+    monkeypatch.setattr(llama_cpp_backend, "gguf_for", refuse)
+    assert isinstance(load_backend(tiny), TransformersBackend)
+    # Named explicitly, the same refusal is the caller's error, not a silent slow path.
+    with pytest.raises(L07Error) as err:
+        load_backend(tiny, backend="llama_cpp")
+    assert err.value.code.value == "E7208"
+
+
+def test_a_named_engine_that_is_missing_or_unknown_is_refused(tiny: Path, no_fast_engine: None,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(L07Error) as missing:
+        load_backend(tiny, backend="llama_cpp")
+    assert missing.value.code.value == "E7905" and "fast-cpu" in missing.value.message
+    monkeypatch.setenv(backends.ENV, "onnx")
+    with pytest.raises(L07Error) as unknown:
+        ServedModel.load(str(tiny), None)
+    assert unknown.value.code.value == "E7905" and "L07_INFERENCE_BACKEND" in unknown.value.message
+    monkeypatch.setenv(backends.ENV, "transformers")
+    assert ServedModel.load(str(tiny), None).backend_name == "transformers"
+
+
+def test_conversion_is_cached_beside_the_model_by_content(tmp_path: Path, tiny: Path) -> None:
+    import shutil
+
+    model = tmp_path / "models" / "m"
+    shutil.copytree(tiny, model)
+    builds: list[Path] = []
+
+    def build(hf_dir: Path, out: Path) -> Path:
+        builds.append(hf_dir)
+        out.write_text("converted")
+        return out
+
+    first = converted(model, None, "fmt", build)
+    assert converted(model, None, "fmt", build) == first and len(builds) == 1
+    assert first.parent == tmp_path / "models" / ".l07-inference"
+    assert first.name.startswith(model_fingerprint(model))
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 1e-5}))
+    # A changed model is a different model: converted again, never served from the old file.
+    second = converted(model, None, "fmt", build)
+    assert second != first and len(builds) == 2
+
+
+@pytest.mark.skipif(not llama_cpp_backend.available(), reason="llama-cpp-python is not installed (extra fast-cpu)")
+def test_llama_cpp_answers_as_transformers_on_the_taught_tool_caller(taught: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("llama_cpp")
+    monkeypatch.delenv(backends.ENV, raising=False)
+    reference = ServedModel.load(str(taught), None, backend="transformers")
+    fast = ServedModel.load(str(taught), None)  # auto picks llama.cpp when it is installed
+    assert fast.backend_name == "llama_cpp"
+    texts = [render_chat(reference.tokenizer, conversation(goal), TOOLS) for goal, _ in TEACH]
+    want = reference.generate_batch(texts, [64, 64])
+    got = fast.generate_batch(texts, [64, 64])
+    assert [g.text for g in got] == [w.text for w in want]
+    assert [g.new_tokens for g in got] == [w.new_tokens for w in want]
+    # The lesson was learnt, so the agreement is about real answers, not two empty strings.
+    assert "unit_convert" in got[0].text and "Oslo" in got[1].text
+    assert "".join(fast.stream(texts[1], 64)).strip() == got[1].text
+    # Per-request caps hold on the fast engine too.
+    assert fast.generate_batch(texts[:1], [3])[0].new_tokens == 3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not vllm_backend.available(), reason="needs vllm and a CUDA device")
+def test_vllm_answers_as_transformers_on_the_taught_tool_caller(taught: Path) -> None:
+    pytest.importorskip("vllm")
+    reference = ServedModel.load(str(taught), None, backend="transformers")
+    fast = ServedModel.load(str(taught), None, backend="vllm")
+    texts = [render_chat(reference.tokenizer, conversation(goal), TOOLS) for goal, _ in TEACH]
+    got = fast.generate_batch(texts, [64, 64])
+    assert [g.text for g in got] == [w.text for w in reference.generate_batch(texts, [64, 64])]
+    assert "unit_convert" in got[0].text and "Oslo" in got[1].text
