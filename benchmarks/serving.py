@@ -5,7 +5,7 @@ For each backend the model is loaded as ``l07 serve-model`` loads it (``ServedMo
 the server's own scheduler (``services/release/batcher.Batcher``): at concurrency 1 one request at a time, at
 concurrency 8 eight requests in flight. Rounds alternate between the backends, so a loaded machine slows both alike;
 the ratios are the numbers to read. Reported per backend and concurrency: generated tokens/s, p50/p99 request
-latency. Also: the share of prompts on which the fast backend's greedy answer equals transformers' (its Q8_0 weights
+latency. Also: the share of prompts on which the fast backend's greedy answer equals transformers' (its GGUF weights
 against fp32), and the peak RSS of a process that serves the model on the fast backend while 8 requests run at once
 (the model process of ``serve-model``: backend, tokenizer and scheduler, without the HTTP layer).
 

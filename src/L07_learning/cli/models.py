@@ -9,6 +9,7 @@ import typer
 from rich.tree import Tree
 
 from ..services.learning_service import LearningService
+from ..services.release.export import export_model
 from ._common import JsonOpt, console, emit_json, run, services, table
 
 app = typer.Typer(help="Model registry: signed artifacts, stages, approvals, rollback, lineage.", no_args_is_help=True)
@@ -266,8 +267,6 @@ async def export(
     json_out: bool = JsonOpt,
 ) -> None:
     """Merge an adapter into its base and export it (registered as its own signed model) for llama.cpp or Ollama."""
-    from ..services.release.export import export_model
-
     result = await _with_registry(lambda r: export_model(r, model_id, fmt, quant, actor=_actor(actor)))
     if json_out:
         emit_json(result)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .backends import TransformersBackend, load_backend
 from .generation import generate_with
 from .matching import normalise_answer, score_answer
 
@@ -144,7 +145,6 @@ def load_for_eval(model_dir: str | Path, adapter_dir: str | Path | None = None,
     """Load a model for evaluation in the inference engine ``L07_INFERENCE_BACKEND`` selects (``backends``); a LoRA
     adapter is merged so latency compares like with like. The second value is a transformers model or an
     :class:`~.backends.base.InferenceBackend`; :func:`~.generation.generate_with` takes either."""
-    from .backends import TransformersBackend, load_backend
 
     loaded = load_backend(model_dir, adapter_dir, backend)
     return loaded.tokenizer, (loaded.model if isinstance(loaded, TransformersBackend) else loaded)

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from ..models.error_codes import L07Error, L07ErrorCode
-from .backends.base import InferenceBackend
 
 Prompt = str | list[dict[str, str]]
 
@@ -81,7 +80,8 @@ def generate_with(
     results: list[GenerationResult] = []
     for start in range(0, len(prompts), batch_size):
         chunk = [render_prompt(tokenizer, p) for p in prompts[start:start + batch_size]]
-        if isinstance(model, InferenceBackend):
+        # An engine backend is recognised by its method, not by class: the backends import this module.
+        if hasattr(model, "generate_rendered"):
             results.extend(model.generate_rendered(chunk, max_new_tokens))
         else:
             results.extend(generate_rendered(tokenizer, model, chunk, max_new_tokens))

@@ -17,6 +17,7 @@ from ...models.model_artifact import ModelArtifact, ModelStage, ModelType
 from ...models.validation import ValidationResult
 from ..auth import ApprovalCapacity, Permission, PermissionDenied
 from ...services.release.deploy import Operation
+from ...services.release.export import export_model
 from ..deps import CanDeploy, CanGetModel, CanListModels, CanRollback, CanValidate, ContextDep, PrincipalDep
 from ..errors import error_responses
 from ..types import UtcDateTime
@@ -515,7 +516,5 @@ async def export(model_id: ModelId, principal: CanDeploy, ctx: ContextDep,
     """Merge and export a model for llama.cpp / Ollama / Hugging Face loaders (deployer or admin); the export is
     registered as its own signed model with lineage to this one. Runs in the request (the merge and GGUF writing
     take seconds for SmolLM2-135M)."""
-    from ...services.release.export import export_model
-
     body = body or ExportRequest()
     return ExportResult(**await export_model(ctx.registry, model_id, body.format, body.quant, actor=principal.key_id))

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ...settings import get_settings
+from ..export import merge_to_hf
 
 _HASHED_SUFFIXES = (".safetensors", ".bin", ".json", ".jinja", ".model", ".txt")
 
@@ -50,18 +51,23 @@ def cache_dir_for(model_dir: str | Path) -> Path:
         return fallback
 
 
+def source_version(module_file: str | Path) -> str:
+    """Short hash of a converter's source: a changed exporter never reuses files the old one wrote."""
+    return hashlib.sha256(Path(module_file).read_bytes()).hexdigest()[:12]
+
+
 def converted(model_dir: str | Path, adapter_dir: str | Path | None, name: str,
-              build: Callable[[Path, Path], Path]) -> Path:
-    """The cached conversion ``<sha256>.<name>``; built by ``build(hf_dir, out_path)`` on first use.
+              build: Callable[[Path, Path], Path], version: str = "") -> Path:
+    """The cached conversion ``<sha256>[-<version>].<name>``; built by ``build(hf_dir, out_path)`` on first use.
 
     With an adapter, ``hf_dir`` is a temporary merged copy of model + adapter (removed afterwards).
     """
-    target = cache_dir_for(model_dir) / f"{model_fingerprint(model_dir, adapter_dir)}.{name}"
+    stem = model_fingerprint(model_dir, adapter_dir) + (f"-{version}" if version else "")
+    target = cache_dir_for(model_dir) / f"{stem}.{name}"
     if target.exists():
         return target
     if adapter_dir is None:
         return build(Path(model_dir), target)
-    from ..export import merge_to_hf
 
     work = Path(tempfile.mkdtemp(prefix=".merge.", dir=target.parent))
     try:

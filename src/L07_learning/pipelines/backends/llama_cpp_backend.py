@@ -1,9 +1,9 @@
-"""llama.cpp (through ``llama-cpp-python``) on a Q8_0 GGUF export of the model: the fast CPU engine.
+"""llama.cpp (through ``llama-cpp-python``) on a GGUF export of the model (F16): the fast CPU engine.
 
 Chosen by measurement over transformers and CTranslate2 (``benchmarks/serving.py``): on a 2-core CPU transformers
 spends most of each decode step in Python and PyTorch dispatch, which llama.cpp does not pay. Prompts are tokenised
 by the model's Hugging Face tokenizer and handed to llama.cpp as ids, and new ids are decoded by the same tokenizer,
-so both engines see and produce text the same way; only the Q8_0 weights differ. Requests run one after another
+so both engines see and produce text the same way. Requests run one after another
 (llama-cpp-python holds one sequence); the shared prompt prefix (system prompt, tool list) stays in the KV cache
 between requests.
 """
@@ -12,17 +12,28 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
+import weakref
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ...models.error_codes import L07Error, L07ErrorCode
+from .. import gguf_export
+from ..generation import GenerationResult, stop_token_ids
 from .base import InferenceBackend, cut_at_stop
-from .conversion import converted
+from .conversion import converted, source_version
 
-QUANT = "q8_0"
+# F16 by measurement (benchmarks/serving.py, SmolLM2-135M, 2 cores): Q8_0 decodes no faster at this size (~30
+# tokens/s on one thread either way) but llama.cpp's Q8_0 kernels also quantise the activations to 8 bits, and the
+# greedy answer then equalled transformers' on 31% of prompts ("The capital of France is Paris." became
+# "L'Étoile, la Cité, ..."); F16 keeps the answers. L07_GGUF_QUANT=q8_0 halves the file for larger models.
+QUANT_ENV = "L07_GGUF_QUANT"
+DEFAULT_QUANT = "f16"
 _MAX_CTX = 8192
+_LOAD_LOCK = threading.Lock()
 
 
 def available() -> bool:
@@ -32,10 +43,84 @@ def available() -> bool:
 
 
 def gguf_for(model_dir: str | Path, adapter_dir: str | Path | None = None) -> Path:
-    """The model's Q8_0 GGUF, exported on first use and cached beside the model (see ``conversion``)."""
-    from ..gguf_export import write_gguf
+    """The model's GGUF (``L07_GGUF_QUANT``, default F16), exported on first use and cached beside the model.
 
-    return converted(model_dir, adapter_dir, f"{QUANT}.gguf", lambda hf, out: write_gguf(hf, out, QUANT))
+    Raises:
+        L07Error: E7110 an unknown quantisation; the exporter's errors for a model it cannot write.
+    """
+
+    quant = (os.environ.get(QUANT_ENV) or DEFAULT_QUANT).strip().lower()
+    return converted(model_dir, adapter_dir, f"{quant}.gguf", lambda hf, out: gguf_export.write_gguf(hf, out, quant),
+                     version=source_version(gguf_export.__file__))
+
+
+def default_threads() -> int:
+    """``L07_INFERENCE_THREADS``, else one core less than the machine has (at least one).
+
+    Measured on the 2-core CI machine under load: 1 thread decodes ~30 tokens/s, 2 threads 6-8, because llama.cpp's
+    threads wait for each other at every layer and a busy core stalls them all; the spare core also keeps the event
+    loop and tokenizer of ``serve-model`` responsive.
+    """
+    configured = os.environ.get("L07_INFERENCE_THREADS", "").strip()
+    if configured:
+        try:
+            return max(1, int(configured))
+        except ValueError as exc:
+            raise L07Error(L07ErrorCode.CONFIGURATION_NOT_FOUND,
+                           f"L07_INFERENCE_THREADS={configured!r} is not a whole number") from exc
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
+# generation_config.json settings that change transformers' greedy answer and that this backend does not apply.
+_UNSUPPORTED_RULES = ("suppress_tokens", "begin_suppress_tokens", "bad_words_ids", "no_repeat_ngram_size",
+                      "forced_bos_token_id", "forced_eos_token_id", "sequence_bias", "min_new_tokens", "min_length")
+
+
+def _refuse_decoding_rules(model_dir: Path) -> None:
+    """Raise E7208 when the model's generation config asks for decoding rules llama.cpp would silently ignore."""
+    path = model_dir / "generation_config.json"
+    config = json.loads(path.read_text()) if path.exists() else {}
+    rules = [k for k in _UNSUPPORTED_RULES if config.get(k) not in (None, [], 0)]
+    if config.get("repetition_penalty") not in (None, 1, 1.0):
+        rules.append("repetition_penalty")
+    if rules:
+        raise L07Error(L07ErrorCode.MODEL_INCOMPATIBILITY_WITH_GATEWAY,
+                       f"{model_dir} asks for decoding rules the llama.cpp backend does not apply: {', '.join(rules)}")
+
+
+def _cpu_advertises_amx() -> bool:
+    try:
+        return "amx_tile" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+@contextmanager
+def _without_extra_buffers(active: bool) -> Iterator[None]:
+    """Load with llama.cpp's extra CPU buffer types (AMX, repacked weights) off when ``active``.
+
+    A virtual machine can advertise AMX in cpuid without enabling its register state; llama.cpp then dies with
+    SIGILL on the first multi-token batch (measured here: ``tilezero`` in ``ggml::cpu::amx``). llama-cpp-python has no
+    argument for ``use_extra_bufts``, so the default model parameters are patched for the one load.
+    """
+    if not active:
+        yield
+        return
+    from llama_cpp import llama_cpp as native
+
+    original = native.llama_model_default_params
+
+    def params():  # type: ignore[no-untyped-def]
+        p = original()
+        p.use_extra_bufts = False
+        return p
+
+    with _LOAD_LOCK:
+        native.llama_model_default_params = params
+        try:
+            yield
+        finally:
+            native.llama_model_default_params = original
 
 
 class LlamaCppBackend(InferenceBackend):
@@ -45,32 +130,36 @@ class LlamaCppBackend(InferenceBackend):
         tokenizer: The model's tokenizer.
         gguf_path: The exported model.
         n_ctx: Context length (prompt + answer) in tokens.
-        threads: CPU threads (default: every core).
+        threads: CPU threads (default: :func:`default_threads`).
     """
 
     name = "llama_cpp"
+    batches = False
 
     def __init__(self, tokenizer: Any, gguf_path: str | Path, n_ctx: int = 4096, threads: int | None = None) -> None:
         from llama_cpp import Llama
 
-        from ..generation import stop_token_ids
 
         self.tokenizer = tokenizer
         self.gguf_path = Path(gguf_path)
         self.stops = stop_token_ids(tokenizer)
-        threads = threads or os.cpu_count() or 1
+        threads = threads or default_threads()
         try:
-            self.llm = Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_batch=512, n_threads=threads,
-                             n_threads_batch=threads, verbose=False)
+            with _without_extra_buffers(_cpu_advertises_amx()):
+                self.llm = Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_batch=512, n_threads=threads,
+                                 n_threads_batch=threads, verbose=False)
         except Exception as exc:  # noqa: BLE001 - llama.cpp reports every load failure as a bare ValueError
             raise L07Error(L07ErrorCode.BASE_MODEL_LOADING_FAILURE,
                            f"llama.cpp cannot load {gguf_path}: {exc}") from exc
         self.n_ctx = n_ctx
+        # Freed before interpreter teardown: llama-cpp-python's own __del__ fails once its module globals are gone.
+        weakref.finalize(self, self.llm.close)
 
     @classmethod
     def load(cls, model_dir: str | Path, adapter_dir: str | Path | None = None) -> "LlamaCppBackend":
         from transformers import AutoTokenizer
 
+        _refuse_decoding_rules(Path(model_dir))
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         config = json.loads((Path(model_dir) / "config.json").read_text())
         n_ctx = min(int(config.get("max_position_embeddings") or 2048), _MAX_CTX)
@@ -90,7 +179,6 @@ class LlamaCppBackend(InferenceBackend):
                 return
 
     def generate_rendered(self, texts: list[str], max_new_tokens: int, limits: list[int] | None = None) -> list[Any]:
-        from ..generation import GenerationResult
 
         started = time.perf_counter()
         rows = []

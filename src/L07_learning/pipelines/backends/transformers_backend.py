@@ -7,6 +7,7 @@ from pathlib import Path
 from threading import Thread
 from typing import Any
 
+from ..generation import generate_rendered, load_model
 from .base import InferenceBackend
 
 
@@ -26,7 +27,6 @@ class TransformersBackend(InferenceBackend):
 
     @classmethod
     def load(cls, model_dir: str | Path, adapter_dir: str | Path | None = None) -> "TransformersBackend":
-        from ..generation import load_model
 
         tokenizer, model = load_model(model_dir, adapter_dir)
         if adapter_dir is not None and hasattr(model, "merge_and_unload"):
@@ -36,14 +36,12 @@ class TransformersBackend(InferenceBackend):
         return cls(tokenizer, model)
 
     def generate_rendered(self, texts: list[str], max_new_tokens: int, limits: list[int] | None = None) -> list[Any]:
-        from ..generation import generate_rendered
 
         return generate_rendered(self.tokenizer, self.model, texts, max_new_tokens, limits)
 
     def stream(self, text: str, limit: int) -> Iterator[str]:
         from transformers import TextIteratorStreamer
 
-        from ..generation import generate_rendered
 
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         worker = Thread(target=generate_rendered, args=(self.tokenizer, self.model, [text], limit),

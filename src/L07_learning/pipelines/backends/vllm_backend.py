@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ...models.error_codes import L07Error, L07ErrorCode
+from ..generation import GenerationResult, stop_token_ids
 from .base import InferenceBackend, cut_at_stop
 from .conversion import converted
 
@@ -48,7 +49,6 @@ class VllmBackend(InferenceBackend):
         from transformers import AutoTokenizer
         from vllm import LLM
 
-        from ..generation import stop_token_ids
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         self.stops = stop_token_ids(self.tokenizer)
@@ -68,7 +68,6 @@ class VllmBackend(InferenceBackend):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        from ..generation import GenerationResult
 
         caps = [min(limits[k], max_new_tokens) if limits else max_new_tokens for k in range(len(texts))]
         params = [SamplingParams(temperature=0.0, max_tokens=cap, stop_token_ids=self.stops, skip_special_tokens=True)

@@ -132,18 +132,24 @@ async def test_registration_is_idempotent_per_job(db: Database, settings, tmp_pa
 # --- worker loop --------------------------------------------------------------------------------------------------
 
 
-async def test_worker_loop_survives_database_errors_with_backoff(sqlite_db: Database, settings, caplog) -> None:  # type: ignore[no-untyped-def]
+async def test_worker_loop_survives_database_errors_with_backoff(sqlite_db: Database, settings) -> None:  # type: ignore[no-untyped-def]
     runner = JobRunner(db=sqlite_db, registry=object(), curator=object(), settings=settings, worker_id="w-1")
     assert await runner.run_once() is None  # connected and idle
     async with sqlite_db.engine.begin() as conn:  # the database fails under the running worker
         await conn.execute(text("DROP TABLE l07_job_events"))
         await conn.execute(text("DROP TABLE l07_training_jobs"))
     stop = asyncio.Event()
-    caplog.set_level(logging.ERROR, logger="L07_learning.services.jobs.runner")
+    # A handler on the runner's own logger: another test may have configured JSON logging that stops propagation
+    # to the root logger caplog listens on.
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = records.append  # type: ignore[method-assign]
+    runner_log = logging.getLogger("L07_learning.services.jobs.runner")
+    runner_log.addHandler(handler)
     loop = asyncio.create_task(runner.run_forever(poll_s=0.05, stop=stop))
 
     def waits() -> list[float]:
-        return [float(m.group(1)) for r in caplog.records
+        return [float(m.group(1)) for r in records
                 if (m := re.search(r"polling again in ([0-9.]+)s", r.getMessage()))]
 
     for _ in range(600):  # until four failed rounds, or the worker is gone
@@ -153,6 +159,7 @@ async def test_worker_loop_survives_database_errors_with_backoff(sqlite_db: Data
     assert not loop.done(), f"the worker died on a database error: {loop.exception() if loop.done() else ''}"
     stop.set()
     await asyncio.wait_for(loop, 10.0)
+    runner_log.removeHandler(handler)
     # It kept polling, backing off: the wait doubles per consecutive failure (capped at MAX_ERROR_BACKOFF_S).
     assert waits()[:4] == [0.1, 0.2, 0.4, 0.8]
 

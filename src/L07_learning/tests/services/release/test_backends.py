@@ -125,3 +125,16 @@ def test_vllm_answers_as_transformers_on_the_taught_tool_caller(taught: Path) ->
     got = fast.generate_batch(texts, [64, 64])
     assert [g.text for g in got] == [w.text for w in reference.generate_batch(texts, [64, 64])]
     assert "unit_convert" in got[0].text and "Oslo" in got[1].text
+
+
+def test_a_model_with_decoding_rules_llama_cpp_ignores_stays_on_transformers(tmp_path: Path, tiny: Path,
+                                                                             no_fast_engine: None,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from L07_learning.tests.factories.validation import chatty
+
+    model = chatty(tiny, tmp_path / "chatty")  # suppress_tokens in its generation config
+    monkeypatch.setattr(llama_cpp_backend, "available", lambda: True)
+    assert isinstance(load_backend(model), TransformersBackend)
+    with pytest.raises(L07Error) as err:
+        load_backend(model, backend="llama_cpp")
+    assert err.value.code.value == "E7208" and "suppress_tokens" in err.value.message
