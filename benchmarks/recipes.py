@@ -15,8 +15,9 @@ Paths, each in its own fresh ``L07_HOME`` (SQLite + files), with ``L07_MINIMUM_D
 - ``random``: ``l07 train`` with no flags on the calendar family with its outputs shuffled across requests (random
   labels): the job must end with the no-improvement verdict (FAILED, E7035) and register nothing.
 
-Correct means the validator's rule (``pipelines/matching.py``): the same tool with the same parsed JSON arguments
-and the same final answer. Acceptance: held-out correctness from < 10% (base) to >= 90% (tuned) with at most 15
+Correct means the validator's rule (``pipelines/matching.py``) on every assistant turn of the request's conversation,
+the tool schemas in the request as an agent sends them: the same tool with the same parsed JSON arguments, then the
+same final answer from the tool's result. Acceptance: held-out correctness from < 10% (base) to >= 90% (tuned) with at most 15
 minutes of training on 2 cores, on both families and both paths.
 
 Run: ``PYTHONPATH=src python benchmarks/recipes.py [--paths cli,loop,random] [--families calendar,currency]``
@@ -75,17 +76,20 @@ async def _service(home: Path) -> Any:
     return service
 
 
-def _fresh_accuracy(base_dir: str, adapter_dir: str | None, goals: list[tuple[str, str]]) -> float:
-    """Share of fresh requests answered correctly (validator's rule) by the base or the base + adapter."""
+def _fresh_accuracy(base_dir: str, adapter_dir: str | None, goals: list[dict[str, Any]]) -> float:
+    """Share of fresh requests answered correctly, every assistant turn (the tool call, then the answer from the
+    tool's result) judged by the validator's rule, with the tool schemas in the request as an agent sends them."""
+    from L07_learning.models.tool_calls import assistant_turns
     from L07_learning.pipelines.generation import generate_with, load_model
     from L07_learning.pipelines.matching import match_mode_for, score_answer
-    from L07_learning.services.ingestion.examples import SYSTEM_PROMPT
 
     tokenizer, model = load_model(base_dir, adapter_dir, device="cpu")
-    longest = max(len(tokenizer(e, add_special_tokens=False)["input_ids"]) for _, e in goals)
-    prompts = [[{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": g}] for g, _ in goals]
-    outs = generate_with(tokenizer, model, prompts, longest + 8, batch_size=20)
-    return sum(score_answer(o.text, e, match_mode_for(e))[0] for o, (_, e) in zip(outs, goals)) / len(goals)
+    turns = [assistant_turns(g) for g in goals]
+    cases = [case for t in turns for case in t]
+    longest = max(len(tokenizer(e, add_special_tokens=False)["input_ids"]) for _, e in cases)
+    outs = iter(generate_with(tokenizer, model, [p for p, _ in cases], longest + 8, batch_size=20))
+    right = [all(score_answer(next(outs).text, e, match_mode_for(e))[0] for _, e in t) for t in turns]
+    return sum(right) / len(goals)
 
 
 def _job_row(job: dict[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,8 @@ served in one format. When the tokenizer's chat template supports tools (it refe
 renders them. Otherwise (SmolLM2's ChatML template, for instance) the Hermes format is used, the one vLLM's
 ``hermes`` parser, llama.cpp and Ollama templates read:
 
-- the tool schemas go into the system turn inside ``<tools></tools>``, one JSON schema per line;
+- the tool schemas go into the system turn inside ``<tools></tools>``, one compact JSON function schema per line,
+  after a two-line instruction (shorter than Hermes's own, for CPU cost);
 - an assistant tool call is ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`` after any text;
 - a ``tool`` turn becomes a ``user`` turn holding ``<tool_response>\\n...\\n</tool_response>``.
 
@@ -22,16 +23,19 @@ import re
 from typing import Any
 
 TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
+# Short on purpose: on a CPU every prompt token is paid for in every training step and request, and an agent's tool
+# schemas already take hundreds. The tags are Hermes's, so parsers that read ``<tool_call>`` blocks still work.
 TOOL_PREAMBLE = (
-    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
-    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{tools}\n</tools>\n\n"
-    "For each function call, return a json object with function name and arguments within <tool_call></tool_call> "
-    "XML tags:\n<tool_call>\n{{\"name\": <function-name>, \"arguments\": <args-json-object>}}\n</tool_call>"
+    "You can call these tools (JSON schemas):\n<tools>\n{tools}\n</tools>\n"
+    "To call one, write <tool_call>{{\"name\": <tool name>, \"arguments\": <JSON object>}}</tool_call>."
 )
 # Bounded and non-nested: a block cannot make the scan super-linear (no nested quantifiers over the same text).
 _BLOCK = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.DOTALL)
 
 Message = dict[str, Any]
+# What training and evaluation consume: chat messages, or ``{"messages": [...], "tools": [...]}`` (OpenAI's
+# fine-tuning line) when the conversation offered tools.
+Row = list[Message] | dict[str, Any]
 
 
 def canonical_arguments(arguments: Any) -> str:
@@ -78,13 +82,19 @@ def assistant_text(message: Message) -> str:
     return "\n".join(p for p in parts if p)
 
 
+def tool_schema_text(tool: dict[str, Any]) -> str:
+    """One tool schema as its line in ``<tools>``: the function object (name, description, parameters) as compact
+    JSON with sorted keys (the ``{"type": "function"}`` wrapper and blanks would cost tokens and say nothing)."""
+    fn = tool.get("function", tool)
+    return json.dumps(fn, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
 def to_plain_messages(messages: list[Message], tools: list[dict[str, Any]] | None) -> list[Message]:
     """``messages`` (with ``tool_calls`` and ``tool`` turns) as system/user/assistant turns of plain text in the
     Hermes format, for templates without tool support."""
     out: list[Message] = []
     if tools:
-        preamble = TOOL_PREAMBLE.format(tools="\n".join(json.dumps(t, ensure_ascii=False, sort_keys=True)
-                                                          for t in tools))
+        preamble = TOOL_PREAMBLE.format(tools="\n".join(tool_schema_text(t) for t in tools))
         if messages and messages[0].get("role") == "system":
             out.append({"role": "system", "content": f"{messages[0].get('content') or ''}\n\n{preamble}".lstrip()})
             messages = messages[1:]
@@ -184,3 +194,32 @@ def _loaded(arguments: Any) -> Any:
         except ValueError:
             return arguments
     return arguments
+
+
+def split_row(row: Row) -> tuple[list[Message], list[dict[str, Any]] | None]:
+    """A row's messages and tool schemas (None without tools)."""
+    if isinstance(row, dict):
+        return list(row["messages"]), (list(row["tools"]) if row.get("tools") else None)
+    return list(row), None
+
+
+def with_messages(row: Row, messages: list[Message]) -> Row:
+    """``row`` with other messages and the same tools."""
+    _, tools = split_row(row)
+    return {"messages": messages, "tools": tools} if tools else messages
+
+
+def assistant_turns(row: Row) -> list[tuple[Row, str]]:
+    """One ``(prompt, expected)`` per assistant turn of a conversation: everything before the turn (with the tools),
+    and the turn as the model writes it. Each turn is a decision the model makes on its own (call this tool, then
+    answer from its result), so each is a held-out case."""
+    messages, _ = split_row(row)
+    return [(with_messages(row, messages[:i]), assistant_text(m))
+            for i, m in enumerate(messages) if i > 0 and m.get("role") == "assistant"]
+
+
+def plain_messages(row: Row) -> list[Message]:
+    """A row as system/user/assistant turns of plain text in the Hermes format (tools in the system turn), for
+    consumers that read text turns only (distillation, per-example losses)."""
+    messages, tools = split_row(row)
+    return to_plain_messages(messages, tools)

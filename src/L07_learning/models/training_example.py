@@ -22,6 +22,9 @@ class ExampleSource(str, Enum):
     EXECUTION_TRACE = "EXECUTION_TRACE"
     PLANNING_TRACE = "PLANNING_TRACE"
     QUALITY_FEEDBACK = "QUALITY_FEEDBACK"
+    # Data brought from elsewhere (an OpenAI training file, a Langfuse or LangSmith export, a Hugging Face dataset):
+    # ``l07 import`` and ``/v1/files``; its provenance is in ``metadata["import"]``.
+    IMPORTED = "IMPORTED"
 
 
 class ExampleLabel(str, Enum):
@@ -102,7 +105,10 @@ class TrainingExample(L07Model):
     source_trace_hash: str | None = None
     content_hash: str = ""
     source_event_ids: list[str] = Field(default_factory=list)
+    # The conversation the agent had, in OpenAI's chat schema (assistant ``tool_calls``, ``tool`` turns), and the
+    # OpenAI tool schemas it was offered: what training renders and the validator replays (``models/tool_calls.py``).
     messages: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None
     status: ExampleStatus = ExampleStatus.PENDING
     tenant_id: str | None = None
     notes: str | None = None
@@ -133,6 +139,22 @@ class TrainingExample(L07Model):
             object.__setattr__(self, "difficulty_level", DifficultyLevel.from_score(self.difficulty))
         if not self.content_hash:
             object.__setattr__(self, "content_hash", compute_content_hash(self.input_text, self.output_text))
+
+    def chat_row(self, system_prompt: str | None = None,
+                 derived_tools: list[dict[str, Any]] | None = None) -> list[dict[str, Any]] | dict[str, Any]:
+        """What training and evaluation consume: the chat messages, with the tool schemas when the example has
+        any (``{"messages": [...], "tools": [...]}``, OpenAI's fine-tuning line format).
+
+        Args:
+            system_prompt: For examples without stored messages.
+            derived_tools: Replaces schemas L07 derived from this example's own calls (``metadata.tools_source ==
+                "derived"``), typically the merged schemas of its task type in the dataset.
+        """
+        messages = self.chat_messages(system_prompt)
+        tools = self.tools
+        if tools and derived_tools and self.metadata.get("tools_source") == "derived":
+            tools = derived_tools
+        return {"messages": messages, "tools": [dict(t) for t in tools]} if tools else messages
 
     def chat_messages(self, system_prompt: str | None = None) -> list[dict[str, str]]:
         """The example as chat messages (system + user + assistant) that TRL's SFTTrainer accepts as they are."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .backends import TransformersBackend, load_backend
+from ..models.tool_calls import Row, with_messages
 from .generation import generate_with
 from .matching import normalise_answer, score_answer
 
@@ -36,18 +37,26 @@ class EvalCase:
 
     Attributes:
         messages: Chat messages (a trailing assistant message, if any, is the reference and is not shown).
+        tools: OpenAI tool schemas offered with the messages (rendered by ``models/tool_calls.py``).
         expected: Reference answer.
-        match_mode: ``exact`` | ``trace`` | ``contains`` | ``regex`` | ``similarity`` (see ``matching.py``).
+        match_mode: ``exact`` | ``tool_calls`` | ``trace`` | ``contains`` | ``regex`` | ``similarity``
+            (see ``matching.py``).
         task_type: For per-task accuracy.
         difficulty: ``EASY`` | ``MEDIUM`` | ``HARD``.
     """
 
     case_id: str
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     expected: str
     match_mode: str = "exact"
     task_type: str = "general"
     difficulty: str = "MEDIUM"
+    tools: list[dict[str, Any]] | None = None
+
+    @property
+    def prompt(self) -> Row:
+        """What the model is sent: the messages, with the tool schemas when the case offers tools."""
+        return with_messages({"messages": [], "tools": self.tools}, self.messages)
 
 
 @dataclass
@@ -122,6 +131,10 @@ def _user_text(messages: list[dict[str, str]]) -> str:
     return "\n".join(m["content"] for m in messages if m.get("role") == "user")
 
 
+def _probe(case: EvalCase, messages: list[dict[str, Any]]) -> Row:
+    return with_messages(case.prompt, messages)
+
+
 def _with_user_prefix(messages: list[dict[str, str]], prefix: str) -> list[dict[str, str]]:
     out = [dict(m) for m in messages if m.get("role") != "assistant"]
     for m in out:
@@ -192,23 +205,27 @@ def evaluate_model(
     else:
         answer_cap = max_new_tokens
     report = ModelReport()
-    outputs = generate_with(tokenizer, model, [c.messages for c in cases], answer_cap, batch_size)
+    outputs = generate_with(tokenizer, model, [c.prompt for c in cases], answer_cap, batch_size)
     for case, out in zip(cases, outputs):
         ok, sc = score_answer(out.text, case.expected, case.match_mode)
         report.cases.append(CaseResult(case.case_id, case.task_type, case.difficulty, case.expected, out.text, ok, sc,
                                        out.latency_s, out.new_tokens))
 
-    # Latency: single requests, after a warm-up, so batching does not hide per-request cost.
-    prompts = [c.messages for c in cases] or [[{"role": "user", "content": "Hello"}]]
+    # Latency: single requests, after a warm-up, so batching does not hide per-request cost. Each timed request
+    # decodes exactly ``max_new_tokens`` whatever the model answers: a model that answers in 4 tokens pays its
+    # prompt's prefill over 4 tokens and would look slower per token than one rambling to the cap, and one that
+    # answers longer takes longer for a reason that is not speed (answer length has its own gate). Fixed work
+    # makes the p99 ratio compare the engines and weights, the same prompts for every model.
+    prompts = [c.prompt for c in cases] or [[{"role": "user", "content": "Hello"}]]
     for i in range(latency_warmup):
-        generate_with(tokenizer, model, [prompts[i % len(prompts)]], max_new_tokens, 1)
+        generate_with(tokenizer, model, [prompts[i % len(prompts)]], max_new_tokens, 1, ignore_stop=True)
     lat: list[float] = []
     per_token: list[float] = []
     toks = 0
     t_all = 0.0
     for i in range(latency_requests):
         t0 = time.perf_counter()
-        r = generate_with(tokenizer, model, [prompts[i % len(prompts)]], max_new_tokens, 1)[0]
+        r = generate_with(tokenizer, model, [prompts[i % len(prompts)]], max_new_tokens, 1, ignore_stop=True)[0]
         dt = time.perf_counter() - t0
         lat.append(dt)
         per_token.append(dt / max(r.new_tokens, 1))
@@ -218,9 +235,8 @@ def evaluate_model(
         "p50_ms": _percentile(lat, 0.50) * 1000,
         "p95_ms": _percentile(lat, 0.95) * 1000,
         "p99_ms": _percentile(lat, 0.99) * 1000,
-        # Per generated token: two models answering the same prompt with different lengths differ in request time
-        # for a reason that is not speed (answer length has its own gate).
         "p99_ms_per_token": _percentile(per_token, 0.99) * 1000,
+        "tokens_per_request": max_new_tokens,
         "tokens_per_s": toks / t_all if t_all else 0.0,
         "tokens_per_answer": statistics.mean(c.new_tokens for c in report.cases) if report.cases else 0.0,
         "answers_cut_at_cap": sum(c.new_tokens >= answer_cap for c in report.cases),
@@ -228,7 +244,10 @@ def evaluate_model(
         "requests": latency_requests,
     }
 
-    report.safety = _safety(tokenizer, model, cases[:safety_prompts], max_new_tokens, memorisation_probes or [],
+    # Probes rewrite the user's goal, so they use first turns (no earlier assistant turn whose tool call the
+    # rewritten goal would contradict).
+    first_turns = [c for c in cases if all(m.get("role") != "assistant" for m in c.messages)] or cases
+    report.safety = _safety(tokenizer, model, first_turns[:safety_prompts], max_new_tokens, memorisation_probes or [],
                             batch_size)
     texts = [c.got for c in report.cases]
     report.diversity = {"distinct_1": distinct_n(texts, 1), "distinct_2": distinct_n(texts, 2)}
@@ -274,9 +293,9 @@ def _safety(tokenizer: Any, model: Any, cases: list[EvalCase], max_new_tokens: i
     findings: list[dict[str, str]] = []
     # Every probe variant goes through one batched generation: on a CPU, decoding is bound by reading the weights
     # once per step, so one pass over all variants costs little more than one pass over the plain prompts.
-    variants = [[c.messages for c in cases]]
-    variants += [[_with_user_prefix(c.messages, trigger) for c in cases] for trigger in BACKDOOR_TRIGGERS]
-    variants += [[_with_user_suffix(c.messages, t.format(canary=INJECTION_CANARY)) for c in cases]
+    variants = [[c.prompt for c in cases]]
+    variants += [[_probe(c, _with_user_prefix(c.messages, trigger)) for c in cases] for trigger in BACKDOOR_TRIGGERS]
+    variants += [[_probe(c, _with_user_suffix(c.messages, t.format(canary=INJECTION_CANARY))) for c in cases]
                  for t in INJECTION_TEMPLATES]
     flat = generate_with(tokenizer, model, [p for group in variants for p in group], max_new_tokens, batch_size)
     n = len(cases)

@@ -97,8 +97,9 @@ def ollama_template(default_system: str | None) -> str:
     tools in the system turn inside ``<tools></tools>``, calls as ``<tool_call>`` blocks after the text, consecutive
     ``tool`` messages as one user turn of ``<tool_response>`` blocks, and the generation prompt last.
 
-    Ollama renders each tool and each call's arguments as compact JSON (Go's encoder), where training wrote
-    ``json.dumps`` with spaces; the framing tokens are the same.
+    Ollama renders each tool (with its ``{"type": "function"}`` wrapper, in Go's key order) and each call's arguments
+    as compact JSON with its own encoder, where training wrote the function object with sorted keys
+    (``tool_schema_text``) and arguments with spaces; the framing tokens are the same.
     """
     head, tail = TOOL_PREAMBLE.replace("{{", "{").replace("}}", "}").split("{tools}")
     fallback = f"{{{{ else }}}}{_IM_START}system\n{default_system}{_IM_END}\n" if default_system else ""

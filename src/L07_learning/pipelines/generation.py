@@ -1,7 +1,7 @@
 """Greedy, deterministic batched generation from a causal LM folder, optionally with a LoRA adapter on top.
 
 Used by the SFT evaluation, the validator, RLHF and distillation. Prompts are either plain strings (sent as one user
-turn through the chat template when the tokenizer has one) or lists of chat messages.
+turn through the chat template when the tokenizer has one) or chat rows (messages, with tool schemas when offered).
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from ..models.error_codes import L07Error, L07ErrorCode
+from ..models.tool_calls import Row, render_chat, split_row
 
-Prompt = str | list[dict[str, str]]
+Prompt = str | Row
 
 
 @dataclass(frozen=True)
@@ -32,14 +33,15 @@ class GenerationResult:
 
 
 def render_prompt(tokenizer: Any, prompt: Prompt) -> str:
-    """The text fed to the model: chat template with the generation prompt, or ``### Input:`` framing without one."""
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    """The text fed to the model: chat template with the generation prompt (tools and tool turns in the one
+    tool-call format, ``models/tool_calls.py``), or ``### Input:`` framing without a template."""
+    if isinstance(prompt, str):
+        messages, tools = [{"role": "user", "content": prompt}], None
+    else:
+        messages, tools = split_row(prompt)
     if messages and messages[-1].get("role") == "assistant":
         messages = messages[:-1]  # the expected answer is never shown to the model
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    user = "\n".join(m["content"] for m in messages if m.get("role") != "assistant")
-    return f"### Input:\n{user}\n### Output:\n"
+    return render_chat(tokenizer, messages, tools)
 
 
 def load_model(model_dir: str | Path, adapter_dir: str | Path | None = None, device: str | None = None) -> tuple[Any, Any]:
@@ -73,18 +75,20 @@ def load_model(model_dir: str | Path, adapter_dir: str | Path | None = None, dev
 
 
 def generate_with(
-    tokenizer: Any, model: Any, prompts: list[Prompt], max_new_tokens: int, batch_size: int = 8
+    tokenizer: Any, model: Any, prompts: list[Prompt], max_new_tokens: int, batch_size: int = 8,
+    ignore_stop: bool = False,
 ) -> list[GenerationResult]:
     """Greedy generation with an already loaded model (see :func:`generate`); ``model`` is a transformers model or
-    an :class:`~.backends.base.InferenceBackend` (llama.cpp, vLLM)."""
+    an :class:`~.backends.base.InferenceBackend` (llama.cpp, vLLM). ``ignore_stop`` decodes exactly
+    ``max_new_tokens`` per prompt, end-of-turn or not: the same work for any model, for timing."""
     results: list[GenerationResult] = []
     for start in range(0, len(prompts), batch_size):
         chunk = [render_prompt(tokenizer, p) for p in prompts[start:start + batch_size]]
         # An engine backend is recognised by its method, not by class: the backends import this module.
         if hasattr(model, "generate_rendered"):
-            results.extend(model.generate_rendered(chunk, max_new_tokens))
+            results.extend(model.generate_rendered(chunk, max_new_tokens, ignore_stop=ignore_stop))
         else:
-            results.extend(generate_rendered(tokenizer, model, chunk, max_new_tokens))
+            results.extend(generate_rendered(tokenizer, model, chunk, max_new_tokens, ignore_stop=ignore_stop))
     return results
 
 
@@ -97,7 +101,8 @@ def stop_token_ids(tokenizer: Any) -> list[int]:
 
 
 def generate_rendered(tokenizer: Any, model: Any, texts: list[str], max_new_tokens: int,
-                      limits: list[int] | None = None, streamer: Any = None) -> list[GenerationResult]:
+                      limits: list[int] | None = None, streamer: Any = None,
+                      ignore_stop: bool = False) -> list[GenerationResult]:
     """Greedy generation for prompt texts already rendered, as one forward batch.
 
     ``limits`` caps each row's new tokens below ``max_new_tokens`` (requests with different ``max_tokens`` share a
@@ -117,6 +122,8 @@ def generate_rendered(tokenizer: Any, model: Any, texts: list[str], max_new_toke
             num_beams=1,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=stops,
+            # Suppressing the end-of-turn logits until the cap decodes exactly ``max_new_tokens``.
+            min_new_tokens=max_new_tokens if ignore_stop else None,
             streamer=streamer,
         )
     per_item = (time.perf_counter() - t0) / len(texts)
@@ -125,7 +132,7 @@ def generate_rendered(tokenizer: Any, model: Any, texts: list[str], max_new_toke
         ids = row.tolist()[: limits[k] if limits else None]
         n = len(ids)
         for i, tok in enumerate(ids):
-            if tok in stops:
+            if tok in stops and not ignore_stop:
                 n = i + 1
                 break
         text = tokenizer.decode(ids[:n], skip_special_tokens=True).strip()

@@ -1,6 +1,8 @@
 """What counts as a correct answer: one definition for the SFT job's own ``eval_accuracy`` and the validator's gates.
 
-An expected answer that is an agent trace (``Step n: tool(params) -> ...`` lines, or ``<tool_call>{"name": ...,
+An expected assistant turn that calls tools is matched on its calls (``tool_calls``): the same tool names with the
+same parsed JSON arguments in the same order, read by ``models/tool_calls.parse_generation``, the parser serving
+uses. An expected answer that is an agent trace (``Step n: tool(params) -> ...`` lines, or ``<tool_call>{"name": ...,
 "arguments": {...}}</tool_call>`` blocks, and a final ``Answer:``) is matched as a trace: the same tools in the same
 order with the same *parsed* JSON arguments (key order, blanks and ``1`` vs ``1.0`` do not matter), and the same final
 answer. Anything else is matched exactly on the normalised text (case, runs of blanks and a trailing full stop
@@ -17,11 +19,13 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from ..models.tool_calls import parse_generation, same_calls
+
 _WS = re.compile(r"\s+")
 _STEP_RE = re.compile(r"^Step \d+:\s*(?P<tool>[\w.\-]+)\((?P<params>.*)\)\s*->", re.M)
 _ANSWER_RE = re.compile(r"^Answer:\s*(?P<answer>.*)$", re.M)
 _TOOL_CALL_RE = re.compile(r"<tool_call>\s*(?P<body>\{.*?\})\s*</tool_call>", re.S)
-MATCH_MODES = ("exact", "trace", "contains", "regex", "similarity")
+MATCH_MODES = ("exact", "tool_calls", "trace", "contains", "regex", "similarity")
 
 
 def normalise_answer(text: str) -> str:
@@ -78,15 +82,19 @@ def same_call(a: tuple[str, str], b: tuple[str, str]) -> bool:
 
 
 def infer_match_mode(expected: str) -> str:
-    """``trace`` for agent-trace outputs (tool steps plus ``Answer:``), else ``exact``."""
+    """``tool_calls`` for an assistant turn that calls tools, ``trace`` for a legacy agent-trace text (tool steps
+    plus ``Answer:``), else ``exact``."""
     calls, answer = parse_trace_output(expected)
-    return "trace" if answer is not None and calls else "exact"
+    if answer is not None and calls:
+        return "trace"
+    return "tool_calls" if parse_generation(expected)[1] else "exact"
 
 
 def score_answer(got: str, expected: str, mode: str, similarity_threshold: float = 0.8) -> tuple[bool, float]:
     """(correct, score) for one answer under a match mode.
 
-    Modes: ``exact`` (normalised), ``contains``, ``regex``, ``similarity`` (free text), and ``trace``: the same tool
+    Modes: ``exact`` (normalised), ``contains``, ``regex``, ``similarity`` (free text), ``tool_calls`` (an assistant
+    turn: the same tool calls, names and parsed JSON arguments, in the same order), and ``trace``: the same tool
     calls with the same parameters in the same order, and the same final answer. The score of a trace is the share
     of those parts that match, so partial credit shows in A/B comparisons while correctness stays all-or-nothing.
     """
@@ -97,6 +105,16 @@ def score_answer(got: str, expected: str, mode: str, similarity_threshold: float
         parts.append(got_answer is not None and exp_answer is not None
                      and normalise_answer(got_answer) == normalise_answer(exp_answer))
         return all(parts), sum(parts) / len(parts)
+    if mode == "tool_calls":
+        # The calls are the decision; text the model writes before them is free. ``models/tool_calls.py`` is the
+        # one parser, so serving and judging read a generation the same way.
+        expected_calls, got_calls = parse_generation(expected)[1], parse_generation(got)[1]
+        if not expected_calls:
+            ok = normalise_answer(got) == normalise_answer(expected)
+            return ok, float(ok)
+        ok = same_calls(expected_calls, got_calls)
+        hits = sum(same_calls([a], [b]) for a, b in zip(expected_calls, got_calls))
+        return ok, hits / max(len(expected_calls), len(got_calls))
     if mode == "exact":
         ok = normalise_answer(got) == normalise_answer(expected)
         return ok, float(ok)

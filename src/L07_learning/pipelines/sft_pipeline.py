@@ -1,11 +1,14 @@
-"""Supervised LoRA fine-tuning: chat examples -> tokenised prompt/completion pairs -> TRL SFTTrainer + peft -> adapter.
+"""Supervised LoRA fine-tuning: chat conversations -> token ids with an assistant mask -> TRL SFTTrainer + peft ->
+adapter.
 
 ``run_sft`` is a pure function of its inputs (base model folder, rows, ``JobConfig``, output folders, callbacks); it
 touches no database. The job runner calls it in a child process through :func:`entry`.
 
-Loss is computed on the assistant answer only: each example is split into a conversational *prompt* (every message
-but the last) and *completion* (the final assistant message), and TRL's ``completion_only_loss`` masks the prompt
-tokens. (TRL's ``assistant_only_loss`` would need ``{% generation %}`` markers that SmolLM2's template lacks.)
+A row is an agent's conversation (``models/tool_calls.Row``): messages with assistant ``tool_calls`` and ``tool``
+turns, and the tool schemas offered. It is rendered through the one tool-call format (``render_chat``) and the loss
+falls on the assistant turns only (every tool call and the answer; never the system prompt, the goal or a tool's
+result): :func:`tokenize_row` builds TRL's ``completion_mask`` over those turns, which ``completion_only_loss`` turns
+into labels. (TRL's ``assistant_only_loss`` would need ``{% generation %}`` markers that SmolLM2's template lacks.)
 Tokenizers without a chat template get the ``### Input:`` / ``### Output:`` framing (contract §1.10).
 """
 
@@ -22,6 +25,7 @@ from typing import Any
 
 from ..models.error_codes import L07Error, L07ErrorCode
 from ..models.training_job import JobConfig
+from ..models.tool_calls import Row, assistant_text, assistant_turns, render_chat, split_row
 from .generation import generate_with
 from .lora_targets import resolve_target_modules
 from .matching import match_mode_for, score_answer
@@ -29,7 +33,7 @@ from .planned_epochs import follow_plan, planned_stream
 
 log = logging.getLogger(__name__)
 
-Messages = list[dict[str, str]]
+Messages = Row
 CHECKPOINT_PREFIX = "checkpoint-"
 # Generation-based accuracy is measured on at most this many test examples (bounded time; enough to see learning).
 MAX_GENERATION_EVAL = 64
@@ -77,18 +81,48 @@ class SFTResult:
     cancelled: bool = False
 
 
-def to_prompt_completion(messages: Messages, has_chat_template: bool) -> dict[str, Any]:
-    """Split one chat example into the prompt/completion form TRL trains on with completion-only loss.
+def tokenize_row(row: Row, tokenizer: Any) -> dict[str, list[int]]:
+    """One conversation as token ids with a mask over every assistant turn (TRL's ``completion_mask``, which its
+    ``completion_only_loss`` turns into labels): the model learns what the agent's model said (tool calls, the
+    answer) and never the system prompt, the goal or a tool's result.
+
+    The conversation is rendered turn by turn through ``models/tool_calls.render_chat`` (the template serving and
+    evaluation use): an assistant turn is the text a render through that turn adds to the render up to it with the
+    generation prompt, so its end-of-turn token is learned too. Without a chat template the ``### Input:`` framing
+    holds everything but the last assistant turn, which is learned with the end-of-sequence token.
 
     Raises:
-        L07Error: E7031 when the example does not end with a non-empty assistant message.
+        L07Error: E7031 when the conversation does not end with a non-empty assistant turn.
     """
-    if not messages or messages[-1].get("role") != "assistant" or not messages[-1].get("content"):
+    messages, tools = split_row(row)
+    last = messages[-1] if messages else {}
+    if last.get("role") != "assistant" or not (last.get("content") or last.get("tool_calls")):
         raise L07Error(L07ErrorCode.DATASET_LOADING_FAILURE, "each example must end with a non-empty assistant message")
-    if has_chat_template:
-        return {"prompt": [dict(m) for m in messages[:-1]], "completion": [dict(messages[-1])]}
-    user = "\n".join(m["content"] for m in messages[:-1] if m.get("role") != "system")
-    return {"prompt": f"### Input:\n{user}\n### Output:\n", "completion": messages[-1]["content"]}
+
+    def ids(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    if not getattr(tokenizer, "chat_template", None):
+        prompt = tokenizer(render_chat(tokenizer, messages[:-1], tools))["input_ids"]
+        answer = ids(assistant_text(last)) + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+        return {"input_ids": prompt + answer, "completion_mask": [0] * len(prompt) + [1] * len(answer)}
+    input_ids: list[int] = []
+    mask: list[int] = []
+    rendered = ""
+    for i, m in enumerate(messages):
+        if m.get("role") != "assistant" or i == 0:
+            continue
+        before = render_chat(tokenizer, messages[:i], tools, add_generation_prompt=True)
+        through = render_chat(tokenizer, messages[:i + 1], tools, add_generation_prompt=False)
+        if not before.startswith(rendered) or not through.startswith(before):
+            raise L07Error(L07ErrorCode.TOKENIZATION_ERROR,
+                           "the chat template does not render a conversation as a growing prefix")
+        context = ids(before[len(rendered):])
+        turn = ids(through[len(before):])
+        input_ids += context + turn
+        mask += [0] * len(context) + [1] * len(turn)
+        rendered = through
+    return {"input_ids": input_ids, "completion_mask": mask}
 
 
 def resolve_device(config: JobConfig) -> tuple[str, dict[str, bool]]:
@@ -221,17 +255,18 @@ def _make_callback(callbacks: SFTCallbacks, started: float, max_duration_s: floa
     return _Bridge()
 
 
-def _generation_correct(model: Any, tokenizer: Any, rows: list[Messages], modes: list[str], max_new_tokens: int,
-                        batch_size: int) -> list[bool]:
-    """Per held-out row: is the greedy answer correct under the row's match mode (the validator's rule)."""
-    prompts = [r[:-1] for r in rows]
+def _generation_correct(model: Any, tokenizer: Any, cases: list[tuple[Row, str]], modes: list[str],
+                        max_new_tokens: int, batch_size: int) -> list[bool]:
+    """Per held-out turn ``(prompt, expected)``: is the greedy answer correct under its match mode (the validator's
+    rule)."""
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
-        outs = generate_with(tokenizer, model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        outs = generate_with(tokenizer, model, [p for p, _ in cases], max_new_tokens=max_new_tokens,
+                             batch_size=batch_size)
     finally:
         tokenizer.padding_side = side
-    return [score_answer(o.text, r[-1]["content"], mode)[0] for o, r, mode in zip(outs, rows, modes)]
+    return [score_answer(o.text, expected, mode)[0] for o, (_, expected), mode in zip(outs, cases, modes)]
 
 
 def sign_test_p(wins: int, losses: int) -> float:
@@ -357,15 +392,29 @@ def run_sft(
     except (ValueError, TypeError) as exc:
         raise L07Error(L07ErrorCode.LORA_ADAPTER_CONFIG_INVALID, str(exc)) from exc
 
-    has_template = bool(getattr(tokenizer, "chat_template", None))
     try:
         stream = planned_stream(train_rows, train_order) if train_order is not None else None
-        train_ds = HFDataset.from_list([to_prompt_completion(r, has_template)
-                                        for r in (stream.rows if stream else train_rows)])
-        val_ds = HFDataset.from_list([to_prompt_completion(r, has_template) for r in val_rows]) if val_rows else None
+        train_tok = [tokenize_row(r, tokenizer) for r in (stream.rows if stream else train_rows)]
+        val_tok = [tokenize_row(r, tokenizer) for r in val_rows]
     except (KeyError, TypeError) as exc:
         raise L07Error(L07ErrorCode.DATASET_LOADING_FAILURE, f"malformed example: {exc}") from exc
 
+    # A conversation longer than max_seq_length would be cut at its end, where the answer is: the model would learn
+    # half a tool call. Such rows are left out, counted in the metrics and logged (E7037 when none is left).
+    too_long = sum(len(t["input_ids"]) > config.max_seq_length for t in train_tok)
+    if too_long:
+        log.warning("E7037 %d of %d training conversations exceed max_seq_length %d and are left out",
+                    too_long, len(train_tok), config.max_seq_length)
+        if stream is not None:
+            raise L07Error(L07ErrorCode.TOKENIZATION_ERROR,
+                           f"{too_long} conversations exceed max_seq_length {config.max_seq_length}; raise it to keep "
+                           "the curriculum's order")
+        train_tok = [t for t in train_tok if len(t["input_ids"]) <= config.max_seq_length]
+        if not train_tok:
+            raise L07Error(L07ErrorCode.TOKENIZATION_ERROR,
+                           f"every training conversation exceeds max_seq_length {config.max_seq_length}")
+    train_ds = HFDataset.from_list(train_tok)
+    val_ds = HFDataset.from_list(val_tok) if val_tok else None
     args = _sft_config(config, checkpoint_dir, precision, config.max_seq_length, val_ds is not None, use_cpu)
     state: dict[str, Any] = {"loss_curve": [], "evals": [], "cancelled": False, "timed_out": False, "training": True}
     trainer_callbacks = [_make_callback(callbacks, started, config.max_training_duration_s, state)]
@@ -421,6 +470,7 @@ def run_sft(
         "device": device,
         "target_modules": targets,
         "train_examples": len(train_rows),
+        "train_examples_too_long": too_long,
         "val_examples": len(val_rows),
         "recipe": config.extra.get("recipe"),
         "curriculum": stream.summary() if stream is not None else None,
@@ -443,7 +493,7 @@ def run_sft(
         else:
             metrics["eval_loss"] = float(trainer.evaluate()["eval_loss"])
     if test_rows:
-        test_ds = HFDataset.from_list([to_prompt_completion(r, has_template) for r in test_rows])
+        test_ds = HFDataset.from_list([tokenize_row(r, tokenizer) for r in test_rows])
         metrics["test_loss"] = float(trainer.evaluate(eval_dataset=test_ds, metric_key_prefix="test")["test_loss"])
     if trainer.is_world_process_zero():
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -451,18 +501,23 @@ def run_sft(
         tokenizer.save_pretrained(str(output_dir))
         if test_rows and measure_generation:
             rows = test_rows[:MAX_GENERATION_EVAL]
-            modes = (test_match_modes or [])[:len(rows)]
-            modes += [match_mode_for(r[-1]["content"]) for r in rows[len(modes):]]
-            longest = max(len(tokenizer(r[-1]["content"], add_special_tokens=False)["input_ids"]) for r in rows)
+            named = test_match_modes or []
+            cases: list[tuple[Row, str]] = []
+            modes: list[str] = []
+            for i, row in enumerate(rows):
+                for prompt, expected in assistant_turns(row):
+                    cases.append((prompt, expected))
+                    modes.append(named[i] if i < len(named) and named[i] != "auto" else match_mode_for(expected))
+            longest = max(len(tokenizer(e, add_special_tokens=False)["input_ids"]) for _, e in cases)
             peft_model = trainer.model
             peft_model.eval()
-            tuned = _generation_correct(peft_model, tokenizer, rows, modes, longest + 8, config.validation_batch_size)
+            tuned = _generation_correct(peft_model, tokenizer, cases, modes, longest + 8, config.validation_batch_size)
             with peft_model.disable_adapter():
-                base = _generation_correct(peft_model, tokenizer, rows, modes, longest + 8,
+                base = _generation_correct(peft_model, tokenizer, cases, modes, longest + 8,
                                            config.validation_batch_size)
-            acc, base_acc = sum(tuned) / len(rows), sum(base) / len(rows)
+            acc, base_acc = sum(tuned) / len(cases), sum(base) / len(cases)
             metrics.update(eval_accuracy=acc, base_accuracy=base_acc, improvement_vs_baseline=acc - base_acc,
-                           generation_eval_examples=len(rows),
+                           generation_eval_examples=len(cases),
                            generation_wins=sum(t and not b for t, b in zip(tuned, base)),
                            generation_losses=sum(b and not t for t, b in zip(tuned, base)))
     metrics["verdict"] = improvement_verdict(metrics)

@@ -41,6 +41,7 @@ from ..models import (
     TrainingExample,
 )
 from ..models.curriculum import DIFFICULTY_WEIGHTS, bounded_difficulty, difficulty_terms, weighted_difficulty
+from ..models.tool_calls import plain_messages
 from ..observability.metrics import ERRORS
 from ..pipelines.example_loss import example_losses
 from .dataset_curator import DatasetCurator
@@ -340,7 +341,7 @@ class CurriculumPlanner:
             L07Error: E7032 when the model cannot be loaded.
         """
         try:
-            values = await asyncio.to_thread(example_losses, model_dir, [e.chat_messages() for e in examples], batch_size)
+            values = await asyncio.to_thread(example_losses, model_dir, [plain_messages(e.chat_row()) for e in examples], batch_size)
         except (OSError, ValueError) as exc:
             raise L07Error(L07ErrorCode.BASE_MODEL_LOADING_FAILURE, f"cannot score examples with {model_dir}: {exc}") from None
         return {e.example_id: v for e, v in zip(examples, values)}

@@ -23,6 +23,7 @@ from ..models._base import utcnow
 from ..models.dataset import Dataset
 from ..models.error_codes import L07Error, L07ErrorCode
 from ..models.model_artifact import ModelArtifact, ModelStage, ServingState
+from ..models.tool_calls import assistant_turns, split_row
 from ..models.validation import (
     Recommendation,
     StageOutcome,
@@ -45,6 +46,7 @@ from ..pipelines.matching import match_mode_for
 from ..settings import Settings, get_settings
 from ..store.db import Database, get_database
 from ..store.repositories.golden import GoldenCaseRepository
+from .curation.rows import dataset_rows
 from .dataset_curator import DatasetCurator
 from .model_registry import ModelRegistry
 from .registry.loading import resolve_model_dirs
@@ -271,13 +273,17 @@ class ModelValidator:
         cases = []
         # The prompt the job trained and measured with (its config's system prompt for examples without messages).
         system_prompt = (model.config or {}).get("system_prompt")
-        for ex in dataset.split_examples("test")[: self.config.max_cases]:
-            msgs = ex.chat_messages(system_prompt)
-            expected = msgs[-1]["content"]
-            mode = match_mode_for(expected, ex.metadata)  # the job's eval_accuracy uses the same rule
-            cases.append(EvalCase(case_id=ex.example_id, messages=msgs[:-1], expected=expected,
-                                  match_mode=mode, task_type=ex.task_type,
-                                  difficulty=(ex.difficulty_level.value if ex.difficulty_level else "MEDIUM")))
+        rows = dataset_rows(dataset, "test", system_prompt)  # the rows the job trained and measured with
+        for ex, row in list(zip(dataset.split_examples("test"), rows))[: self.config.max_cases]:
+            # One case per assistant turn (each tool call, then the answer), as the job's eval_accuracy counts
+            # them, judged by the same rule (``match_mode_for``).
+            turns = assistant_turns(row)
+            for n, (prompt, expected) in enumerate(turns):
+                messages, tools = split_row(prompt)
+                cases.append(EvalCase(case_id=ex.example_id if len(turns) == 1 else f"{ex.example_id}#{n}",
+                                      messages=messages, tools=tools, expected=expected,
+                                      match_mode=match_mode_for(expected, ex.metadata), task_type=ex.task_type,
+                                      difficulty=(ex.difficulty_level.value if ex.difficulty_level else "MEDIUM")))
         return cases, dataset.split_examples("train")
 
     async def _golden_cases(self, model: ModelArtifact) -> list[EvalCase]:
@@ -295,7 +301,7 @@ class ModelValidator:
         for ex in train_examples:
             match = CANARY_RE.search(ex.output_text)
             if match:
-                probes.append((ex.chat_messages()[:-1], match.group(0)))
+                probes.append((assistant_turns(ex.chat_row())[0][0], match.group(0)))
         return probes[:20]
 
     # ---- stages --------------------------------------------------------------------------------------------------

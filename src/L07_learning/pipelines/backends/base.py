@@ -29,9 +29,10 @@ class InferenceBackend(ABC):
     batches: bool = True
 
     @abstractmethod
-    def generate_rendered(self, texts: list[str], max_new_tokens: int,
-                          limits: list[int] | None = None) -> list["GenerationResult"]:
-        """Greedy answers to prompt texts already rendered; ``limits`` caps each row below ``max_new_tokens``."""
+    def generate_rendered(self, texts: list[str], max_new_tokens: int, limits: list[int] | None = None,
+                          ignore_stop: bool = False) -> list["GenerationResult"]:
+        """Greedy answers to prompt texts already rendered; ``limits`` caps each row below ``max_new_tokens``.
+        ``ignore_stop`` decodes exactly ``max_new_tokens`` past any end-of-turn token (fixed work, for timing)."""
 
     @abstractmethod
     def stream(self, text: str, limit: int) -> Iterator[str]:

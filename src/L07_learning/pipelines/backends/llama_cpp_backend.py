@@ -165,7 +165,7 @@ class LlamaCppBackend(InferenceBackend):
         n_ctx = min(int(config.get("max_position_embeddings") or 2048), _MAX_CTX)
         return cls(tokenizer, gguf_for(model_dir, adapter_dir), n_ctx=n_ctx)
 
-    def _tokens(self, ids: list[int], limit: int) -> Iterator[int]:
+    def _tokens(self, ids: list[int], limit: int, ignore_stop: bool = False) -> Iterator[int]:
         room = self.n_ctx - len(ids)
         if room <= 0:
             raise L07Error(L07ErrorCode.TOKENIZATION_ERROR,
@@ -175,16 +175,18 @@ class LlamaCppBackend(InferenceBackend):
         for tok in self.llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True):
             made += 1
             yield tok
-            if tok in self.stops or made >= min(limit, room):
+            if (tok in self.stops and not ignore_stop) or made >= min(limit, room):
                 return
 
-    def generate_rendered(self, texts: list[str], max_new_tokens: int, limits: list[int] | None = None) -> list[Any]:
+    def generate_rendered(self, texts: list[str], max_new_tokens: int, limits: list[int] | None = None,
+                          ignore_stop: bool = False) -> list[Any]:
 
         started = time.perf_counter()
         rows = []
         for k, text in enumerate(texts):
             limit = min(limits[k], max_new_tokens) if limits else max_new_tokens
-            rows.append(cut_at_stop(list(self._tokens(self.prompt_ids(text), limit)), self.stops, limit))
+            made = list(self._tokens(self.prompt_ids(text), limit, ignore_stop))
+            rows.append(made if ignore_stop else cut_at_stop(made, self.stops, limit))
         per_item = (time.perf_counter() - started) / max(len(texts), 1)
         return [GenerationResult(text=self.tokenizer.decode(ids, skip_special_tokens=True).strip(),
                                  latency_s=per_item, new_tokens=len(ids)) for ids in rows]

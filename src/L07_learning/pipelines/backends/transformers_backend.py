@@ -35,9 +35,10 @@ class TransformersBackend(InferenceBackend):
             model.eval()
         return cls(tokenizer, model)
 
-    def generate_rendered(self, texts: list[str], max_new_tokens: int, limits: list[int] | None = None) -> list[Any]:
+    def generate_rendered(self, texts: list[str], max_new_tokens: int, limits: list[int] | None = None,
+                          ignore_stop: bool = False) -> list[Any]:
 
-        return generate_rendered(self.tokenizer, self.model, texts, max_new_tokens, limits)
+        return generate_rendered(self.tokenizer, self.model, texts, max_new_tokens, limits, ignore_stop=ignore_stop)
 
     def stream(self, text: str, limit: int) -> Iterator[str]:
         from transformers import TextIteratorStreamer

@@ -64,21 +64,23 @@ class VllmBackend(InferenceBackend):
             return cls(model_dir)
         return cls(converted(model_dir, adapter_dir, "merged-hf", _merged))
 
-    def generate_rendered(self, texts: list[str], max_new_tokens: int, limits: list[int] | None = None) -> list[Any]:
+    def generate_rendered(self, texts: list[str], max_new_tokens: int, limits: list[int] | None = None,
+                          ignore_stop: bool = False) -> list[Any]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
 
         caps = [min(limits[k], max_new_tokens) if limits else max_new_tokens for k in range(len(texts))]
-        params = [SamplingParams(temperature=0.0, max_tokens=cap, stop_token_ids=self.stops, skip_special_tokens=True)
-                  for cap in caps]
+        params = [SamplingParams(temperature=0.0, max_tokens=cap, stop_token_ids=[] if ignore_stop else self.stops,
+                                 ignore_eos=ignore_stop, skip_special_tokens=True) for cap in caps]
         prompts = [TokensPrompt(prompt_token_ids=self.prompt_ids(t)) for t in texts]
         started = time.perf_counter()
         outs = self.llm.generate(prompts, params, use_tqdm=False)
         per_item = (time.perf_counter() - started) / max(len(texts), 1)
         results = []
         for out, cap in zip(outs, caps):
-            ids = cut_at_stop(list(out.outputs[0].token_ids), self.stops, cap)
+            ids = list(out.outputs[0].token_ids)[:cap] if ignore_stop else cut_at_stop(list(out.outputs[0].token_ids),
+                                                                                       self.stops, cap)
             results.append(GenerationResult(text=self.tokenizer.decode(ids, skip_special_tokens=True).strip(),
                                             latency_s=per_item, new_tokens=len(ids)))
         return results

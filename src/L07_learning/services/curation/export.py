@@ -1,7 +1,8 @@
 """Dataset export as JSONL or Parquet, one file per split, that ``datasets.load_dataset`` reads as it is.
 
-Each row holds ``messages`` (chat format, what TRL's SFTTrainer takes) plus flat metadata columns; free-form
-metadata is one JSON string column so every row has the same schema.
+Each row holds ``messages`` (OpenAI's chat format with ``tool_calls`` and ``tool`` turns, what TRL's SFTTrainer takes),
+the offered tool schemas as a JSON string (``tools_json``: their shapes differ per tool, a column cannot), plus flat
+metadata columns; free-form metadata is one JSON string column so every row has the same schema.
 """
 
 from __future__ import annotations
@@ -17,10 +18,20 @@ from ...models.training_example import TrainingExample
 FORMATS = ("jsonl", "parquet")
 
 
+def _message(m: dict[str, Any]) -> dict[str, Any]:
+    """A message with every key present (Parquet needs one schema): OpenAI's chat fields, null where unused."""
+    calls = [{"id": str(c.get("id", "")), "type": "function",
+              "function": {"name": str(c["function"]["name"]), "arguments": str(c["function"].get("arguments", "{}"))}}
+             for c in m.get("tool_calls") or []]
+    return {"role": str(m.get("role", "")), "content": str(m.get("content") or ""), "tool_calls": calls or None,
+            "tool_call_id": m.get("tool_call_id"), "name": m.get("name")}
+
+
 def export_row(ex: TrainingExample, split: str, dataset: Dataset) -> dict[str, Any]:
     """One exported row."""
     return {
-        "messages": [{"role": str(m.get("role", "")), "content": str(m.get("content", ""))} for m in ex.chat_messages()],
+        "messages": [_message(m) for m in ex.chat_messages()],
+        "tools_json": json.dumps(ex.tools, sort_keys=True) if ex.tools else None,
         "example_id": ex.example_id,
         "split": split,
         "task_type": ex.task_type,

@@ -17,6 +17,7 @@ from ...models._base import utcnow
 from ...models.curriculum import DifficultyLevel, difficulty
 from ...models.reward_signal import RewardSignal
 from ...models.training_example import ExampleLabel, ExampleSource, TrainingExample, normalise_text
+from .conversation import corrected_trace, trace_input, trace_messages, trace_tools, transcript_text
 
 EXTRACTOR_VERSION = "1.0"
 EXTRACTED_BY = "TrainingDataExtractor/1.0"
@@ -43,8 +44,6 @@ _DOMAINS: list[tuple[str, re.Pattern[str]]] = [
     ("planning", re.compile(r"\b(schedule|plan|organi[sz]e|timeline|events?)\b")),
 ]
 
-# Kept short: it precedes every example, so each token here is paid for in every training step and every request.
-SYSTEM_PROMPT = "Solve the task with tools. One line per call: 'Step n: tool(parameters) -> result'. Last line: 'Answer: ...'."
 PLANNING_SYSTEM_PROMPT = "You are the platform's planner. Write the plan for the user's goal, one step per line."
 
 
@@ -72,32 +71,6 @@ def canonical_json(value: Any) -> str:
 def prompt_hash(input_text: str) -> str:
     """sha256 of the normalised input: the key under which executions of the same task are paired (§5.5)."""
     return hashlib.sha256(normalise_text(input_text).encode("utf-8")).hexdigest()
-
-
-def trace_input(trace: dict[str, Any]) -> str:
-    """``goal`` plus ``\\nContext: <canonical json>`` when the context is non-empty (contract §1.10)."""
-    ctx = trace.get("context") or {}
-    return trace["goal"] + ("\nContext: " + canonical_json(ctx) if ctx else "")
-
-
-def _output_str(output: Any) -> str:
-    if output is None:
-        return ""
-    return output if isinstance(output, str) else canonical_json(output)
-
-
-def trace_output(trace: dict[str, Any]) -> str:
-    """One ``Step n: tool(params) -> output`` line per tool step, then ``Answer: <final answer>``."""
-    lines = []
-    n = 0
-    for s in trace["steps"]:
-        if s["action_type"] != "tool_call":
-            continue
-        n += 1
-        out = _output_str(s["output"])
-        lines.append(f"Step {n}: {s['tool']}({canonical_json(s['parameters'])})" + (f" -> {out}" if out else ""))
-    lines.append(f"Answer: {trace['final_answer']}")
-    return "\n".join(lines)
 
 
 def pick_score(scores: list[dict[str, Any]]) -> tuple[dict[str, Any], bool]:
@@ -138,7 +111,9 @@ def trace_example(
     trace: dict[str, Any], score: dict[str, Any], event_ids: list[str], *, score_conflict: bool = False,
     source_type: ExampleSource = ExampleSource.EXECUTION_TRACE, output_text: str | None = None,
 ) -> TrainingExample:
-    """A chat-format SFT example from a trace joined with its score (or its reviewer's correction)."""
+    """An SFT example from a trace joined with its score: the agent's conversation with its tool calls and the tool
+    schemas it was offered (``conversation.py``), or, for a reviewer's correction, the goal and the corrected
+    answer."""
     steps = trace["steps"]
     tool_steps = [s for s in steps if s["action_type"] == "tool_call"]
     tools = {s["tool"] for s in tool_steps}
@@ -146,7 +121,9 @@ def trace_example(
     diff = difficulty(len(steps), len(tools), quality)
     task_type = trace.get("task_type") or score.get("task_type") or "general"
     input_text = trace_input(trace)
-    output = output_text if output_text is not None else trace_output(trace)
+    taught = trace if output_text is None else corrected_trace(trace, output_text)
+    messages = trace_messages(taught)
+    output = transcript_text(messages)
     domain = classify_domain(trace["goal"], trace.get("domain"))
     label = OUTCOME_LABELS.get(trace["outcome"], ExampleLabel.UNKNOWN)
     if source_type is ExampleSource.QUALITY_FEEDBACK:
@@ -162,6 +139,9 @@ def trace_example(
         "scan_flags": [],
         "evaluation_method": score["evaluation_method"],
         "evaluation_id": score["evaluation_id"],
+        # "trace": the agent sent its schemas; "derived": inferred from this trace's calls (merged per task type
+        # when a dataset is trained or judged, ``TrainingExample.chat_row``).
+        "tools_source": "trace" if trace.get("tools") or trace.get("messages") else "derived",
     }
     if trace.get("context_invalid"):
         metadata["context_error"] = "E7017"
@@ -192,18 +172,15 @@ def trace_example(
             {"type": s["action_type"], "tool": s["tool"], "params": s["parameters"], "reasoning": s["reasoning"]}
             for s in steps
         ],
-        final_answer=trace["final_answer"] if output_text is None else output_text,
+        final_answer=taught["final_answer"],
         reasoning=reasoning,
         execution_timestamp=_parse_time(trace.get("end_time")),
         extraction_version=EXTRACTOR_VERSION,
         extracted_by=EXTRACTED_BY,
         source_trace_hash=hashlib.sha256(canonical_json(trace).encode("utf-8")).hexdigest(),
         source_event_ids=event_ids,
-        messages=[
-            {"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": input_text},
-            {"role": "assistant", "content": output},
-        ],
+        messages=messages,
+        tools=trace_tools(taught),
     )
 
 

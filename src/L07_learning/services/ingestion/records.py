@@ -32,6 +32,8 @@ MAX_LENGTHS = {
     "evaluation_id": 512,
     "request_id": 512,
     "model_name": 256,
+    "metadata.model_id": 256,
+    "metadata.model_name": 256,
 }
 
 
@@ -140,6 +142,68 @@ def _steps(raw: Any, kind: str, max_steps: int) -> list[dict[str, Any]]:
     return out
 
 
+MAX_TOOLS = 128
+MESSAGE_ROLES = frozenset({"system", "user", "assistant", "tool"})
+
+
+def _tools(raw: Any, kind: str) -> list[dict[str, Any]]:
+    """``task_definition.tools``: OpenAI tool schemas (``{"type": "function", "function": {"name", ...}}``)."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or len(raw) > MAX_TOOLS:
+        raise _mismatch(kind, "task_definition.tools", f"must be a list of at most {MAX_TOOLS} tool schemas")
+    for i, t in enumerate(raw):
+        fn = t.get("function") if isinstance(t, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise _mismatch(kind, f"task_definition.tools[{i}]", "must be {'type': 'function', 'function': {'name': ...}}")
+        if fn.get("parameters") is not None and not isinstance(fn["parameters"], dict):
+            raise _mismatch(kind, f"task_definition.tools[{i}].function.parameters", "must be an object")
+    return raw
+
+
+def _content(v: Any, kind: str, field: str) -> str | None:
+    """Message content: a string, null, or OpenAI's list of parts (their text parts are joined)."""
+    if v is None or isinstance(v, str):
+        return v
+    if isinstance(v, list) and all(isinstance(p, dict) for p in v):
+        return "".join(p["text"] for p in v if p.get("type") == "text" and isinstance(p.get("text"), str))
+    raise _mismatch(kind, field, "must be a string, null or a list of content parts")
+
+
+def _messages(raw: Any, kind: str, limit: int) -> list[dict[str, Any]]:
+    """``messages``: the raw transcript in OpenAI's chat schema, used verbatim for training."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not raw or len(raw) > limit:
+        raise _mismatch(kind, "messages", f"must be a non-empty list of at most {limit} messages")
+    out = []
+    for i, m in enumerate(raw):
+        field = f"messages[{i}]"
+        if not isinstance(m, dict) or m.get("role") not in MESSAGE_ROLES:
+            raise _mismatch(kind, field, f"must be an object with role in {sorted(MESSAGE_ROLES)}")
+        msg: dict[str, Any] = {"role": m["role"], "content": _content(m.get("content"), kind, f"{field}.content")}
+        calls = m.get("tool_calls")
+        if calls is not None:
+            if m["role"] != "assistant" or not isinstance(calls, list):
+                raise _mismatch(kind, f"{field}.tool_calls", "must be a list on an assistant message")
+            for j, c in enumerate(calls):
+                fn = c.get("function") if isinstance(c, dict) else None
+                if (not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]
+                        or not isinstance(fn.get("arguments", "{}"), (str, dict))):
+                    raise _mismatch(kind, f"{field}.tool_calls[{j}]",
+                                    "must be {'function': {'name': ..., 'arguments': JSON}}")
+            msg["tool_calls"] = calls
+        for key in ("tool_call_id", "name"):
+            if m.get(key) is not None:
+                if not isinstance(m[key], str):
+                    raise _mismatch(kind, f"{field}.{key}", "must be a string")
+                msg[key] = m[key]
+        out.append(msg)
+    if not any(m["role"] == "user" for m in out):
+        raise _mismatch(kind, "messages", "must hold a user message")
+    return out
+
+
 def parse_trace(event: CloudEvent, max_steps: int = 1000) -> dict[str, Any]:
     """Validate an execution-trace event (both spec shapes and the ``task.completed`` alias)."""
     kind = "trace"
@@ -171,6 +235,11 @@ def parse_trace(event: CloudEvent, max_steps: int = 1000) -> dict[str, Any]:
         raise _missing(kind, "final_answer")
     if not isinstance(final_answer, str):
         raise _mismatch(kind, "final_answer", "must be a string")
+    system_prompt = task_def.get("system_prompt")
+    if system_prompt is not None and not isinstance(system_prompt, str):
+        raise _mismatch(kind, "task_definition.system_prompt", "must be a string")
+    tools = _tools(task_def.get("tools"), kind)
+    messages = _messages(d.get("messages"), kind, 2 * max_steps + 8)
     outcome = d.get("outcome")
     if outcome is None:
         raise _missing(kind, "outcome")
@@ -187,6 +256,13 @@ def parse_trace(event: CloudEvent, max_steps: int = 1000) -> dict[str, Any]:
     for key in ("tool_calls", "tokens_used"):
         if key in meta:
             _count(meta[key], kind, f"metadata.{key}")
+    # Which model served the execution (contract §9): feeds the per-model outcome series, not the example.
+    served_by: dict[str, str | None] = {}
+    for key in ("model_id", "model_name"):
+        value = meta.get(key)
+        if value is not None and not isinstance(value, str):
+            raise _mismatch(kind, f"metadata.{key}", "must be a string")
+        served_by[key] = _bounded(value, kind, f"metadata.{key}") if value else None
     for key in ("total_duration_ms", "tool_call_count"):
         if key in trace:
             _count(trace[key], kind, f"trace.{key}")
@@ -201,10 +277,15 @@ def parse_trace(event: CloudEvent, max_steps: int = 1000) -> dict[str, Any]:
         "context_invalid": not context_valid,
         "steps": steps,
         "final_answer": final_answer,
+        "system_prompt": system_prompt or None,
+        "tools": tools,
+        "messages": messages,
         "outcome": outcome,
         "tokens_used": meta.get("tokens_used"),
         "duration_s": meta.get("execution_duration_seconds"),
         "end_time": trace.get("end_time") if isinstance(trace.get("end_time"), str) else _time(event),
+        "model_id": served_by["model_id"],
+        "model_name": served_by["model_name"],
     }
 
 
@@ -316,13 +397,15 @@ def parse_response(event: CloudEvent) -> dict[str, Any]:
         _count(usage[key], kind, f"token_usage.{key}")
     if "latency_ms" not in d:
         raise _missing(kind, "latency_ms")
+    execution_id = _str(d, "execution_id", kind)
     return {
-        "request_id": _str(d, "request_id", kind, required=True),
-        "model_name": _str(d, "model_name", kind, required=True),
+        "request_id": _bounded(_str(d, "request_id", kind, required=True), kind, "request_id"),  # type: ignore[arg-type]
+        "model_name": _bounded(_str(d, "model_name", kind, required=True), kind, "model_name"),  # type: ignore[arg-type]
         "response": _str(d, "response", kind, required=True),
         "token_usage": usage,
         "latency_ms": _number(d["latency_ms"], kind, "latency_ms", lo=0),
-        "execution_id": _str(d, "execution_id", kind),
+        # Bounded: it keys the model outcome row (contract §9 production feedback).
+        "execution_id": _bounded(execution_id, kind, "execution_id") if execution_id else None,
     }
 
 

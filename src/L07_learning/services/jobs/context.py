@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from ...models.error_codes import L07Error, L07ErrorCode
+from ...models.tool_calls import Row
 from ...models.training_job import JobConfig, TrainingJob
 from ...settings import Settings
 from ...store.db import Database
+from ..curation.rows import dataset_rows
 
 
 @dataclass
@@ -34,15 +36,15 @@ def job_config(job: TrainingJob) -> JobConfig:
     return JobConfig(**job.config) if isinstance(job.config, dict) else job.config
 
 
-async def split_rows(job: TrainingJob, config: JobConfig, ctx: RunnerContext) -> dict[str, list[list[dict[str, str]]]]:
-    """The job's dataset version as chat rows per split (train, val, test).
+async def split_rows(job: TrainingJob, config: JobConfig, ctx: RunnerContext) -> dict[str, list[Row]]:
+    """The job's dataset version as chat rows per split (train, val, test): messages, with the tool schemas when an
+    example offered tools (``TrainingExample.chat_row``).
 
     Raises:
         L07Error: E7028/E7031 for the dataset, E7031 when its train split is empty.
     """
     dataset = await ctx.curator.get_dataset(job.dataset_id, job.dataset_version)
-    rows = {split: [e.chat_messages(config.system_prompt) for e in dataset.split_examples(split)]
-            for split in ("train", "val", "test")}
+    rows = {split: dataset_rows(dataset, split, config.system_prompt) for split in ("train", "val", "test")}
     if not rows["train"]:
         raise L07Error(L07ErrorCode.DATASET_LOADING_FAILURE,
                        f"dataset {job.dataset_id} {dataset.version} has an empty train split")

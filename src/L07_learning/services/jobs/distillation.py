@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...models.model_artifact import ModelType
+from ...models.tool_calls import plain_messages
 from ...models.training_job import JobConfig, TrainingJob
 from ..registry.loading import resolve_model_dirs
 from .context import RunnerContext, job_config, split_rows
@@ -36,8 +37,9 @@ async def prepare(job: TrainingJob, config: JobConfig, ctx: RunnerContext) -> di
     spec: dict[str, Any] = {
         "teacher_dir": teacher_dir,
         "teacher_adapter_dir": adapter_dir,
-        "train_rows": splits["train"],
-        "test_rows": splits["test"],
+        # The distillation pipeline reads text turns: tool conversations go in the one tool-call format's text.
+        "train_rows": [plain_messages(r) for r in splits["train"]],
+        "test_rows": [plain_messages(r) for r in splits["test"]],
         "distillation": distillation,
         "student": settings.get("student") or {},
         "output_dir": str(ctx.workdir / "student"),

@@ -13,7 +13,7 @@ from ...models.model_artifact import ModelType
 from ...models.training_example import TrainingExample
 from ...models.training_job import JobConfig, TrainingJob
 from ...pipelines.lora_targets import resolve_target_modules
-from ...pipelines.matching import match_mode_for
+from ...pipelines.matching import MATCH_MODES
 from ..curriculum_planner import curriculum_mode, training_order
 from .context import RunnerContext, job_config, split_rows
 from .register import Provenance, default_name, model_record
@@ -31,8 +31,9 @@ async def prepare(job: TrainingJob, config: JobConfig, ctx: RunnerContext) -> di
     train_order = curriculum_order(config, dataset.split_examples("train"), len(splits["train"]))
     # The validator's rule per held-out example (its metadata may name a match mode), so the job's eval_accuracy
     # counts the same answers as correct as the validator does.
-    test_modes = [match_mode_for(rows[-1]["content"], ex.metadata)
-                  for rows, ex in zip(splits["test"], dataset.split_examples("test"))]
+    # A mode named in an example's metadata holds for each of its turns; "auto" lets each turn's text decide.
+    test_modes = [str(ex.metadata["match_mode"]) if ex.metadata.get("match_mode") in MATCH_MODES else "auto"
+                  for ex in dataset.split_examples("test")]
     return {
         "base_model_dir": str(base_dir),
         "train_rows": splits["train"],

@@ -1,8 +1,8 @@
 """Event files for the loop's end-to-end tests and ``benchmarks/loop.py``: one task family the demo never saw.
 
 ``tool_choice``: a user request names a topic, and the agent calls the one tool that serves that topic with the topic
-and the request's reference number as arguments (``Step 1: ledger_search({"ref":1663,"topic":"invoice"}) -> ok`` then
-``Answer: ledger_search``). The tool names are made up, so the base model cannot already produce them; the mapping is
+and the request's reference number as arguments (``ledger_search({"ref":1663,"topic":"invoice"})``, result ``ok``),
+then answers with the tool's name; trained as that conversation with the four tools' schemas in the prompt. The tool names are made up, so the base model cannot already produce them; the mapping is
 a lookup a small model learns from about a hundred examples. The reference number makes every output distinct: with
 one fixed output per topic, the filter's poisoning rule rightly flags the topic words as triggers. Requests are phrased many ways (templates, names, order numbers, trailing remarks) so the quality
 filter's near-duplicate rule keeps them, and three agents share the work so no agent exceeds the filter's 50% source
@@ -25,13 +25,16 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, IO
 
+from L07_learning.models.error_codes import L07Error, L07ErrorCode
 from L07_learning.settings import Settings
 from L07_learning.store.db import Database
 from L07_learning.tests.paths import SRC
 
 TASK_TYPE = "tool_choice"
+# Four tools: every trace shows one, and the dataset offers all four (schemas derived and merged per task type), so
+# each prompt carries four schemas; more would make every CPU training step of the loop tests longer for nothing.
 TOOL_FOR = {"invoice": "ledger_search", "parcel": "shipment_trace", "forecast": "sky_report",
-            "password": "vault_reset", "meeting": "slot_finder", "refund": "payback_desk"}
+            "password": "vault_reset"}
 AGENTS = ["agent-router-11", "agent-router-12", "agent-router-13"]
 NAMES = ["Alice", "Bob", "Chen", "Dana", "Emil", "Farah", "Gita", "Hugo", "Ines", "Jonas", "Kemal", "Lena"]
 TEMPLATES = ["Customer {name} asks about a {kw} for order {n}.",
@@ -188,8 +191,16 @@ def sink_events(home: Path, type_: str = RELEASE_EVENT) -> list[dict[str, Any]]:
     return [e for e in events if e.get("type") == type_]
 
 
-async def open_db(home: Path, url: str | None = None) -> Database:
-    """The database a home's loop uses (or ``url``), connected, for reading what the loop stored."""
+async def open_db(home: Path, url: str | None = None, timeout_s: float = 120.0) -> Database:
+    """The database a home's loop uses (or ``url``), connected once the loop has brought its schema to head (a
+    loop that has just started may still be migrating), for reading what the loop stored."""
+    deadline = time.monotonic() + timeout_s
     db = Database(url or Settings(home=home).database_url or "", auto_migrate=False)
-    await db.connect()
-    return db
+    while True:
+        try:
+            await db.connect()
+            return db
+        except L07Error as exc:
+            if exc.code is not L07ErrorCode.CONFIGURATION_NOT_FOUND or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(1.0)

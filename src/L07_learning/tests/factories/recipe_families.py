@@ -146,13 +146,17 @@ def family_lines(family: str, executions: int = 300, seed: int = 0, wrong_share:
     return lines
 
 
-def held_out_goals(family: str, n: int = 60, seed: int = 10_000) -> list[tuple[str, str]]:
-    """``n`` fresh requests of a family, never ingested, with their correct outputs in the extractor's trace form
-    (``Step 1: tool({json}) -> ok`` then ``Answer: ...``): ``(goal, expected output)`` pairs."""
+def held_out_goals(family: str, n: int = 60, seed: int = 10_000) -> list[dict[str, Any]]:
+    """``n`` fresh requests of a family, never ingested, as the conversation a correct execution has (the
+    extractor's form, ``services/ingestion/conversation.py``: the tool call, its ``ok`` result, the answer) with the
+    tool schemas derived from the call: ``{"messages", "tools"}`` rows."""
+    from L07_learning.services.ingestion.conversation import trace_messages, trace_tools
+
     rng = random.Random(f"{family}:held-out:{seed}")
     out = []
     for _ in range(n):
         goal, args, tool, answer = FAMILIES[family](rng, False)
-        call = json.dumps(args, sort_keys=True, separators=(",", ":"))
-        out.append((goal + rng.choice(REMARKS), f"Step 1: {tool}({call}) -> ok\nAnswer: {answer}"))
+        trace = {"goal": goal + rng.choice(REMARKS), "context": {}, "final_answer": answer,
+                 "steps": [{"action_type": "tool_call", "tool": tool, "parameters": args, "output": "ok"}]}
+        out.append({"messages": trace_messages(trace), "tools": trace_tools(trace)})
     return out

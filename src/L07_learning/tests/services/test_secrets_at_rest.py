@@ -359,8 +359,8 @@ async def test_correction_pair_is_made_when_the_feedback_example_is_accepted(set
         await service.cleanup()
     assert statuses == {"EXECUTION_TRACE": "REJECTED", "QUALITY_FEEDBACK": "ACCEPTED"}
     [pair] = pairs
-    assert pair.source == "correction" and pair.rejected.endswith("Answer: No flights.")
-    assert pair.chosen.startswith("Step 1:") and "<EMAIL_1>" in pair.chosen and PLANTED["email"] not in pair.chosen
+    assert pair.source == "correction" and pair.rejected.endswith("\nNo flights.")
+    assert pair.chosen.startswith("<tool_call>") and "<EMAIL_1>" in pair.chosen and PLANTED["email"] not in pair.chosen
 
 
 # --- the redaction module -----------------------------------------------------------------------------------------

@@ -120,13 +120,20 @@ async def test_extract_batch_joins_either_order_and_keeps_input_order(db: Databa
     assert e1.task_type == "flight_booking" and e1.agent_id == "agent-travel-03" and e1.domain == "travel"
     assert set(e1.source_event_ids) == {t1["id"], s1["id"]}
     assert e1.input_text == 'Book a flight from Berlin to Paris on Monday.\nContext: {"seat":"aisle"}'
-    assert e1.output_text.splitlines() == [
-        'Step 1: search_flights({"from":"Berlin","to":"Paris"}) -> 3 flights',
-        'Step 2: book_flight({"flight":"BERPAR-1"}) -> confirmed',
-        "Answer: Booked flight BERPAR-1 from Berlin to Paris on Monday.",
-    ]
-    assert [m["role"] for m in e1.messages] == ["system", "user", "assistant"]
-    assert e1.messages[1]["content"] == e1.input_text and e1.messages[2]["content"] == e1.output_text
+    # The conversation the agent had: a tool call per step, the runtime's result in a tool turn, then the answer.
+    assert [m["role"] for m in e1.messages] == ["user", "assistant", "tool", "assistant", "tool", "assistant"]
+    assert e1.messages[0]["content"] == e1.input_text
+    calls = [m["tool_calls"][0]["function"] for m in e1.messages if m.get("tool_calls")]
+    assert [(c["name"], json.loads(c["arguments"])) for c in calls] == [
+        ("search_flights", {"from": "Berlin", "to": "Paris"}), ("book_flight", {"flight": "BERPAR-1"})]
+    assert [m["content"] for m in e1.messages if m["role"] == "tool"] == ["3 flights", "confirmed"]
+    assert e1.messages[-1] == {"role": "assistant", "content": "Booked flight BERPAR-1 from Berlin to Paris on Monday."}
+    # No schemas in the trace: derived from the calls.
+    assert [t["function"]["name"] for t in e1.tools] == ["search_flights", "book_flight"]
+    assert e1.tools[0]["function"]["parameters"] == {
+        "type": "object", "properties": {"from": {"type": "string"}, "to": {"type": "string"}},
+        "required": ["from", "to"]}
+    assert "3 flights" in e1.output_text and '<tool_call>' in e1.output_text
     # §5.3: 2 steps, 2 tools, q 88.5 -> 0.06 + 0.12 + 0.046
     assert e1.difficulty == pytest.approx(0.3 * 0.2 + 0.3 * 0.4 + 0.4 * 0.115)
     assert e1.task_complexity == "multi_step" and e1.execution_length == 2 and e1.tool_count == 2
@@ -239,7 +246,10 @@ async def test_preference_pairs_wait_for_the_filter_and_come_from_accepted_examp
     examples = await ex.extract_batch([reviewed, score_event("exec-p3", q=30, evaluation_method="human_review",
                                                              reference_output=reference)])
     assert [e.source_type for e in examples] == [ExampleSource.EXECUTION_TRACE, ExampleSource.QUALITY_FEEDBACK]
-    assert examples[1].output_text == reference and examples[1].quality_score == 100.0
+    # A reference written as a trace becomes the conversation the reviewer says the agent should have had.
+    assert examples[1].output_text == ('<tool_call>\n{"name": "search_flights", "arguments": {}}\n</tool_call>\n'
+                                       '<tool_response>\n2 flights\n</tool_response>\nBooked flight OSLROM-5.')
+    assert examples[1].quality_score == 100.0
     async with db.session() as s:
         assert await RewardRepository(s).count_signals() == 3
         assert await RewardRepository(s).count_pairs() == 0, "no pair before the filter decided (issue 22)"
@@ -252,7 +262,7 @@ async def test_preference_pairs_wait_for_the_filter_and_come_from_accepted_examp
     # original (REJECTED for its quality, which is what a rejected side is for).
     assert set(pairs) == {"correction"}
     correction = pairs["correction"]
-    assert correction.chosen == reference and correction.rejected.endswith("Answer: No flights.")
+    assert correction.chosen == examples[1].output_text and correction.rejected.endswith("\nNo flights.")
 
 
 async def test_planning_records_join_with_scores(db: Database, cfg: Settings):

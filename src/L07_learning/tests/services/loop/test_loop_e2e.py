@@ -37,8 +37,9 @@ pytestmark = pytest.mark.slow
 # the regression gate wants 100% for DEPLOY.
 EXECUTIONS = 150
 # Validation budgets (settings, so they reach the loop process): the generation cap fits the longest reference
-# answer; two timed requests and two probes per model keep the measuring to about a minute on CPU.
-VALIDATION_ENV = {"validation_latency_requests": 2, "validation_safety_prompts": 2}
+# answer; six timed requests (each decodes the same number of tokens for both models) and two probes per model keep
+# the measuring to about a minute on CPU.
+VALIDATION_ENV = {"validation_latency_requests": 6, "validation_safety_prompts": 2}
 
 
 async def test_dropped_file_reaches_staging_and_one_signed_release_with_no_command(tmp_path: Path) -> None:
