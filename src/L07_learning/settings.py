@@ -113,6 +113,16 @@ class Settings(BaseSettings):
     loop_daily_gpu_budget_s: float = Field(default=8 * 3600.0, ge=0, description="Job wall seconds on GPU per UTC day")
     loop_lease_ttl_s: float = Field(default=30.0, gt=0, le=30.0, description="Leader lease; a dead leader is replaced after it")
 
+    # Production feedback (contract §4.2, services/feedback/): the released model's watch against its predecessor
+    watch_min_samples: int = Field(default=1000, ge=30, description="Scored outcomes per evaluation window (§4.2: >= 1000)")
+    watch_quality_drop: float = Field(default=0.05, gt=0, lt=1, description="Relative quality drop that rolls back")
+    watch_error_rate_rise: float = Field(default=0.01, gt=0, lt=1, description="Absolute error-rate rise that rolls back")
+    watch_false_alarm_rate: float = Field(default=0.01, gt=0, lt=0.5,
+                                          description="Chance a release within the thresholds is ever rolled back")
+    watch_baseline_samples: int = Field(default=5000, ge=30, description="Predecessor outcomes the baseline uses")
+    watch_canary_min_samples: int = Field(default=100, ge=10,
+                                          description="Scored outcomes each side needs for a canary verdict")
+
     # Release (contract §2.3)
     outbox_sinks: list[str] = Field(default_factory=lambda: ["jsonl"])
     outbox_jsonl_path: Path | None = None

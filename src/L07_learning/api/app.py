@@ -18,6 +18,7 @@ from ..services.learning_service import LearningService
 from ..services.loop import LearningLoop
 from ..settings import Settings, get_settings
 from .config import ApiConfig
+from .console import install_console
 from .context import AppContext
 from .deps import PrincipalDep
 from .errors import install_error_handlers
@@ -85,6 +86,7 @@ def create_app(settings: Settings | None = None, db: Any = None, config: ApiConf
     app.add_middleware(RequestContextMiddleware, max_request_bytes=config.max_request_bytes)
     for router in ROUTERS:
         app.include_router(router)
+    install_console(app, settings)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -55,6 +55,7 @@ class Permission(str, Enum):
     JOB_GET = "job.get"
     DATASET_LIST = "dataset.list"
     DATASET_GET_TRAINING_DATA = "dataset.get_training_data"  # example texts, restricted
+    EXAMPLE_REVIEW = "example.review"  # accept or reject an example the filter sent to REVIEW
     AUDIT_LOG = "audit_log"
     METRICS_READ = "metrics.read"  # GET /metrics unless L07_API_PUBLIC_METRICS=true
     MODEL_INFER = "model.infer"  # chat completions from ``l07 serve-model``
@@ -72,6 +73,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.MODEL_GET_METRICS,
             Permission.MODEL_APPROVE_FOR_STAGING,
             Permission.DATASET_GET_TRAINING_DATA,
+            Permission.EXAMPLE_REVIEW,
             Permission.MODEL_VALIDATE,
         }
     ),
@@ -237,13 +239,15 @@ class AuthService:
         """
         if not token:
             raise AuthenticationError("an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key'")
-        record = await self.access.find_key(token)
-        if record is None:
-            raise AuthenticationError("unknown API key")
-        if not record.active:
-            raise AuthenticationError(f"API key {record.key_id} was revoked")
-        return Principal(key_id=record.key_id, role=Role(record.role), name=record.name, attributes=record.attributes,
-                         sources=record.sources, kinds=record.kinds)
+        return _principal(await self.access.find_key(token))
+
+    async def principal_for_key(self, key_id: str) -> Principal:
+        """The principal of a stored key named by id (a console session), checked as ``authenticate`` checks a token.
+
+        Raises:
+            AuthenticationError: an unknown or revoked key.
+        """
+        return _principal(await self.access.get_key(key_id))
 
     async def list_keys(self, include_revoked: bool = False) -> list[ApiKeyRecord]:
         """Stored keys (hashes only)."""
@@ -252,3 +256,12 @@ class AuthService:
     async def revoke_key(self, key_id: str, actor: str = "cli") -> bool:
         """Revoke a key; returns False when there was nothing to revoke. Audited either way."""
         return await self.access.revoke_key(key_id, actor)
+
+
+def _principal(record: ApiKeyRecord | None) -> Principal:
+    if record is None:
+        raise AuthenticationError("unknown API key")
+    if not record.active:
+        raise AuthenticationError(f"API key {record.key_id} was revoked")
+    return Principal(key_id=record.key_id, role=Role(record.role), name=record.name, attributes=record.attributes,
+                     sources=record.sources, kinds=record.kinds)

@@ -14,6 +14,7 @@ from ..services.fine_tuning_engine import FineTuningEngine
 from ..services.learning_service import LearningService
 from ..services.model_registry import ModelRegistry
 from ..services.model_validator import ModelValidator
+from ..services.openai_compat.service import OpenAIFineTuning
 from ..services.queries import Queries
 from ..services.release.deploy import Operations
 from ..settings import Settings
@@ -39,11 +40,19 @@ class AppContext:
         self.owns_db = owns_db
         self.auth = AuthService(service.access)
         self.operations = Operations(service.db, service.validator, service.registry)
+        self._fine_tuning: OpenAIFineTuning | None = None
         self.limiter = (
             RateLimiter(config.rate_limit_events_per_s, config.rate_limit_burst)
             if config.rate_limit_events_per_s is not None
             else None
         )
+
+    @property
+    def fine_tuning(self) -> OpenAIFineTuning:
+        """The OpenAI-compatible files, jobs and models (``/v1``), built on first use."""
+        if self._fine_tuning is None:
+            self._fine_tuning = OpenAIFineTuning(self.service)
+        return self._fine_tuning
 
     @property
     def registry(self) -> ModelRegistry:

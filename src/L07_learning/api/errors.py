@@ -71,9 +71,28 @@ class RateLimited(L07Error):
         return 429
 
 
-def error_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
-    """A JSON error response with the shared body."""
+def error_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None,
+                   request: Request | None = None) -> JSONResponse:
+    """A JSON error response with the shared body (in OpenAI's error shape under ``/v1/``)."""
+    if request is not None and request.url.path.startswith(OPENAI_PREFIX):
+        body = openai_error_body(status, body)
     return JSONResponse(status_code=status, content=body, headers=headers)
+
+
+OPENAI_PREFIX = "/v1/"
+"""The OpenAI-compatible endpoints answer errors as the OpenAI API does, so its clients raise their usual errors."""
+
+_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "invalid_request_error",
+                 429: "rate_limit_error"}
+
+
+def openai_error_body(status: int, body: dict[str, Any]) -> dict[str, Any]:
+    """``{"error": {message, type, param, code}}``: the message keeps the E7xxx code, ``code`` is OpenAI's when
+    the error names one (``model_not_found``...), else the E7xxx code."""
+    detail = body.get("detail") or {}
+    kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": f"{body.get('code')}: {body.get('message')}", "type": kind,
+                      "param": detail.get("param"), "code": detail.get("openai_code") or body.get("code")}}
 
 
 def l07_error_body(exc: L07Error) -> dict[str, Any]:
@@ -114,7 +133,7 @@ async def handle_l07_error(request: Request, exc: L07Error) -> JSONResponse:
     else:
         log.info("request refused: %s", exc, extra={"code": exc.code.value, "status": status})
     ERRORS.labels(error_code=exc.code.value, error_type=_error_type(exc.code)).inc()
-    return error_response(status, l07_error_body(exc), headers or None)
+    return error_response(status, l07_error_body(exc), headers or None, request)
 
 
 async def handle_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -128,7 +147,7 @@ async def handle_validation_error(request: Request, exc: RequestValidationError)
     request.state.error_code = code.value
     message = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors[:5]) or "invalid request"
     body = {"code": code.value, "name": code.name, "message": message, "detail": {"errors": errors}}
-    return error_response(code.spec.http_status, body)
+    return error_response(code.spec.http_status, body, request=request)
 
 
 async def handle_http_exception(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -139,7 +158,7 @@ async def handle_http_exception(request: Request, exc: StarletteHTTPException) -
     code = f"HTTP{exc.status_code}"
     request.state.error_code = code
     body = {"code": code, "name": None, "message": str(exc.detail), "detail": {}}
-    return error_response(exc.status_code, body, dict(exc.headers) if exc.headers else None)
+    return error_response(exc.status_code, body, dict(exc.headers) if exc.headers else None, request)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -166,3 +185,22 @@ _DESCRIPTIONS = {
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries for the given error statuses, all with ``ErrorBody``."""
     return {s: {"model": ErrorBody, "description": _DESCRIPTIONS[s]} for s in statuses}
+
+
+class OpenAIError(BaseModel):
+    message: str = Field(description="What went wrong, starting with the E7xxx code")
+    type: str = Field(examples=["invalid_request_error"])
+    param: str | None = Field(default=None, description="The request field at fault", examples=["training_file"])
+    code: str | None = Field(default=None, description="OpenAI's code where one applies, else the E7xxx code",
+                             examples=["model_not_found"])
+
+
+class OpenAIErrorBody(BaseModel):
+    """The body of every non-2xx answer under ``/v1/``, as the OpenAI API writes it."""
+
+    error: OpenAIError
+
+
+def openai_error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the ``/v1/`` routes, all with ``OpenAIErrorBody``."""
+    return {s: {"model": OpenAIErrorBody, "description": _DESCRIPTIONS[s]} for s in statuses}

@@ -28,7 +28,7 @@ from ..models.error_codes import L07Error, L07ErrorCode
 from ..observability.logging import REQUEST_ID
 from ..observability.metrics import ERRORS, HTTP_LATENCY, HTTP_REQUESTS
 from ..services.audit_trail import CALL, ORIGIN, AuditTrail, CallRecord, canonical_details
-from .errors import PayloadTooLarge, l07_error_body
+from .errors import OPENAI_PREFIX, PayloadTooLarge, l07_error_body, openai_error_body
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("L07_learning.api.access")
@@ -113,13 +113,13 @@ class RequestContextMiddleware:
         except PayloadTooLarge as exc:
             # Refused before routing (declared length): answered here, nothing ran.
             state["error_code"] = exc.code.value
-            await self._send_error(send_wrapper, response, exc.http_status, l07_error_body(exc))
+            await self._send_error(scope, send_wrapper, response, exc.http_status, l07_error_body(exc))
         except Exception as exc:  # noqa: BLE001 - the last net: every unexpected failure becomes E7910, never a bare 500
             log.exception("unhandled error in %s %s", method, scope.get("path"))
             state["error_code"] = L07ErrorCode.UNHANDLED_EXCEPTION.value
             ERRORS.labels(error_code=L07ErrorCode.UNHANDLED_EXCEPTION.value, error_type="integration").inc()
             err = L07Error(L07ErrorCode.UNHANDLED_EXCEPTION, f"unexpected error: {exc.__class__.__name__}")
-            await self._send_error(send_wrapper, response, 500, l07_error_body(err))
+            await self._send_error(scope, send_wrapper, response, 500, l07_error_body(err))
         finally:
             record.closed = True  # work the request started in the background writes no call row of its own
             self._observe(scope, method, response["status"] or 500, time.perf_counter() - started)
@@ -128,9 +128,12 @@ class RequestContextMiddleware:
             REQUEST_ID.reset(token)
 
     @staticmethod
-    async def _send_error(send: Send, response: dict[str, Any], status: int, body: dict[str, Any]) -> None:
+    async def _send_error(scope: Scope, send: Send, response: dict[str, Any], status: int,
+                          body: dict[str, Any]) -> None:
         if response["started"]:
             return  # too late to change the answer; the failure is logged
+        if str(scope.get("path", "")).startswith(OPENAI_PREFIX):
+            body = openai_error_body(status, body)
         for message in _json_message(status, body):
             await send(message)
 

@@ -17,11 +17,11 @@ from typing import Any, TypeVar
 import typer
 from pydantic import BaseModel
 from rich.console import Console
-from rich.table import Table
 
 from ..models.error_codes import L07Error, L07ErrorCode
 from ..services.audit_trail import bind_origin, cli_origin
 from ..services.learning_service import LearningService
+from ._tables import print_table
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)
@@ -64,13 +64,8 @@ def emit_json(value: Any) -> None:
 
 
 def table(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
-    """Print a rich table."""
-    t = Table(title=title)
-    for c in columns:
-        t.add_column(str(c))
-    for r in rows:
-        t.add_row(*[str(x) if x is not None else "" for x in r])
-    console.print(t)
+    """Print a rich table that fits the terminal without cutting an id (``_tables.py``)."""
+    print_table(console, title, columns, rows)
 
 
 def read_json_records(path: Path, invalid_code: L07ErrorCode) -> list[Any]:

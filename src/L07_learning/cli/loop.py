@@ -17,7 +17,7 @@ import typer
 from ..services.loop import LearningLoop
 from ._common import JsonOpt, emit_json, run, table
 
-app = typer.Typer(help="The autonomous loop of `l07 run`: status per policy, resume a policy after its breaker.",
+app = typer.Typer(help="The autonomous loop of `l07 run`: status per policy and breaker, resume a policy, reset a breaker.",
                   no_args_is_help=True)
 
 PolicyOpt = typer.Option(None, "--policy", help="The policy file `l07 run` uses (default: the built-in policy).")
@@ -63,6 +63,15 @@ def print_status(status: dict[str, Any]) -> None:
         ("leader", f"{leader['holder']} (alive)" if leader.get("alive") else "none alive"),
     ]
     table("loop", ["", ""], rows)
+    table("circuit breakers", ["component", "state", "failures", "trips", "reason"], [
+        (b["component"], b["state"], f"{b['consecutive_failures']} / {b['failure_threshold']}", b["trips"],
+         b["reason"] or "") for b in status.get("breakers", {}).values()
+    ])
+    if status.get("watches"):
+        table("release watches", ["model_id", "status", "windows", "samples", "name", "against", "state"], [
+            (w["model_id"], w["status"], w["windows_evaluated"], w["samples"], w["model_name"],
+             w["baseline_model_id"] or "", w["state"] or "") for w in status["watches"]
+        ])
 
 
 @app.command("status")
@@ -73,6 +82,19 @@ async def status(policy: Path = PolicyOpt, json_out: bool = JsonOpt) -> None:
     async with _loop(policy) as loop:
         out = await loop.status()
     emit_json(out) if json_out else print_status(out)
+
+
+@app.command("reset-breaker")
+@run
+async def reset_breaker(
+    component: str = typer.Argument(..., metavar="COMPONENT", help="training, validation or deployment."),
+    actor: str = typer.Option(None, "--actor", help="Who closes it (audit log); default: the OS user."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Close a component's circuit breaker by hand (the training breaker needs this after its cool-down, §4.4)."""
+    async with _loop(None) as loop:
+        state = await loop.reset_breaker(component, actor=actor or getpass.getuser())
+    emit_json(state) if json_out else typer.echo(f"{component} breaker {state['state']}")
 
 
 @app.command("resume")

@@ -13,7 +13,9 @@ from ..observability.logging import configure_logging
 from ..settings import get_settings
 from . import audit as audit_cli
 from . import retention as retention_cli
-from . import datasets, demo, distill, examples, ingest, insights, keys, models, rlhf, serve, serve_model, train
+from . import (
+    datasets, demo, distill, examples, importing, ingest, insights, keys, models, rlhf, serve, serve_model, train,
+)
 from . import loop as loop_cli
 from . import run as run_cli
 from ._common import JsonOpt, emit_json, run, services, table
@@ -100,6 +102,7 @@ SUBCOMMANDS: list[tuple[object, str | None]] = [
     (run_cli, None),
     (audit_cli, "audit"),
     (retention_cli, "retention"),
+    (importing, None),
 ]
 
 for _module, _name in SUBCOMMANDS:

@@ -1,14 +1,20 @@
-"""``l07 models``: list, show, verify, validate, deploy, promote, approve, roll back, trace lineage, register a base model."""
+"""``l07 models``: list, show, verify, validate, deploy, promote, approve, roll back, watch and read outcomes, trace
+lineage, register a base model."""
 
 from __future__ import annotations
 
 import getpass
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import typer
 from rich.tree import Tree
 
+from ..models._base import utcnow
+from ..models.error_codes import L07Error, L07ErrorCode
+from ..services.feedback import ReleaseWatch, model_outcomes
 from ..services.learning_service import LearningService
+from ..settings import parse_duration
 from ..services.release.export import export_model
 from ._common import JsonOpt, console, emit_json, run, services, table
 
@@ -39,8 +45,9 @@ async def list_cmd(
     if json_out:
         emit_json({"data": models, "count": len(models)})
         return
-    table("models", ["model_id", "name", "version", "type", "stage", "serving", "validation", "key"], [
-        (m.model_id, m.name, m.version, m.model_type.value, m.stage.value, m.serving_state.value, m.validation_status,
+    # Stage before type: on a narrow terminal the rightmost columns give way first (cli/_tables.py).
+    table("models", ["model_id", "name", "version", "stage", "serving", "type", "validation", "key"], [
+        (m.model_id, m.name, m.version, m.stage.value, m.serving_state.value, m.model_type.value, m.validation_status,
          m.signing_key_version) for m in models
     ])
 
@@ -199,6 +206,86 @@ async def rollback(
     """Make the previous PRODUCTION version ACTIVE again."""
     model = await _with_registry(lambda r: r.rollback(name_or_id, actor=_actor(actor), reason=reason, to_version=to_version))
     emit_json(model) if json_out else typer.echo(f"{model.name} {model.version} ({model.model_id}) is ACTIVE again")
+
+
+def _when(value: str | None, what: str) -> datetime | None:
+    """An RFC 3339 time, or a duration before now (``24h``, ``30m``, ``7d``)."""
+    if value is None:
+        return None
+    try:
+        ago = parse_duration(value)
+        if isinstance(ago, timedelta):
+            return utcnow() - ago
+        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except (ValueError, OverflowError):
+        raise L07Error(L07ErrorCode.DATA_VALIDATION_SCHEMA_MISMATCH,
+                       f"{what} {value!r} is neither an RFC 3339 time nor a duration like 24h") from None
+    return at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+
+
+def _width(value: str | None) -> timedelta | None:
+    try:
+        width = parse_duration(value) if value else None
+    except OverflowError:
+        width = value
+    if value and not isinstance(width, timedelta):
+        raise L07Error(L07ErrorCode.DATA_VALIDATION_SCHEMA_MISMATCH, f"--bucket {value!r} is not a duration like 1h")
+    return width
+
+
+def _num(value: Any, fmt: str = "{:.2f}") -> str:
+    return "" if value is None else fmt.format(value)
+
+
+@app.command("outcomes")
+@run
+async def outcomes(
+    model_id: str = typer.Argument(..., help="Model id (or an external model's name as the gateway reports it)."),
+    since: str = typer.Option(None, "--since", help="Window start: RFC 3339 or a duration before now (24h)."),
+    until: str = typer.Option(None, "--until", help="Window end: RFC 3339 or a duration before now."),
+    bucket: str = typer.Option(None, "--bucket", help="Also show a time series in buckets of this width (1h, 10m)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Scored executions the model served: quality, error rate, per task type, its release watch and incidents."""
+    async with services() as service:
+        out = await model_outcomes(service.db, model_id, _when(since, "--since"), _when(until, "--until"),
+                                   _width(bucket))
+    if json_out:
+        emit_json(out)
+        return
+    s = out["summary"]
+    table(f"outcomes of {out['model_name'] or ''} {model_id}", ["samples", "quality mean", "error rate", "unscored",
+                                                                  "latency ms", "first", "last"],
+          [(s.get("samples", 0), _num(s.get("quality_mean")), _num(s.get("error_rate"), "{:.2%}"), out["unscored"],
+            _num(s.get("latency_ms_mean"), "{:.0f}"), s.get("first_at") or "", s.get("last_at") or "")])
+    table("per task type", ["task type", "samples", "quality mean", "error rate"], [
+        (t["task_type"], t["samples"], _num(t["quality_mean"]), _num(t["error_rate"], "{:.2%}")) for t in out["by_task_type"]])
+    if out["series"]:
+        table("series", ["from", "samples", "quality mean", "error rate"], [
+            (b["start"], b["samples"], _num(b["quality_mean"]), _num(b["error_rate"], "{:.2%}")) for b in out["series"]])
+    if out["watch"]:
+        w = out["watch"]
+        typer.echo(f"watch: {w['status']} against {w['baseline_model_id']}, {w['windows_evaluated']} windows judged; "
+                   f"{(w['last_result'] or {}).get('state', '')}")
+    for i in out["incidents"]:
+        typer.echo(f"incident {i['created_at']}: {i['kind']} {i['error_code']}, rolled back to {i['rolled_back_to']}")
+
+
+@app.command("watch")
+@run
+async def watch(model_id: str, json_out: bool = JsonOpt) -> None:
+    """Judge a released model against its predecessor now; roll it back on a sustained drop (as `l07 run` does)."""
+    async with services() as service:
+        out = await ReleaseWatch(service.db, service.registry, service.settings).evaluate(model_id)
+    if json_out:
+        emit_json(out)
+        return
+    s = out["since_release"]
+    typer.echo(f"{out['model_name']} {model_id}: {out['status']} against {out['baseline_model_id']}; "
+               f"{out['windows_evaluated']} windows of {out['window_size']} judged, {s.get('samples', 0)} scored outcomes "
+               f"since release; {out['state']}")
+    for i in out["incidents"]:
+        typer.echo(f"incident {i['created_at']}: {i['kind']} {i['error_code']}, rolled back to {i['rolled_back_to']}")
 
 
 @app.command("lineage")

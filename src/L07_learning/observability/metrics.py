@@ -109,6 +109,28 @@ LOOP_BREAKER_TRIPS = Counter(
     "l07_loop_breaker_trips_total", "Loop policies paused by their circuit breaker", ["policy"], registry=REGISTRY
 )
 
+# Production feedback (per model *name*: ids are forbidden labels). Set from the stored outcome series each time the
+# watch looks at a model (every loop tick for the ACTIVE ones) or a reader asks for its outcomes.
+MODEL_OUTCOME_SAMPLES = Gauge(
+    "l07_model_outcome_samples", "Scored executions of the model's current version", ["model_name"], registry=REGISTRY
+)
+MODEL_OUTCOME_QUALITY = Gauge(
+    "l07_model_outcome_quality_mean", "Mean L06 quality score of the model's current version", ["model_name"],
+    registry=REGISTRY,
+)
+MODEL_OUTCOME_ERROR_RATE = Gauge(
+    "l07_model_outcome_error_rate", "Error rate (error or timeout) of the model's current version", ["model_name"],
+    registry=REGISTRY,
+)
+MODEL_WATCH_QUALITY_RATIO = Gauge(
+    "l07_model_watch_quality_ratio", "Latest watch window: candidate mean quality / predecessor's", ["model_name"],
+    registry=REGISTRY,
+)
+MODEL_WATCH_ERROR_RATE_DELTA = Gauge(
+    "l07_model_watch_error_rate_delta", "Latest watch window: candidate error rate - predecessor's", ["model_name"],
+    registry=REGISTRY,
+)
+
 # HTTP
 HTTP_REQUESTS = Counter(
     "l07_http_requests_total", "HTTP requests", ["method", "route", "status"], registry=REGISTRY

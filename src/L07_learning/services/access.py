@@ -70,6 +70,11 @@ class AccessService:
         async with self.db.session() as session:
             return await ApiKeyRepository(session).by_hash(hash_token(token))
 
+    async def get_key(self, key_id: str) -> ApiKeyRecord | None:
+        """The stored key with this id, revoked or not; None when unknown (the console's session names keys by id)."""
+        async with self.db.session() as session:
+            return await ApiKeyRepository(session).get(key_id)
+
     async def list_keys(self, include_revoked: bool = False) -> list[ApiKeyRecord]:
         """Stored keys (hashes only)."""
         async with self.db.session() as session:

@@ -99,10 +99,13 @@ class DatasetCurator:
         min_examples: int = 1000,
         reason: str | None = None,
         created_by: str = "l07",
+        splits: dict[str, str] | None = None,
     ) -> Dataset:
         """Build a dataset version with a fresh stratified, leak-free split.
 
-        A new name starts at 1.0.0; an existing name gets its next MAJOR version (a full rebuild).
+        A new name starts at 1.0.0; an existing name gets its next MAJOR version (a full rebuild). ``splits`` fixes
+        the split of the examples it names (an OpenAI job's training file trains, its validation file validates);
+        the caller then answers for keeping related examples apart.
 
         Raises:
             L07Error: E7020 with zero examples, E7029 for invalid ratios, E7110 for an invalid example.
@@ -114,6 +117,7 @@ class DatasetCurator:
             raise L07Error(L07ErrorCode.INSUFFICIENT_EXAMPLES, f"no examples to build dataset {name!r}", name=name)
         examples = self._downsample(examples, seed)
         split_of = assign_splits(examples, ratios, seed, self.filter_config.near_duplicate_jaccard)
+        split_of.update({k: v for k, v in (splits or {}).items() if k in split_of})
         async with self.db.session() as session:
 
             existing = await DatasetRepository(session).get_by_name(name)

@@ -562,4 +562,142 @@ class SqlOperation(Base):
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
+# --- production feedback (revision 0006): outcomes per model, release watches, incidents, component breakers -------
+
+
+class SqlModelOutcome(Base):
+    """One execution's outcome and the model that served it (contract §9 "Production feedback"), joined by
+    ``execution_id`` from whichever arrives first: the model (``model.response_logged`` or a trace's
+    ``metadata.model_id``) or the L06 score. ``completed_at`` is set once both are known and never changes, so the
+    watch's windows are stable."""
+
+    __tablename__ = "l07_model_outcomes"
+    __table_args__ = (Index("ix_l07_model_outcomes_model_completed", "model_id", "completed_at"),)
+    execution_id: Mapped[str] = mapped_column(String(512), primary_key=True)
+    # The registered model id when the reported name resolves to one, else the name as reported (external models).
+    model_id: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    model_ref: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    model_source: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    task_type: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    served_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    total_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    quality_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    failure: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    is_error: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    scored_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    completed_at: Mapped[datetime | None] = mapped_column(nullable=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+
+
+class SqlModelWatch(Base):
+    """The watch of one model released to PRODUCTION ACTIVE against its predecessor (contract §4.2): how many
+    evaluation windows were tested, the last verdict, and who claimed the rollback (at most one process does)."""
+
+    __tablename__ = "l07_model_watches"
+    model_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(256), index=True)
+    baseline_model_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    policy: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    status: Mapped[str] = mapped_column(String(16), index=True, default="WATCHING")
+    started_at: Mapped[datetime] = mapped_column()
+    windows_evaluated: Mapped[int] = mapped_column(Integer, default=0)
+    last_result: Mapped[dict] = mapped_column(JSON, default=dict)
+    # The canary phase (L04 shifts a share of traffic for a while first): RUNNING, PASSED, FAILED, INCONCLUSIVE.
+    canary_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    canary: Mapped[dict] = mapped_column(JSON, default=dict)
+    claimed_by: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    claimed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(default=_now, onupdate=_now)
+
+
+class SqlIncident(Base):
+    """A production incident: an automatic rollback (or a failed one) with the statistics that caused it."""
+
+    __tablename__ = "l07_incidents"
+    incident_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_id: Mapped[str] = mapped_column(String(128), index=True)
+    model_name: Mapped[str] = mapped_column(String(256))
+    kind: Mapped[str] = mapped_column(String(32))
+    error_code: Mapped[str] = mapped_column(String(8))
+    rolled_back_to: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    policy: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    actor: Mapped[str] = mapped_column(String(256))
+    details: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=_now, index=True)
+
+
+class SqlComponentBreaker(Base):
+    """The circuit breaker of one component (training, validation, deployment; contract §4.4), shared by every
+    process through the database."""
+
+    __tablename__ = "l07_component_breakers"
+    component: Mapped[str] = mapped_column(String(32), primary_key=True)
+    state: Mapped[str] = mapped_column(String(12), default="CLOSED")
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    trips: Mapped[int] = mapped_column(Integer, default=0)
+    opened_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_failure_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    last_success_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    probe_started_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(default=_now)
+
+
+
+# --- OpenAI-compatible fine-tuning (revision 0007; contract §9) --------------------------------------------------
+
+
+class SqlFineTuningFile(Base):
+    """A file uploaded through ``POST /v1/files``: its bytes live under the L07 home (``path``, mode 0600); the
+    report of its import through the quality filter is kept once it has been read for a job."""
+
+    __tablename__ = "l07_ft_files"
+    file_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    filename: Mapped[str] = mapped_column(String(512))
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(256), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=_now, index=True)
+    import_format: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    import_report: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+
+
+class SqlFineTuningJob(Base):
+    """An OpenAI fine-tuning job: the request as sent, and the L07 dataset and training job it became (``job_id``
+    is None when its files gave nothing to train on; ``status`` and ``error`` then say why)."""
+
+    __tablename__ = "l07_ft_jobs"
+    ft_job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_by: Mapped[str] = mapped_column(String(256), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=_now, index=True)
+    model: Mapped[str] = mapped_column(String(256))
+    base_model_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    training_file: Mapped[str] = mapped_column(String(64))
+    validation_file: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    method: Mapped[dict] = mapped_column(JSON, default=dict)
+    hyperparameters: Mapped[dict] = mapped_column(JSON, default=dict)
+    seed: Mapped[int] = mapped_column(Integer, default=42)
+    dataset_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    job_id: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    status: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    error: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+
+
+class SqlFineTuningEvent(Base):
+    """What a fine-tuning job's files became (lines accepted, filtered with reasons, refused with codes), in the
+    job's event list next to the training job's own events."""
+
+    __tablename__ = "l07_ft_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    ft_job_id: Mapped[str] = mapped_column(String(64), index=True)
+    level: Mapped[str] = mapped_column(String(8))
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+
 TABLES = sorted(Base.metadata.tables)

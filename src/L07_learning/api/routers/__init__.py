@@ -1,6 +1,9 @@
 """One router per resource; ``ROUTERS`` is the list the app factory includes, in this order."""
 
-from . import audit, datasets, events, health, loop, metrics, models, training_jobs
+from . import (
+    audit, datasets, events, examples, health, imports, loop, metrics, models, openai_fine_tuning, outcomes,
+    training_jobs,
+)
 
 ROUTERS = [
     health.router,
@@ -8,7 +11,11 @@ ROUTERS = [
     events.router,
     training_jobs.router,
     datasets.router,
+    examples.router,
     models.router,
+    outcomes.router,
     loop.router,
     audit.router,
+    imports.router,
+    openai_fine_tuning.router,
 ]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from ...models._base import utcnow
+from ...services.health import component_health
 from ..deps import ContextDep
 from ..types import UtcDateTime
 
@@ -31,6 +33,24 @@ class Readiness(BaseModel):
     dependencies_satisfied: dict[str, bool] = Field(examples=[{"storage": True, "event_stream": True}])
     latency_ms: dict[str, float] = Field(default_factory=dict)
     timestamp: UtcDateTime
+
+
+class Health(BaseModel):
+    """Contract §7.1 ``/health``: overall status and one entry per component (database, redis when configured,
+    outbox, workers, breakers), each with its own ``status`` (ok | degraded | down)."""
+
+    status: str = Field(examples=["healthy", "degraded", "unhealthy"])
+    timestamp: UtcDateTime
+    components: dict[str, dict[str, Any]]
+    circuit_breaker: dict[str, Any] = Field(examples=[{"state": "CLOSED", "failures_detected": 0}])
+
+
+@router.get("/health", name="health.components", response_model=Health,
+            responses={503: {"model": Health, "description": "The database is down"}})
+async def health(ctx: ContextDep) -> JSONResponse:
+    """Every component's state; 200 while the layer works (healthy or degraded), 503 when the database is down."""
+    body = Health.model_validate(await component_health(ctx.db, ctx.settings))
+    return JSONResponse(body.model_dump(mode="json"), status_code=503 if body.status == "unhealthy" else 200)
 
 
 @router.get("/health/live", name="health.live", response_model=Liveness)

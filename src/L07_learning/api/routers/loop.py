@@ -62,6 +62,9 @@ class LoopStatus(BaseModel):
     review_queue: int = Field(description="Models waiting for a reviewer (validation said REVIEW)")
     open_runs: list[dict[str, Any]]
     schedules: list[dict[str, Any]]
+    breakers: dict[str, dict[str, Any]] = Field(default_factory=dict,
+                                                description="Component circuit breakers: training, validation, deployment")
+    watches: list[dict[str, Any]] = Field(default_factory=list, description="Released models being watched")
 
 
 async def _loop(request: Request, ctx: Any) -> LearningLoop:

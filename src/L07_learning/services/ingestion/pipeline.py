@@ -60,6 +60,7 @@ from ..filtering import ContentScanner, FilterConfig
 from ..filtering.gc_pause import paused_gc as _paused_gc
 from .isolation import MAX_ATTEMPTS, EventFailure, first_line, isolated, run_transaction
 from .joining import BatchState, apply, join_keys
+from .outcomes import record_outcomes
 from .parsing import EventParser, Parsed
 from .prescan import SCAN_ROUNDS, ScanCache, ScanMiss
 from .provenance import EventBinding, EventProvenance, load_provenance
@@ -243,6 +244,10 @@ class IngestionPipeline:
         signals = state.rewards()
         await RewardRepository(session, redact=self._redact).add_signals(signals)
         summary.reward_signals = len(signals)
+        # Which model served each execution, joined with its score (services/ingestion/outcomes.py).
+        late = set(late_rejected)
+        summary.model_outcomes = await record_outcomes(
+            session, [p for p in work if (p.event.source, p.event.id) not in late], now)
 
         # 5. rejections
         await RejectedEventRepository(session).add_many(rejections.rows)

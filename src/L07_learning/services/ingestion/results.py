@@ -35,11 +35,13 @@ class IngestSummary:
     rejected_by_code: dict[str, int] = field(default_factory=dict)
     expired_joins: int = 0
     orphan_scores: int = 0
+    model_outcomes: int = 0
 
     def add(self, other: "IngestSummary") -> None:
         """Accumulate ``other`` (pending_join is a level, so the newest value wins)."""
         for name in ("events_read", "examples_extracted", "examples_stored", "events_rejected", "duplicates", "ignored",
-                     "reward_signals", "preference_pairs", "expired_joins", "orphan_scores"):
+                     "reward_signals", "preference_pairs", "expired_joins", "orphan_scores",
+                     "model_outcomes"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for code, n in other.rejected_by_code.items():
             self.rejected_by_code[code] = self.rejected_by_code.get(code, 0) + n

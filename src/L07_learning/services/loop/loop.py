@@ -28,6 +28,9 @@ from ...models.training_job import JobType, TrainingJob
 from ...settings import Settings, get_settings
 from ...store.db import Database
 from ...store.repositories.loop import LoopRepository, LoopRun, PolicyState
+from ..breakers import SPECS as BREAKER_SPECS
+from ..breakers import ComponentBreakers
+from ..feedback.watch import ReleaseWatch
 from ..fine_tuning_engine import load_preset
 from ..learning_service import LearningService
 from .breakers import PolicyBreakers
@@ -73,6 +76,8 @@ class LearningLoop:
         self.lease = LeaderLease(self.db, holder, ttl_s=self.settings.loop_lease_ttl_s)
         self.breakers = PolicyBreakers(self.db)
         self.runs = RunAdvancer(service, self.breakers, self.lease.holder, stale_after_s=2 * self.lease.ttl_s)
+        self.components = ComponentBreakers(self.db, self.breakers.publisher)
+        self.release_watch = ReleaseWatch(self.db, service.registry, self.settings, self.lease.holder)
         self.scheduler = Scheduler(self.db, default_tasks(service) if tasks is None else tasks, self.lease.holder)
         self.watchers = [FolderWatcher(d, db=self.db, settings=self.settings, quality_filter=service.filter,
                                        settle_s=settle_s, holder=self.lease.holder) for d in watch]
@@ -154,6 +159,11 @@ class LearningLoop:
         await self.start()
         return _state_dict(await self.breakers.resume(policy, actor))
 
+    async def reset_breaker(self, component: str, actor: str = "l07") -> dict[str, Any]:
+        """Close a component breaker by hand (``l07 loop reset-breaker COMPONENT``; training needs it, §4.4)."""
+        await self.start()
+        return await self.components.reset(component, actor)
+
     # --- one pass ---------------------------------------------------------------------------------------------------
 
     async def tick(self) -> dict[str, Any]:
@@ -164,6 +174,12 @@ class LearningLoop:
         for watcher in self.watchers:
             report["files"] += await watcher.poll()
         report["runs"] = await self.runs.advance()
+        # Every process watches the released models; the rollback is claimed, so exactly one process makes it.
+        try:
+            report["watch"] = await self.release_watch.tick()
+        except Exception as exc:  # noqa: BLE001 - a failing watch must not stop ingestion, runs or schedules
+            log.exception("release watch failed")
+            report["watch"] = {"error": f"{exc.__class__.__name__}: {exc}"}
         # The lease is renewed before each policy and each schedule (the leader's work can outlast its TTL): a process
         # that lost it stops there, so two processes never both act as leader for long.
         if leader:
@@ -225,6 +241,11 @@ class LearningLoop:
             blocked = await self._blocked(repo, now)
             if blocked:
                 return blocked
+        # After the session: on SQLite it holds the write lock, and a half-open probe is a write of its own.
+        for component in BREAKER_SPECS:
+            allowed, why = await self.components.allow(component)
+            if not allowed:
+                return why
         if orphan is not None:
             dataset = await self.service.curator.get_dataset(*orphan)
             return await self._submit(policy, dataset, now, "dataset version without a run (resumed)", 0.0)
@@ -346,6 +367,8 @@ class LearningLoop:
                      "max_concurrent": self.settings.max_concurrent_jobs},
             "models_per_stage": stages, "review_queue": review, "open_runs": open_runs,
             "schedules": await self.scheduler.status(now),
+            "breakers": await self.components.status(),
+            "watches": await self.release_watch.open_watches(),
         }
 
 

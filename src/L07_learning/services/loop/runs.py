@@ -22,6 +22,7 @@ from ...models.model_artifact import ModelStage
 from ...models.training_job import JobStatus, TrainingJob
 from ...models.validation import Recommendation
 from ...store.repositories.loop import LoopRepository, LoopRun
+from ..breakers import ComponentBreakers
 from .breakers import PolicyBreakers
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class RunAdvancer:
         self.service = service
         self.db = service.db
         self.breakers = breakers
+        self.components = ComponentBreakers(self.db, breakers.publisher)
         self.holder = holder
         self.stale_after_s = stale_after_s
         self._validations: dict[str, asyncio.Task] = {}
@@ -110,7 +112,7 @@ class RunAdvancer:
         started = time.perf_counter()
         outcome, code, message = await self._release(model_id)
         timings["validation_release_s"] = round(time.perf_counter() - started, 3)
-        await self.finish(run, outcome, timings, model_id=model_id, error_code=code, message=message)
+        await self.finish(run, outcome, timings, model_id=model_id, error_code=code, message=message, stage="validation")
 
     async def _release(self, model_id: str) -> tuple[str, str | None, str | None]:
         """Deploy through the one release path, unless an earlier attempt (before a crash) already decided."""
@@ -131,9 +133,10 @@ class RunAdvancer:
 
     async def finish(self, run: LoopRun, outcome: str, timings: dict[str, Any], *, model_id: str | None = None,
                      error_code: str | None = None, message: str | None = None,
-                     charge: tuple[str, float, float] | None = None) -> bool:
+                     charge: tuple[str, float, float] | None = None, stage: str | None = None) -> bool:
         """Close a run this process claims, charge its job's ``(day, cpu_s, gpu_s)`` and count it against its policy's
-        breaker, all in one transaction (a crash in between neither charges twice nor loses the outcome).
+        breaker and, by the ``stage`` it ended in, the component breakers (``services/breakers.py``), all in one
+        transaction (a crash in between neither charges twice nor loses the outcome).
 
         Returns:
             False when another process took the run over meanwhile: it finishes (and charges) the run, not us.
@@ -151,8 +154,22 @@ class RunAdvancer:
                 await repo.charge(*charge, utcnow())
             await self.breakers.record(session, run.policy, failed=failed, verdict=verdict, run_id=run.run_id,
                                        error_code=error_code, message=message)
+            await self._components(session, stage, outcome, f"{error_code or verdict}: {message or outcome}")
         log.info("loop run finished", extra={"run_id": run.run_id, "policy": run.policy, "outcome": outcome})
         return True
+
+    async def _components(self, session: Any, stage: str | None, outcome: str, reason: str) -> None:
+        """A validation that crashed counts against validation; a model it REJECTED against training (§4.4 E7402:
+        consecutive models below their baseline), one it passed for training; a staged release for deployment. A job
+        that failed is its policy's concern (the policy breaker), not a sign that training as a whole regressed."""
+        if stage != "validation":
+            return
+        crashed = outcome == "FAILED"
+        await self.components.record(session, "validation", ok=not crashed, reason=reason)
+        if not crashed:
+            await self.components.record(session, "training", ok=outcome != "REJECTED", reason=reason)
+        if outcome == "STAGED":
+            await self.components.record(session, "deployment", ok=True)
 
     async def close(self) -> None:
         """Cancel running validations; their runs stay VALIDATING and are resumed by the next claimer."""

@@ -36,10 +36,10 @@ pytestmark = pytest.mark.slow
 # 150 executions (142 ACCEPTED, 14 held out) reach 100% held-out exact match; 120 (11 held out) reached 82%, and
 # the regression gate wants 100% for DEPLOY.
 EXECUTIONS = 150
-# Validation budgets (settings, so they reach the loop process): the generation cap fits the longest reference
-# answer; six timed requests (each decodes the same number of tokens for both models) and two probes per model keep
-# the measuring to about a minute on CPU.
-VALIDATION_ENV = {"validation_latency_requests": 6, "validation_safety_prompts": 2}
+# Validation budgets (settings, so they reach the loop process): a generation cap of 48 tokens fits the longest
+# reference turn (a tool call, ~36 tokens); six timed requests (each decodes the same number of tokens for both
+# models) and two probes per model keep the measuring to a few minutes on CPU.
+VALIDATION_ENV = {"validation_latency_requests": 6, "validation_safety_prompts": 2, "validation_max_new_tokens": 48}
 
 
 async def test_dropped_file_reaches_staging_and_one_signed_release_with_no_command(tmp_path: Path) -> None:
@@ -60,7 +60,7 @@ async def test_dropped_file_reaches_staging_and_one_signed_release_with_no_comma
                 runs = await LoopRepository(session).runs("tools")
             return runs if runs and runs[0].status not in ("TRAINING", "VALIDATING") else None
 
-        (run,) = await wait_for(finished_run, 1200, "finished run", (loop,), every_s=2.0)
+        (run,) = await wait_for(finished_run, 1800, "finished run", (loop,), every_s=2.0)
         await wait_for(lambda: _truthy(sink_events(home)), 60, "release event in the sink", (loop,))
         assert run.status == "STAGED", (run.verdict, run.error_code, run.error_message, loop.tail())
         elapsed = time.monotonic() - started
