@@ -14,11 +14,11 @@ the agent answers from it. About 20% of executions pick a wrong argument and are
 
 from __future__ import annotations
 
-import json
 import random
-import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
+
+from L07_learning.tests.factories.envelopes import envelope_maker
 
 SYSTEM_PROMPT = "You are Acme's support desk agent. Use exactly one tool per request, then tell the customer the result."
 TOOLS: list[dict[str, Any]] = [
@@ -84,16 +84,8 @@ def _request(rng: random.Random, wrong: bool) -> tuple[str, str, dict[str, Any],
 def support_lines(executions: int = 300, seed: int = 0, wrong_share: float = 0.2) -> list[str]:
     """JSON lines (an L02 trace with the agent's system prompt and tools, and its L06 score) per execution."""
     rng = random.Random(f"support:{seed}")
-    clock = BASE_TIME
+    envelope = envelope_maker(rng, BASE_TIME)
     lines: list[str] = []
-
-    def envelope(type_: str, source: str, data: dict[str, Any]) -> str:
-        nonlocal clock
-        clock += timedelta(seconds=1)
-        return json.dumps({"specversion": "1.0", "type": type_, "source": source,
-                           "id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-                           "time": clock.isoformat().replace("+00:00", "Z"), "datacontenttype": "application/json",
-                           "data": data}, sort_keys=True)
 
     for i in range(executions):
         bad = rng.random() < wrong_share

@@ -19,14 +19,14 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, IO
 
 from L07_learning.models.error_codes import L07Error, L07ErrorCode
 from L07_learning.settings import Settings
+from L07_learning.tests.factories.envelopes import envelope_maker
 from L07_learning.store.db import Database
 from L07_learning.tests.paths import SRC
 
@@ -74,16 +74,8 @@ def policy_file(path: Path, groups: dict[str, dict[str, str]], training: dict[st
 def tool_choice_lines(executions: int, seed: int = 0) -> list[str]:
     """JSON lines: an L02 trace and its L06 score per execution, deterministic for a seed."""
     rng = random.Random(seed)
-    clock = BASE_TIME
+    envelope = envelope_maker(rng, BASE_TIME)
     lines: list[str] = []
-
-    def envelope(type_: str, source: str, data: dict[str, Any]) -> str:
-        nonlocal clock
-        clock += timedelta(seconds=1)
-        return json.dumps({"specversion": "1.0", "type": type_, "source": source,
-                           "id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-                           "time": clock.isoformat().replace("+00:00", "Z"), "datacontenttype": "application/json",
-                           "data": data}, sort_keys=True)
 
     topics = sorted(TOOL_FOR)
     for i in range(executions):

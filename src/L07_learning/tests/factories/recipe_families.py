@@ -19,12 +19,12 @@ CloudEvent (L02 trace, L06 score), the same wire format as the loop tests' famil
 
 from __future__ import annotations
 
-import json
 import random
-import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
+
+from L07_learning.tests.factories.envelopes import envelope_maker
 
 BASE_TIME = datetime(2026, 5, 4, 9, 0, 0, tzinfo=timezone.utc)
 REMARKS = ["", " Thanks!", " Please confirm.", " It is for the team.", " Cheers.", " As soon as you can.",
@@ -109,7 +109,7 @@ def family_lines(family: str, executions: int = 300, seed: int = 0, wrong_share:
     """
     make = FAMILIES[family]
     rng = random.Random(f"{family}:{seed}:{random_labels}")
-    clock = BASE_TIME
+    envelope = envelope_maker(rng, BASE_TIME)
     task_type = TASK_TYPES[family] + ("_random" if random_labels else "")
     wrong = [not random_labels and rng.random() < wrong_share for _ in range(executions)]
     tasks = [make(rng, w) for w in wrong]
@@ -118,14 +118,6 @@ def family_lines(family: str, executions: int = 300, seed: int = 0, wrong_share:
         rng.shuffle(outputs)
         tasks = [(t[0], *o) for t, o in zip(tasks, outputs)]
     lines: list[str] = []
-
-    def envelope(type_: str, source: str, data: dict[str, Any]) -> str:
-        nonlocal clock
-        clock += timedelta(seconds=1)
-        return json.dumps({"specversion": "1.0", "type": type_, "source": source,
-                           "id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-                           "time": clock.isoformat().replace("+00:00", "Z"), "datacontenttype": "application/json",
-                           "data": data}, sort_keys=True)
 
     for i, ((goal, args, tool, answer), bad) in enumerate(zip(tasks, wrong)):
         exec_id = f"exec-{family}{'-rl' if random_labels else ''}-{seed}-{i:05d}"
