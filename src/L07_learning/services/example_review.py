@@ -11,8 +11,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from ..models.error_codes import L07Error, L07ErrorCode
-from ..models.training_example import ExampleStatus
+from ..models.training_example import ExampleStatus, compute_content_hash
 from ..store.db import Database
+from .filtering.redaction import redact_for_storage
 from ..store.repositories.audit import audit
 from ..store.repositories.example_review import ExampleReviewRepository
 
@@ -94,16 +95,26 @@ class ExampleReview:
             return {"task_type": await repo.distinct("task_type"), "agent_id": await repo.distinct("agent_id")}
 
     async def decide(self, example_id: str, decision: Literal["accept", "reject"], actor: str,
-                     note: str | None = None) -> dict[str, Any]:
-        """A person's decision on a REVIEW example: ACCEPTED or REJECTED, queue item closed, audited.
+                     note: str | None = None, output_text: str | None = None) -> dict[str, Any]:
+        """A person's decision on a REVIEW example: ACCEPTED or REJECTED, queue item closed, audited. With
+        ``output_text`` (accept only) the reviewer's corrected answer replaces the stored one, stored redacted like
+        every stored text.
 
         Raises:
             ExampleNotReviewable: unknown example (404) or not in REVIEW any more (409); nothing changes.
-            L07Error: E7110 for a decision other than accept or reject.
+            L07Error: E7110 for a decision other than accept or reject, or an edited answer that is empty or comes
+                with a reject.
         """
         if decision not in ("accept", "reject"):
             raise L07Error(L07ErrorCode.DATA_VALIDATION_SCHEMA_MISMATCH,
                            f"decision must be accept or reject, not {decision!r}", decision=decision)
+        edited = None
+        if output_text is not None:
+            if decision != "accept" or not output_text.strip():
+                raise L07Error(L07ErrorCode.DATA_VALIDATION_SCHEMA_MISMATCH,
+                               "an edited answer must be non-empty and comes with decision accept only",
+                               decision=decision)
+            edited = str(redact_for_storage(output_text.strip()))
         status = ExampleStatus.ACCEPTED.value if decision == "accept" else ExampleStatus.REJECTED.value
         async with self.db.session() as session:
             repo = ExampleReviewRepository(session)
@@ -114,7 +125,10 @@ class ExampleReview:
                 raise ExampleNotReviewable(example_id, "decided by another reviewer")
             if status == ExampleStatus.REJECTED.value:
                 repo.add_human_rejection(example_id, row["agent_id"], actor, note)
+            if edited is not None:
+                await repo.set_answer(example_id, edited, compute_content_hash(row["input_text"], edited))
             await audit(session, "example.review", "training_example", example_id, actor=actor,
                         details={"decision": decision, "from_status": row["status"], "to_status": status,
-                                 "note": note})
-        return {"example_id": example_id, "status": status, "decided_by": actor, "decision": decision}
+                                 "note": note, "edited": edited is not None})
+        return {"example_id": example_id, "status": status, "decided_by": actor, "decision": decision,
+                "edited": edited is not None}

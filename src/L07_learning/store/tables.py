@@ -91,7 +91,9 @@ class SqlPendingJoin(Base):
 class SqlTrainingExample(Base):
     __tablename__ = "l07_training_examples"
     # Not unique: several examples may come from one execution (contract §9); idempotency is on example_id.
-    __table_args__ = (Index("ix_l07_training_examples_source_exec", "source_type", "execution_id"),)
+    # (status, created_at): counting a window's ACCEPTED examples reads the index only (the console's overview).
+    __table_args__ = (Index("ix_l07_training_examples_source_exec", "source_type", "execution_id"),
+                      Index("ix_l07_training_examples_status_created", "status", "created_at"))
     example_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     source_type: Mapped[str] = mapped_column(String(32))
     execution_id: Mapped[str | None] = mapped_column(String(512), nullable=True)

@@ -71,13 +71,16 @@ async def review_example(request: Request, example_id: str, principal: Caller) -
     if not principal.can(Permission.EXAMPLE_REVIEW):
         return forbidden(request, principal, Permission.EXAMPLE_REVIEW)
     decision = fields.get("decision", "")
-    request.state.audit_details = {"decision": decision}
+    # The edit form posts the corrected answer; the queue's buttons post none.
+    edited = fields.get("output_text") if "output_text" in fields else None
+    request.state.audit_details = {"decision": decision, "edited": edited is not None}
     try:
         outcome = await ExampleReview(context(request).db).decide(
-            example_id, decision, principal.key_id, fields.get("note") or None)  # type: ignore[arg-type]
+            example_id, decision, principal.key_id, fields.get("note") or None, edited)  # type: ignore[arg-type]
     except L07Error as exc:
         return error_page(request, exc)
-    return done(request, back, f"example {example_id} is now {outcome['status']}")
+    return done(request, back, f"example {example_id} is now {outcome['status']}"
+                + (" with the edited answer" if outcome["edited"] else ""))
 
 
 @router.post("/models/{model_id}/approve", name="console.models.approve")

@@ -3,15 +3,19 @@ checks the same permission; a role without it gets the 403 page the API would an
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from starlette.responses import HTMLResponse
+from starlette.responses import HTMLResponse, Response
 
 from ...models.error_codes import L07Error, L07ErrorCode
 from ...models.model_artifact import ModelStage
 from ...models.training_job import JobStatus
+from ...services.curation.archive import export_archive
+from ...services.curation.export import FORMATS
 from ...services.example_review import ExampleReview
+from ...services.feedback.timeline import quality_timeline
 from ...services.overview import FUNNEL_STAGES, WINDOWS, Overview
 from ..auth import Permission
 from ..routers.loop import _loop
@@ -89,9 +93,42 @@ async def dataset(request: Request, dataset_id: str, principal: Caller,
         versions = await curator.list_versions(dataset_id)
     except L07Error as exc:
         return error_page(request, exc)
-    return render(request, "dataset.html", ds=ds, versions=versions,
+    return render(request, "dataset.html", ds=ds, versions=versions, formats=FORMATS,
+                  can_download=principal.can(Permission.DATASET_GET_TRAINING_DATA),
                   split_counts={k: len(v) for k, v in ds.splits.items()},
                   statistics=ds.statistics.model_dump(mode="json"), lineage=ds.lineage.model_dump(mode="json"))
+
+
+@router.get("/datasets/{dataset_id}/diff", name="console.dataset_diff", response_class=HTMLResponse)
+async def dataset_diff(request: Request, dataset_id: str, principal: Caller,
+                       v1: Annotated[str, Query(alias="from", max_length=64)],
+                       v2: Annotated[str, Query(alias="to", max_length=64)]) -> HTMLResponse:
+    """What changed between two versions (``l07 datasets diff``): example ids, split sizes and statistics only."""
+    if not principal.can(Permission.DATASET_LIST):
+        return forbidden(request, principal, Permission.DATASET_LIST)
+    try:
+        diff = await context(request).curator.diff(dataset_id, v1, v2)
+    except L07Error as exc:
+        return error_page(request, exc)
+    return render(request, "dataset_diff.html", diff=diff, v1=v1, v2=v2)
+
+
+@router.get("/datasets/{dataset_id}/download", name="console.dataset_download")
+async def dataset_download(request: Request, dataset_id: str, principal: Caller,
+                           version: Annotated[str | None, Query(max_length=64)] = None,
+                           format: Annotated[str, Query(max_length=16)] = "jsonl") -> Response:  # noqa: A002
+    """A version's export as one zip (``l07 datasets export``): training data, so the REST permission to read it and
+    an audited read, allowed or not (contract §7.4)."""
+    request.state.audit_read = True
+    if not principal.can(Permission.DATASET_GET_TRAINING_DATA):
+        return forbidden(request, principal, Permission.DATASET_GET_TRAINING_DATA)
+    request.state.audit_details = {"version": version, "format": format}
+    try:
+        name, body = await export_archive(context(request).curator, dataset_id, version, format)
+    except L07Error as exc:
+        return error_page(request, exc)
+    return Response(body, media_type="application/zip",
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
 @router.get("/jobs", name="console.jobs", response_class=HTMLResponse)
@@ -156,6 +193,26 @@ async def model(request: Request, model_id: str, principal: Caller) -> HTMLRespo
         return error_page(request, exc)
     return render(request, "model.html", model=to_public(found, with_history=True), reports=reports,
                   lineage=lineage.model_dump(mode="json"), actions=model_actions(found, principal))
+
+
+@router.get("/outcomes", name="console.outcomes", response_class=HTMLResponse)
+async def outcomes(request: Request, principal: Caller, days: Annotated[int, Query(ge=1, le=366)] = 30,
+                   bucket_hours: Annotated[int, Query(ge=1, le=24 * 31)] = 24) -> HTMLResponse:
+    """Production quality per model over time with release and rollback markers (``GET .../outcomes`` per model)."""
+    if not principal.can(Permission.MODEL_GET):
+        return forbidden(request, principal, Permission.MODEL_GET)
+    until = datetime.now(timezone.utc)
+    try:
+        timeline = await quality_timeline(context(request).db, until - timedelta(days=days), until,
+                                          timedelta(hours=bucket_hours))
+    except L07Error as exc:
+        return error_page(request, exc)
+    chart = {"models": [{"id": m["model_id"], "label": m["model_name"] or m["model_id"],
+                         "points": [[b["start"].timestamp(), b["quality_mean"]] for b in m["series"]]}
+                        for m in timeline["models"]],
+             "markers": [{"t": m["at"].timestamp(), "kind": m["kind"], "model": m["model_id"]}
+                         for m in timeline["markers"]]}
+    return render(request, "outcomes.html", timeline=timeline, chart=chart, days=days, bucket_hours=bucket_hours)
 
 
 @router.get("/audit", name="console.audit", response_class=HTMLResponse)

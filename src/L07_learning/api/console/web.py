@@ -45,6 +45,7 @@ NAV = [
     ("/ui/datasets", "Datasets", Permission.DATASET_LIST),
     ("/ui/jobs", "Jobs", Permission.JOB_GET),
     ("/ui/models", "Models", Permission.MODEL_LIST),
+    ("/ui/outcomes", "Outcomes", Permission.MODEL_GET),
     ("/ui/audit", "Audit", Permission.AUDIT_LOG),
 ]
 

@@ -59,6 +59,9 @@ class ExamplePage(BaseModel):
 class ReviewDecision(BaseModel):
     decision: Literal["accept", "reject"]
     note: str | None = Field(default=None, max_length=2000)
+    output_text: str | None = Field(default=None, min_length=1, max_length=100_000,
+                                    description="With accept: the reviewer's corrected assistant answer, stored "
+                                                "redacted in place of the agent's")
 
 
 class ReviewOutcome(BaseModel):
@@ -66,6 +69,7 @@ class ReviewOutcome(BaseModel):
     status: str
     decision: str
     decided_by: str
+    edited: bool
 
 
 def _mark_read(request: Request) -> None:
@@ -100,6 +104,8 @@ async def get_example(example_id: ExampleId, principal: CanReadExamples, ctx: Co
              responses=error_responses(404, 409))
 async def review_example(example_id: ExampleId, body: ReviewDecision, request: Request, principal: CanReviewExamples,
                          ctx: ContextDep) -> Any:
-    """Accept or reject an example in REVIEW (409 E7110 when it is not in REVIEW; nothing changes)."""
-    request.state.audit_details = {"decision": body.decision}
-    return await ExampleReview(ctx.db).decide(example_id, body.decision, principal.key_id, body.note)
+    """Accept or reject an example in REVIEW (409 E7110 when it is not in REVIEW; nothing changes); an accept may
+    carry the corrected answer (``output_text``)."""
+    request.state.audit_details = {"decision": body.decision, "edited": body.output_text is not None}
+    return await ExampleReview(ctx.db).decide(example_id, body.decision, principal.key_id, body.note,
+                                              body.output_text)

@@ -101,6 +101,21 @@ class ExampleReviewRepository:
             .values(status=status[:16]))
         return int(changed.rowcount or 0)  # type: ignore[attr-defined]
 
+    async def set_answer(self, example_id: str, output_text: str, content_hash: str) -> None:
+        """Replace a REVIEW example's assistant answer (already redacted) everywhere training reads it: the text
+        column, the stored example and its last assistant message."""
+        row = await self.session.get(SqlTrainingExample, example_id)
+        if row is None:
+            return
+        data = dict(row.data)
+        data["output_text"], data["content_hash"] = output_text, content_hash
+        messages = [dict(m) for m in data.get("messages") or []]
+        answers = [m for m in messages if m.get("role") == "assistant" and not m.get("tool_calls")]
+        if answers:
+            answers[-1]["content"] = output_text
+            data["messages"] = messages
+        row.output_text, row.content_hash, row.data = output_text, content_hash, data
+
     def add_human_rejection(self, example_id: str, agent_id: str | None, actor: str, note: str | None) -> None:
         """A reviewer's REJECT, counted and queryable with the filter's own rejections (reason ``human_review``)."""
         self.session.add(SqlRejectedExample(

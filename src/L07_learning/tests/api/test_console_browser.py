@@ -138,11 +138,11 @@ def test_a_job_loss_curve_appears_while_it_trains(browser: Any, world: dict[str,
 
 
 @pytest.mark.parametrize(("role", "nav", "forbidden"), [
-    ("trainer", {"Overview", "Datasets", "Jobs", "Models"}, ["/ui/examples", "/ui/audit"]),
-    ("reviewer", {"Overview", "Examples", "Datasets", "Jobs", "Models"}, ["/ui/audit"]),
-    ("deployer", {"Overview", "Datasets", "Jobs", "Models"}, ["/ui/examples", "/ui/audit"]),
-    ("auditor", {"Overview", "Datasets", "Jobs", "Models", "Audit"}, ["/ui/examples"]),
-    ("admin", {"Overview", "Examples", "Datasets", "Jobs", "Models", "Audit"}, []),
+    ("trainer", {"Overview", "Datasets", "Jobs", "Models", "Outcomes"}, ["/ui/examples", "/ui/audit"]),
+    ("reviewer", {"Overview", "Examples", "Datasets", "Jobs", "Models", "Outcomes"}, ["/ui/audit"]),
+    ("deployer", {"Overview", "Datasets", "Jobs", "Models", "Outcomes"}, ["/ui/examples", "/ui/audit"]),
+    ("auditor", {"Overview", "Datasets", "Jobs", "Models", "Outcomes", "Audit"}, ["/ui/examples"]),
+    ("admin", {"Overview", "Examples", "Datasets", "Jobs", "Models", "Outcomes", "Audit"}, []),
 ])
 def test_each_role_sees_and_may_press_what_rest_allows(browser: Any, world: dict[str, Any], staged: str, role: str,
                                                        nav: set[str], forbidden: list[str]) -> None:
@@ -166,7 +166,7 @@ def test_each_role_sees_and_may_press_what_rest_allows(browser: Any, world: dict
     assert page.get_by_role("button", name="Cancel job").count() in ((0, 1) if role in ("trainer", "admin") else (0,))
     if role in ("reviewer", "admin"):
         page.goto(world["url"] + "/ui/examples?status=REVIEW")
-        assert page.get_by_role("button", name="Accept").count() >= 1
+        assert page.get_by_role("button", name="Accept", exact=True).count() >= 1
         shot(page, world, f"review-queue-{role}")
 
 
@@ -177,7 +177,7 @@ def test_a_reviewer_decides_an_example_and_rest_sees_it(browser: Any, world: dic
     example_id = first.get_attribute("data-example-id")
     waiting = page.locator("#examples tbody tr").count()
     first.locator("input[name=note]").fill("checked the refund policy")
-    first.get_by_role("button", name="Accept").click()
+    first.get_by_role("button", name="Accept", exact=True).click()
     page.wait_for_selector(".flash")
     assert f"example {example_id} is now ACCEPTED" in page.locator(".flash").inner_text()
     assert page.locator("#examples tbody tr[data-example-id]").count() == waiting - 1
