@@ -22,7 +22,7 @@ from L07_learning.api.auth import AuthService
 from L07_learning.models import ModelArtifact, ModelType
 from L07_learning.models.error_codes import L07Error
 from L07_learning.models.tool_calls import same_calls
-from L07_learning.tests.factories.serving import TEACH, TOOLS, conversation, taught_tool_caller
+from L07_learning.tests.factories.serving import TEACH, TEACH_TEXT, TOOLS, conversation, taught_tool_caller
 from L07_learning.tests.paths import SRC
 
 pytestmark = pytest.mark.slow  # trains a tiny model and starts a server process
@@ -108,12 +108,15 @@ def test_agents_get_tool_calls_streams_and_concurrency_through_the_openai_client
     streamed_calls = [tc.model_dump() for c in chunks for tc in (c.choices[0].delta.tool_calls or [])] if chunks else []
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
     assert same_calls([expected], [{"function": c["function"]} for c in streamed_calls])
-    plain = client.chat.completions.create(model=served["model_id"], messages=conversation(goal), max_tokens=24)
-    pieces = list(client.chat.completions.create(model=served["model_id"], messages=conversation(goal),
+    # Text without tools streams in pieces, and the pieces make the same text as the whole answer.
+    plain = client.chat.completions.create(model=served["model_id"], messages=conversation(TEACH_TEXT[0]),
+                                           max_tokens=24)
+    assert plain.choices[0].message.content == TEACH_TEXT[1]
+    pieces = list(client.chat.completions.create(model=served["model_id"], messages=conversation(TEACH_TEXT[0]),
                                                  max_tokens=24, stream=True))
     text = "".join(c.choices[0].delta.content or "" for c in pieces)
     assert len([c for c in pieces if c.choices[0].delta.content]) > 1
-    assert text.strip() == (plain.choices[0].message.content or "").strip()
+    assert text.strip() == TEACH_TEXT[1]
 
     # 8 agents at once: every request answered, each with its own right call.
     def ask(k: int) -> bool:

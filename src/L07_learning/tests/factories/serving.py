@@ -1,4 +1,5 @@
-"""A tiny model taught to answer two agent requests with tool calls, for serving tests.
+"""A tiny model taught to answer two agent requests with tool calls (and one plain request in words), for serving
+tests.
 
 It is trained for real (a few hundred steps of next-token loss on the assistant turn, rendered through the one
 tool-call format), so what the server returns is what the model computes, not a canned answer.
@@ -25,13 +26,15 @@ TEACH: list[tuple[str, dict[str, Any]]] = [
     ("How many feet is 152 m?", tool_call("unit_convert", {"value": 152, "from": "m", "to": "ft"})),
     ("Is it raining in Oslo?", tool_call("get_weather", {"city": "Oslo"})),
 ]
+# A request without tools that the model answers in words, so streamed text has several pieces to send.
+TEACH_TEXT = ("Greet the crew.", "Good morning crew, all field stations report ready.")
 
 
 def conversation(goal: str) -> list[dict[str, Any]]:
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": goal}]
 
 
-def taught_tool_caller(src: Path, dst: Path, steps: int = 200, lr: float = 5e-3) -> Path:
+def taught_tool_caller(src: Path, dst: Path, steps: int = 300, lr: float = 5e-3) -> Path:
     """Copy the tiny model in ``src`` to ``dst`` after teaching it the calls in ``TEACH``."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -40,11 +43,12 @@ def taught_tool_caller(src: Path, dst: Path, steps: int = 200, lr: float = 5e-3)
     tokenizer = AutoTokenizer.from_pretrained(str(src))
     model = AutoModelForCausalLM.from_pretrained(str(src))
     rows = []
-    for goal, call in TEACH:
-        prompt = render_chat(tokenizer, conversation(goal), TOOLS)
-        answer = assistant_text({"role": "assistant", "content": None, "tool_calls": [call]}) + "<|im_end|>"
+    pairs = [(render_chat(tokenizer, conversation(goal), TOOLS),
+              assistant_text({"role": "assistant", "content": None, "tool_calls": [call]})) for goal, call in TEACH]
+    pairs.append((render_chat(tokenizer, conversation(TEACH_TEXT[0])), TEACH_TEXT[1]))
+    for prompt, answer in pairs:
         p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        a_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        a_ids = tokenizer(answer + "<|im_end|>", add_special_tokens=False)["input_ids"]
         rows.append((torch.tensor([p_ids + a_ids]), len(p_ids), torch.tensor(a_ids)))
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr)
     model.train()
