@@ -255,6 +255,19 @@ def _make_callback(callbacks: SFTCallbacks, started: float, max_duration_s: floa
     return _Bridge()
 
 
+def held_out_cases(rows: list[Row], named_modes: list[str] | None = None) -> list[tuple[Row, str, str]]:
+    """``(prompt, expected, match mode)`` per assistant turn of each held-out row: the validator's cases too. A mode
+    named for a row (its example's ``match_mode``) holds for each of its turns; ``auto`` or none lets each turn's
+    text decide (``matching.match_mode_for``)."""
+    named = named_modes or []
+    out = []
+    for i, row in enumerate(rows):
+        for prompt, expected in assistant_turns(row):
+            mode = named[i] if i < len(named) and named[i] != "auto" else match_mode_for(expected)
+            out.append((prompt, expected, mode))
+    return out
+
+
 def _generation_correct(model: Any, tokenizer: Any, cases: list[tuple[Row, str]], modes: list[str],
                         max_new_tokens: int, batch_size: int) -> list[bool]:
     """Per held-out turn ``(prompt, expected)``: is the greedy answer correct under its match mode (the validator's
@@ -500,14 +513,9 @@ def run_sft(
         trainer.model.save_pretrained(str(output_dir), safe_serialization=config.output_format == "safetensors")
         tokenizer.save_pretrained(str(output_dir))
         if test_rows and measure_generation:
-            rows = test_rows[:MAX_GENERATION_EVAL]
-            named = test_match_modes or []
-            cases: list[tuple[Row, str]] = []
-            modes: list[str] = []
-            for i, row in enumerate(rows):
-                for prompt, expected in assistant_turns(row):
-                    cases.append((prompt, expected))
-                    modes.append(named[i] if i < len(named) and named[i] != "auto" else match_mode_for(expected))
+            held_out = held_out_cases(test_rows[:MAX_GENERATION_EVAL], test_match_modes)
+            cases = [(prompt, expected) for prompt, expected, _ in held_out]
+            modes = [mode for *_, mode in held_out]
             longest = max(len(tokenizer(e, add_special_tokens=False)["input_ids"]) for _, e in cases)
             peft_model = trainer.model
             peft_model.eval()

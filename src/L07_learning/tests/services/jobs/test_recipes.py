@@ -263,6 +263,7 @@ def test_tool_calls_match_by_name_and_parsed_arguments() -> None:
 async def test_job_eval_and_validator_judge_the_same_cases_the_same_way(settings, db: Database,
                                                                         tiny_model: Path) -> None:
     from L07_learning.models import ModelArtifact
+    from L07_learning.pipelines.sft_pipeline import held_out_cases
     from L07_learning.services.jobs import sft
     from L07_learning.services.jobs.context import RunnerContext
     from L07_learning.services.model_validator import ModelValidator
@@ -280,12 +281,12 @@ async def test_job_eval_and_validator_judge_the_same_cases_the_same_way(settings
     job = await engine.start_training(dataset.dataset_id, base.model_id, config)
     ctx = RunnerContext(db, settings, registry, curator, settings.home / "jobs" / job.job_id)
     spec = await sft.prepare(job, config, ctx)
-    job_cases = [(row[:-1], row[-1]["content"], mode) for row, mode in zip(spec["test_rows"], spec["test_match_modes"])]
+    job_cases = held_out_cases(spec["test_rows"], spec["test_match_modes"])  # what the job's eval_accuracy judges
 
     candidate = ModelArtifact(name="c", model_type=ModelType.LORA_ADAPTER, dataset_id=dataset.dataset_id,
                               dataset_version=dataset.version, config=config.model_dump(mode="json"))
     validator = ModelValidator(db=db, registry=registry, curator=curator, settings=settings)
     cases, _ = await validator._held_out_cases(candidate)
-    validator_cases = [(c.messages, c.expected, c.match_mode) for c in cases]
+    validator_cases = [(c.prompt, c.expected, c.match_mode) for c in cases]
     assert job_cases == validator_cases
     assert {mode for *_, mode in job_cases} >= {"trace", "contains", "exact"}  # every kind took part
