@@ -48,11 +48,11 @@ def test_loss_is_computed_on_the_assistant_answer_only(tiny_model: Path, tmp_pat
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from L07_learning.pipelines.sft_pipeline import to_prompt_completion
+    from L07_learning.pipelines.sft_pipeline import tokenize_row
 
     tok = AutoTokenizer.from_pretrained(str(tiny_model))
     rows = tool_rows(2, seed=5)
-    ds = Dataset.from_list([to_prompt_completion(r, has_chat_template=True) for r in rows])
+    ds = Dataset.from_list([tokenize_row(r, tok) for r in rows])
     trainer = SFTTrainer(
         model=AutoModelForCausalLM.from_pretrained(str(tiny_model)), processing_class=tok, train_dataset=ds,
         args=SFTConfig(output_dir=str(tmp_path), completion_only_loss=True, report_to="none", use_cpu=True,
