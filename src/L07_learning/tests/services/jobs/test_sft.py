@@ -232,11 +232,11 @@ def test_answer_only_head_gives_trls_loss_and_gradients(tiny_model: Path, tmp_pa
     from trl import SFTConfig, SFTTrainer
 
     from L07_learning.pipelines.answer_loss import AnswerLossSFTTrainer
-    from L07_learning.pipelines.sft_pipeline import to_prompt_completion
+    from L07_learning.pipelines.sft_pipeline import tokenize_row
 
     tok = AutoTokenizer.from_pretrained(str(tiny_model))
     rows = tool_rows(6, seed=3)
-    ds = Dataset.from_list([to_prompt_completion(r, has_chat_template=True) for r in rows])
+    ds = Dataset.from_list([tokenize_row(r, tok) for r in rows])
     trainer = AnswerLossSFTTrainer(
         model=AutoModelForCausalLM.from_pretrained(str(tiny_model)), processing_class=tok, train_dataset=ds,
         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
