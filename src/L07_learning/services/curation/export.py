@@ -69,7 +69,7 @@ def write_split_files(dataset: Dataset, out_dir: Path, fmt: str) -> dict[str, di
             path = out_dir / f"{split}.jsonl"
             with path.open("w", encoding="utf-8") as fh:
                 for row in rows:
-                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    fh.write(json.dumps(_without_nulls(row), ensure_ascii=False) + "\n")
         else:
             import pyarrow as pa
             import pyarrow.parquet as pq
@@ -80,12 +80,21 @@ def write_split_files(dataset: Dataset, out_dir: Path, fmt: str) -> dict[str, di
     return files
 
 
+def _without_nulls(row: dict[str, Any]) -> dict[str, Any]:
+    """A JSONL line as OpenAI's chat format writes it: a message carries only the keys it uses (a user turn with
+    ``"tool_calls": null`` is refused by hosted fine-tuning validators)."""
+    return {**row, "messages": [{k: v for k, v in m.items() if v is not None} for m in row["messages"]]}
+
+
 def _arrow_schema() -> Any:
     import pyarrow as pa
 
-    message = pa.struct([("role", pa.string()), ("content", pa.string())])
+    call = pa.struct([("id", pa.string()), ("type", pa.string()),
+                      ("function", pa.struct([("name", pa.string()), ("arguments", pa.string())]))])
+    message = pa.struct([("role", pa.string()), ("content", pa.string()), ("tool_calls", pa.list_(call)),
+                         ("tool_call_id", pa.string()), ("name", pa.string())])
     return pa.schema([
-        ("messages", pa.list_(message)), ("example_id", pa.string()), ("split", pa.string()),
+        ("messages", pa.list_(message)), ("tools_json", pa.string()), ("example_id", pa.string()), ("split", pa.string()),
         ("task_type", pa.string()), ("domain", pa.string()), ("source_type", pa.string()),
         ("quality_score", pa.float64()), ("confidence", pa.float64()), ("difficulty", pa.float64()),
         ("execution_id", pa.string()), ("content_hash", pa.string()), ("dataset_id", pa.string()),

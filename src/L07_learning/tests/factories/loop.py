@@ -52,10 +52,11 @@ SMOLLM2_TRAINING: dict[str, Any] = {"kind": "sft", "preset": "cpu-small", "confi
     "early_stopping_patience": 0, "epochs": 2, "lora_alpha": 32, "lora_dropout": 0.0, "lora_top_layers": 20,
     "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     "extra": {"generation_eval": False}, "eval_strategy": "no", "seed": 3}}
-# Tiny jobs that checkpoint every 2 steps (so a kill has something to resume from).
+# Tiny jobs that checkpoint every 2 steps (so a kill has something to resume from). A row of this family is ~340
+# SmolLM2 tokens (the four tool schemas ride in every prompt), so 512 keeps every row.
 # The tiny random model may not beat its base, so its adapter is registered despite the no-improvement verdict.
 TINY_TRAINING: dict[str, Any] = {
-    "learning_rate": 1e-3, "batch_size": 4, "lora_rank": 8, "max_seq_length": 256, "epochs": 3, "eval_strategy": "no",
+    "learning_rate": 1e-3, "batch_size": 4, "lora_rank": 8, "max_seq_length": 512, "epochs": 3, "eval_strategy": "no",
     "save_strategy": "steps", "save_checkpoint_every_n_steps": 2, "early_stopping_patience": 0,
     "gradient_checkpointing": False, "extra": {"require_improvement": False}}
 

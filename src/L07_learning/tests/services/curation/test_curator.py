@@ -168,13 +168,16 @@ async def test_errors_have_codes_and_store_nothing(db):
 @pytest.mark.parametrize("fmt,loader", [("jsonl", "json"), ("parquet", "parquet")])
 async def test_export_loads_with_datasets_as_it_is(sqlite_db, tmp_path, fmt, loader):
     curator = DatasetCurator(db=sqlite_db)
-    ds = await curator.create_dataset("export", clean_examples(40))
+    # Half the examples are tool-using conversations, so the export must carry calls, tool turns and schemas.
+    examples = [_with_tool_call(ex) if i % 2 else ex for i, ex in enumerate(clean_examples(40))]
+    ds = await curator.create_dataset("export", examples)
     result = await curator.export("export", None, tmp_path / fmt, fmt)
     code = (
         "import json, sys, datasets\n"
         f"files = json.loads(sys.argv[1])\n"
         f"d = datasets.load_dataset({loader!r}, data_files=files)\n"
-        "print(json.dumps({k: [len(v), v[0]['messages'], v[0]['example_id']] for k, v in d.items()}))\n"
+        "print(json.dumps({k: [len(v), list(v['messages']), list(v['example_id']), list(v['tools_json'])]\n"
+        "                  for k, v in d.items()}))\n"
     )
     files = {s: f["path"] for s, f in result["files"].items()}
     out = subprocess.run([sys.executable, "-c", code, json.dumps(files)], capture_output=True, text=True, timeout=300,
@@ -182,12 +185,29 @@ async def test_export_loads_with_datasets_as_it_is(sqlite_db, tmp_path, fmt, loa
     assert out.returncode == 0, out.stderr[-2000:]
     loaded = json.loads(out.stdout.strip().splitlines()[-1])
     assert {s: v[0] for s, v in loaded.items()} == {s: len(ids) for s, ids in ds.splits.items() if ids}
-    first = ds.split_examples("train")[0]
-    assert loaded["train"][2] == first.example_id
-    assert loaded["train"][1] == [{"role": "user", "content": first.input_text},
-                                  {"role": "assistant", "content": first.output_text}]
+    train = ds.split_examples("train")
+    assert loaded["train"][2] == [ex.example_id for ex in train]
+    # ``datasets`` gives every message the union of the keys (unused ones None); the content is the conversation.
+    got = [[{k: v for k, v in m.items() if v is not None} for m in msgs] for msgs in loaded["train"][1]]
+    assert got == [[{**m, "content": m.get("content") or ""} for m in ex.chat_messages()] for ex in train]
+    assert any(any(m.get("tool_calls") for m in msgs) for msgs in got)
+    assert [json.loads(t) if t else [] for t in loaded["train"][3]] == [ex.tools or [] for ex in train]
     manifest = json.loads((tmp_path / fmt / "manifest.json").read_text())
     assert manifest["checksum_sha256"] == ds.checksum_sha256 and len(manifest["members"]) == 40
+
+
+def _with_tool_call(ex):  # type: ignore[no-untyped-def]
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "ledger_search", "arguments": json.dumps({"ref": ex.execution_id})}}
+    tool = {"type": "function", "function": {"name": "ledger_search", "description": "Find a ledger entry.",
+                                             "parameters": {"type": "object", "properties": {"ref": {"type": "string"}},
+                                                            "required": ["ref"]}}}
+    messages = [{"role": "system", "content": "You are the ledger agent."},
+                {"role": "user", "content": ex.input_text},
+                {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "found"},
+                {"role": "assistant", "content": ex.output_text}]
+    return ex.model_copy(update={"messages": messages, "tools": [tool]})
 
 
 def test_cli_create_show_diff_export_and_rejected(tmp_path):

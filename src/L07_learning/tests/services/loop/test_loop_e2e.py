@@ -61,8 +61,9 @@ async def test_dropped_file_reaches_staging_and_one_signed_release_with_no_comma
             return runs if runs and runs[0].status not in ("TRAINING", "VALIDATING") else None
 
         (run,) = await wait_for(finished_run, 1800, "finished run", (loop,), every_s=2.0)
+        assert run.status == "STAGED", (run.verdict, run.error_code, run.error_message,
+                                        await _gate_issues(db, home, run.model_id), loop.tail())
         await wait_for(lambda: _truthy(sink_events(home)), 60, "release event in the sink", (loop,))
-        assert run.status == "STAGED", (run.verdict, run.error_code, run.error_message, loop.tail())
         elapsed = time.monotonic() - started
     finally:
         rc = loop.stop()
@@ -97,3 +98,12 @@ async def _exists(path: Path) -> bool:
 
 async def _truthy(value: object) -> object:
     return value
+
+
+async def _gate_issues(db, home: Path, model_id: str | None) -> dict:  # type: ignore[no-untyped-def]
+    """Every validation stage's outcome and issues, so a run that stopped short of STAGING says which gate held it."""
+    if model_id is None:
+        return {}
+    validations = await ModelRegistry(db=db, settings=Settings(home=home)).get_validations(model_id)
+    return {name: (stage.outcome.value, stage.issues, {k: v for k, v in stage.metrics.items() if k != "failures"})
+            for v in validations for name, stage in v.stages.items()}
