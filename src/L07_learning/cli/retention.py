@@ -17,7 +17,8 @@ async def purge(
     json_out: bool = JsonOpt,
 ) -> None:
     """Delete expired dataset versions (90 d), failed runs (30 d), archived models (365 d), refused-input payloads
-    (30 d) and audit rows (7 years); verify the deletion and audit it."""
+    (30 d), audit rows (7 years) and production outcomes (90 d, never those an open release watch reads); verify the
+    deletion and audit it."""
     async with services() as service:
         report = await RetentionService(service.db, service.settings).purge(dry_run=dry_run)
     if json_out:
@@ -35,4 +36,4 @@ async def purge(
 
 _CUTOFF = {"training_jobs": "failed_runs", "loop_runs": "failed_runs", "dataset_versions": "datasets",
            "archived_models": "archived_models", "rejected_events": "rejected_payloads",
-           "filter_rejections": "rejected_payloads", "audit_rows": "audit_log"}
+           "filter_rejections": "rejected_payloads", "audit_rows": "audit_log", "model_outcomes": "model_outcomes"}

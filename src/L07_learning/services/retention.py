@@ -8,6 +8,12 @@ time is up, the deletion is verified, and the purge is audited.
 | Archived models | 365 days after archiving | rows, stage history, approvals, validations and artifact files; never a model a kept model descends from |
 | Raw payloads of refused input | 30 days | rejected events (§1.9) and the filter's rejections; the contract names no period, so the failed-run period applies |
 | Audit log | 7 years (§8 #28) | the oldest prefix of the chain only, anchored so the rest still verifies |
+| Production outcomes | 90 days | by completion (arrival when no score came); never what an open release watch reads |
+
+The contract names no period for production outcomes (§9); they are training-side evidence like datasets, so the
+dataset period applies. An open watch (``feedback/watch.py``) reads its model's outcomes since the release (windows
+are counted from the release, so none of them may go) and its predecessor's newest ``watch_baseline_samples`` before
+the release plus those served since (the canary's incumbent side); those stay however old they are.
 
 All database deletes and the ``retention.purge`` audit row commit in one transaction; files are removed after the
 commit (a rolled-back purge must not lose files its rows still point at), then every deletion is checked.
@@ -32,7 +38,9 @@ from ..models.error_codes import L07Error, L07ErrorCode
 from ..settings import Settings, get_settings
 from ..store.db import Database
 from ..store.repositories.audit import audit, drop_prefix, expired_prefix
+from ..store.repositories.feedback import WatchRepository
 from ..store.repositories.retention import RetentionRepository, as_pairs
+from .feedback.watch import OPEN_STATES, release_time
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +54,12 @@ class RetentionPolicy:
     archived_models: timedelta = timedelta(days=365)
     rejected_payloads: timedelta = timedelta(days=30)
     audit_log: timedelta = timedelta(days=7 * 365)
+    model_outcomes: timedelta = timedelta(days=90)
 
     def cutoffs(self, now: datetime) -> dict[str, datetime]:
         return {"datasets": now - self.datasets, "failed_runs": now - self.failed_runs,
                 "archived_models": now - self.archived_models, "rejected_payloads": now - self.rejected_payloads,
-                "audit_log": now - self.audit_log}
+                "audit_log": now - self.audit_log, "model_outcomes": now - self.model_outcomes}
 
 
 @dataclass
@@ -92,7 +101,8 @@ class RetentionService:
         Raises:
             L07Error: E7014 when a deletion did not hold (rows or files still there afterwards).
         """
-        cutoffs = self.policy.cutoffs(now or utcnow())
+        now = now or utcnow()
+        cutoffs = self.policy.cutoffs(now)
         async with self.db.session() as session:
             repo = RetentionRepository(session)
             jobs = await repo.failed_jobs(cutoffs["failed_runs"])
@@ -102,9 +112,12 @@ class RetentionService:
             rejected_events = await repo.count_rejected_events(cutoffs["rejected_payloads"])
             rejections = await repo.count_filter_rejections(cutoffs["rejected_payloads"])
             audit_prefix = await expired_prefix(session, cutoffs["audit_log"])
+            holds = await repo.outcome_holds(await _watched(session, now), self.settings.watch_baseline_samples)
+            outcomes = await repo.count_model_outcomes(cutoffs["model_outcomes"], holds)
             counts = {"training_jobs": len(jobs), "loop_runs": len(runs), "dataset_versions": len(versions),
                       "archived_models": len(models), "rejected_events": rejected_events,
-                      "filter_rejections": rejections, "audit_rows": audit_prefix[2] if audit_prefix else 0}
+                      "filter_rejections": rejections, "audit_rows": audit_prefix[2] if audit_prefix else 0,
+                      "model_outcomes": outcomes}
             report = PurgeReport(dry_run=dry_run, cutoffs={k: v.isoformat() for k, v in cutoffs.items()}, counts=counts)
             # A job's folder (spec, log, checkpoints) is <home>/jobs/<job_id> (``jobs/runner.py``).
             files = [(f"job {job_id}", str(self._jobs_dir / job_id)) for job_id, _ in jobs] + \
@@ -118,12 +131,13 @@ class RetentionService:
             counts["archived_models"] = await repo.delete_models([m for m, _ in models])
             counts["rejected_events"] = await repo.delete_rejected_events(cutoffs["rejected_payloads"])
             counts["filter_rejections"] = await repo.delete_filter_rejections(cutoffs["rejected_payloads"])
+            counts["model_outcomes"] = await repo.delete_model_outcomes(cutoffs["model_outcomes"], holds)
             if audit_prefix:
                 counts["audit_rows"] = await drop_prefix(session, audit_prefix[0], audit_prefix[1])
             report.audit_id = await audit(session, "retention.purge", "retention", None, actor=actor, details={
                 "counts": counts, "cutoffs": report.cutoffs, "files": [p for _, p in files],
                 "training_jobs": [j for j, _ in jobs][:200], "dataset_versions": as_pairs(versions)[:200],
-                "archived_models": [m for m, _ in models][:200],
+                "archived_models": [m for m, _ in models][:200], "outcomes_held_for_watches": sorted(holds)[:200],
                 "audit_anchor": {"seq": audit_prefix[0], "hash": audit_prefix[1]} if audit_prefix else None,
             })
         for owner, path in files:
@@ -135,13 +149,15 @@ class RetentionService:
             else:
                 report.files_kept.append({"owner": owner, "path": path, "why": why})
         await self._verify(report, {"training_jobs": [j for j, _ in jobs], "loop_runs": runs,
-                                    "dataset_versions": versions, "archived_models": [m for m, _ in models]}, cutoffs)
+                                    "dataset_versions": versions, "archived_models": [m for m, _ in models]}, cutoffs,
+                           holds)
         log.info("retention purge: %s", counts, extra={"counts": counts, "files_removed": len(report.files_removed)})
         return report
 
-    async def _verify(self, report: PurgeReport, purged: dict[str, Any], cutoffs: dict[str, datetime]) -> None:
+    async def _verify(self, report: PurgeReport, purged: dict[str, Any], cutoffs: dict[str, datetime],
+                      outcome_holds: dict[str, datetime | None]) -> None:
         async with self.db.session() as session:
-            left = await RetentionRepository(session).remaining(purged, cutoffs)
+            left = await RetentionRepository(session).remaining(purged, cutoffs, outcome_holds)
         left = {k: v for k, v in left.items() if v}
         still_there = [p for p in report.files_removed if _exists(p)]
         report.verified = not left and not still_there
@@ -173,6 +189,17 @@ class RetentionService:
         except OSError as exc:
             return f"{exc.__class__.__name__}: {exc}"
         return None
+
+
+async def _watched(session: Any, now: datetime) -> list[tuple[str, str | None, datetime]]:
+    """``(model_id, baseline_model_id, started_at)`` of every release watch that reads outcomes: the open ones
+    (NO_BASELINE included: its view summarises the outcomes since the release) and the ones the watch opens on its
+    next look, for models that became ACTIVE since its last one."""
+    repo = WatchRepository(session)
+    watches = [(w["model_id"], w["baseline_model_id"], w["started_at"])
+               for w in await repo.list(OPEN_STATES + ("NO_BASELINE",))]
+    return watches + [(m["model_id"], m["baseline_model_id"], release_time(m, now))
+                      for m in await repo.unwatched_active()]
 
 
 def _under(path: str, root: str) -> bool:

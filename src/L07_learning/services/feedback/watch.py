@@ -68,6 +68,11 @@ CLAIM_STALE_S = 300.0
 OPEN_STATES = ("WATCHING", "ROLLING_BACK")
 
 
+def release_time(model: dict[str, Any], now: datetime) -> datetime:
+    """When the watch of a model from ``WatchRepository.unwatched_active`` starts: its deployment time."""
+    return as_datetime(model["deployed_at"]) or model["updated_at"] or now
+
+
 class ReleaseWatch:
     """Watches released models and rolls back the ones that got worse.
 
@@ -118,7 +123,7 @@ class ReleaseWatch:
             repo = WatchRepository(session)
             fresh = await repo.unwatched_active()
             for m in fresh:
-                started = as_datetime(m["deployed_at"]) or m["updated_at"] or now
+                started = release_time(m, now)
                 canary = m["canary_config"] is not None and m["baseline_model_id"] is not None
                 await repo.add({"model_id": m["model_id"], "model_name": m["name"],
                                 "canary_status": "RUNNING" if canary else None,

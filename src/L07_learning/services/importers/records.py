@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +80,20 @@ def json_lines(path: Path) -> Iterator[tuple[int, Any]]:
                 yield number, json.loads(text)
             except ValueError as exc:
                 yield number, Refused(L07ErrorCode.EXECUTION_TRACE_PARSE_ERROR, f"not JSON: {exc}")
+
+
+def object_lines(path: Path, build: Callable[[int, dict[str, Any]], Record]) -> Iterator[Record]:
+    """One record per non-blank JSONL line: ``build(line number, object)`` for a JSON object, the line's refusal
+    (E7015) for one that is not JSON or not an object, or the ``Refused`` that ``build`` raises."""
+    for number, row in json_lines(path):
+        try:
+            if isinstance(row, Refused):
+                raise row
+            if not isinstance(row, dict):
+                raise Refused(L07ErrorCode.EXECUTION_TRACE_PARSE_ERROR, "the line is not a JSON object")
+            yield build(number, row)
+        except Refused as refusal:
+            yield Record(number, refusal=refusal)
 
 
 def json_records(path: Path, keys: tuple[str, ...]) -> Iterator[tuple[int, Any]]:

@@ -2,15 +2,15 @@
 
 Selection and deletion are separate so a dry run counts exactly what a real run would delete. Nothing that is still
 in use is selected: the latest version of a dataset, a version a model was trained on or a live job or loop run
-points at, a model another model descends from.
+points at, a model another model descends from, the production outcomes an open release watch still reads.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import delete, func, select, tuple_
+from sqlalchemy import and_, delete, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..tables import (
@@ -22,6 +22,7 @@ from ..tables import (
     SqlLoopRun,
     SqlModel,
     SqlModelApproval,
+    SqlModelOutcome,
     SqlModelStageHistory,
     SqlRejectedEvent,
     SqlRejectedExample,
@@ -110,6 +111,56 @@ class RetentionRepository:
         return int(await self.session.scalar(
             select(func.count()).select_from(SqlRejectedExample).where(SqlRejectedExample.created_at < cutoff)) or 0)
 
+    # --- production outcomes ------------------------------------------------------------------------------------
+
+    async def outcome_holds(self, watches: list[tuple[str, str | None, datetime]],
+                            baseline_samples: int) -> dict[str, datetime | None]:
+        """Model id -> the time from which its outcomes must stay (None: all of them), for ``(model_id,
+        baseline_model_id, started_at)`` of the release watches.
+
+        A watch reads its model's outcomes completed since the release (in windows counted from the release, so
+        none of them may go), and for its predecessor the newest ``baseline_samples`` completed before the release
+        (the baseline) plus those served since (the canary's incumbent side)."""
+        holds: dict[str, datetime | None] = {}
+
+        def hold(model_id: str, since: datetime | None) -> None:
+            if model_id in holds and (holds[model_id] is None or (since is not None and holds[model_id] <= since)):
+                return
+            holds[model_id] = since
+
+        for model_id, baseline_id, started in watches:
+            started = _utc(started)
+            hold(model_id, started)
+            if baseline_id is None:
+                continue
+            oldest = await self.session.scalar(
+                select(SqlModelOutcome.completed_at)
+                .where(SqlModelOutcome.model_id == baseline_id, SqlModelOutcome.completed_at < started)
+                .order_by(SqlModelOutcome.completed_at.desc(), SqlModelOutcome.execution_id.desc())
+                .offset(baseline_samples - 1).limit(1))
+            # Fewer than ``baseline_samples`` before the release: the baseline is all of them.
+            hold(baseline_id, min(_utc(oldest), started) if oldest is not None else None)
+        return holds
+
+    @staticmethod
+    def _expired_outcomes(cutoff: datetime, holds: dict[str, datetime | None]) -> Any:
+        """Outcomes older than ``cutoff`` (by completion, or by arrival while the score never came) and not held."""
+        o = SqlModelOutcome
+        old = or_(o.completed_at < cutoff, and_(o.completed_at.is_(None), o.created_at < cutoff))
+        if not holds:
+            return old
+
+        def before(column: Any, since: datetime) -> Any:
+            return or_(column.is_(None), column < since)
+
+        released = [and_(o.model_id == m, before(o.completed_at, since), before(o.served_at, since))
+                    for m, since in holds.items() if since is not None]
+        return and_(old, or_(o.model_id.is_(None), o.model_id.not_in(list(holds)), *released))
+
+    async def count_model_outcomes(self, cutoff: datetime, holds: dict[str, datetime | None]) -> int:
+        return int(await self.session.scalar(
+            select(func.count()).select_from(SqlModelOutcome).where(self._expired_outcomes(cutoff, holds))) or 0)
+
     # --- deletes --------------------------------------------------------------------------------------------------
 
     async def delete_jobs(self, job_ids: list[str]) -> int:
@@ -149,9 +200,14 @@ class RetentionRepository:
         return (await self.session.execute(
             delete(SqlRejectedExample).where(SqlRejectedExample.created_at < cutoff))).rowcount
 
+    async def delete_model_outcomes(self, cutoff: datetime, holds: dict[str, datetime | None]) -> int:
+        return (await self.session.execute(
+            delete(SqlModelOutcome).where(self._expired_outcomes(cutoff, holds)))).rowcount
+
     # --- verification ---------------------------------------------------------------------------------------------
 
-    async def remaining(self, purged: dict[str, Any], cutoffs: dict[str, datetime]) -> dict[str, int]:
+    async def remaining(self, purged: dict[str, Any], cutoffs: dict[str, datetime],
+                        outcome_holds: dict[str, datetime | None]) -> dict[str, int]:
         """Rows a finished purge should have removed that are still there (all zero when the deletion held)."""
         out: dict[str, int] = {}
 
@@ -172,7 +228,13 @@ class RetentionRepository:
                                                   .where(SqlModel.model_id.in_(p))) for p in chunks(purged["archived_models"])])
         out["rejected_events"] = await self.count_rejected_events(cutoffs["rejected_payloads"])
         out["filter_rejections"] = await self.count_filter_rejections(cutoffs["rejected_payloads"])
+        out["model_outcomes"] = await self.count_model_outcomes(cutoffs["model_outcomes"], outcome_holds)
         return out
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes for timezone-aware columns; every stored time is UTC.
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
 
 
 def as_pairs(rows: list[tuple[str, str]]) -> list[list[str]]:

@@ -81,7 +81,7 @@ async def test_purge_deletes_what_expired_keeps_what_is_used_and_verifies(db, se
 
     dry = await service.purge(dry_run=True)
     assert dry.counts == {"training_jobs": 1, "loop_runs": 0, "dataset_versions": 1, "archived_models": 1,
-                          "rejected_events": 1, "filter_rejections": 0, "audit_rows": 3}
+                          "rejected_events": 1, "filter_rejections": 0, "audit_rows": 3, "model_outcomes": 0}
     assert old_model.exists() and old_job_dir.exists()  # a dry run deletes nothing
 
     report = await service.purge()
