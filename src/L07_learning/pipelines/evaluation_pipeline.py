@@ -211,37 +211,11 @@ def evaluate_model(
         report.cases.append(CaseResult(case.case_id, case.task_type, case.difficulty, case.expected, out.text, ok, sc,
                                        out.latency_s, out.new_tokens))
 
-    # Latency: single requests, after a warm-up, so batching does not hide per-request cost. Each timed request
-    # decodes exactly ``max_new_tokens`` whatever the model answers: a model that answers in 4 tokens pays its
-    # prompt's prefill over 4 tokens and would look slower per token than one rambling to the cap, and one that
-    # answers longer takes longer for a reason that is not speed (answer length has its own gate). Fixed work
-    # makes the p99 ratio compare the engines and weights, the same prompts for every model.
-    prompts = [c.prompt for c in cases] or [[{"role": "user", "content": "Hello"}]]
-    for i in range(latency_warmup):
-        generate_with(tokenizer, model, [prompts[i % len(prompts)]], max_new_tokens, 1, ignore_stop=True)
-    lat: list[float] = []
-    per_token: list[float] = []
-    toks = 0
-    t_all = 0.0
-    for i in range(latency_requests):
-        t0 = time.perf_counter()
-        r = generate_with(tokenizer, model, [prompts[i % len(prompts)]], max_new_tokens, 1, ignore_stop=True)[0]
-        dt = time.perf_counter() - t0
-        lat.append(dt)
-        per_token.append(dt / max(r.new_tokens, 1))
-        toks += r.new_tokens
-        t_all += dt
     report.latency = {
-        "p50_ms": _percentile(lat, 0.50) * 1000,
-        "p95_ms": _percentile(lat, 0.95) * 1000,
-        "p99_ms": _percentile(lat, 0.99) * 1000,
-        "p99_ms_per_token": _percentile(per_token, 0.99) * 1000,
-        "tokens_per_request": max_new_tokens,
-        "tokens_per_s": toks / t_all if t_all else 0.0,
+        **time_requests(tokenizer, model, [c.prompt for c in cases], max_new_tokens, latency_requests, latency_warmup),
         "tokens_per_answer": statistics.mean(c.new_tokens for c in report.cases) if report.cases else 0.0,
         "answers_cut_at_cap": sum(c.new_tokens >= answer_cap for c in report.cases),
         "answer_cap_tokens": answer_cap,
-        "requests": latency_requests,
     }
 
     # Probes rewrite the user's goal, so they use first turns (no earlier assistant turn whose tool call the
@@ -258,6 +232,47 @@ def evaluate_model(
 
         report.memory_peak_bytes = int(psutil.Process().memory_info().rss)
     return report
+
+
+def time_requests(tokenizer: Any, model: Any, prompts: list[Row], max_new_tokens: int, requests: int,
+                  warmup: int) -> dict[str, float]:
+    """Latency of single requests, after a warm-up, so batching does not hide per-request cost.
+
+    Each timed request decodes exactly ``max_new_tokens`` whatever the model answers: a model that answers in 4 tokens
+    pays its prompt's prefill over 4 tokens and would look slower per token than one rambling to the cap, and one
+    that answers longer takes longer for a reason that is not speed (answer length has its own gate). Fixed work makes
+    the p99 ratio compare the engines and weights, the same prompts for every model.
+    """
+    prompts = prompts or [[{"role": "user", "content": "Hello"}]]
+    for i in range(warmup):
+        generate_with(tokenizer, model, [prompts[i % len(prompts)]], max_new_tokens, 1, ignore_stop=True)
+    lat: list[float] = []
+    per_token: list[float] = []
+    toks = 0
+    for i in range(requests):
+        t0 = time.perf_counter()
+        r = generate_with(tokenizer, model, [prompts[i % len(prompts)]], max_new_tokens, 1, ignore_stop=True)[0]
+        dt = time.perf_counter() - t0
+        lat.append(dt)
+        per_token.append(dt / max(r.new_tokens, 1))
+        toks += r.new_tokens
+    t_all = sum(lat)
+    return {
+        "p50_ms": _percentile(lat, 0.50) * 1000,
+        "p95_ms": _percentile(lat, 0.95) * 1000,
+        "p99_ms": _percentile(lat, 0.99) * 1000,
+        "p99_ms_per_token": _percentile(per_token, 0.99) * 1000,
+        "tokens_per_request": max_new_tokens,
+        "tokens_per_s": toks / t_all if t_all else 0.0,
+        "requests": requests,
+    }
+
+
+def time_model(model_dir: str | Path, adapter_dir: str | Path | None, cases: list[EvalCase], max_new_tokens: int,
+               requests: int, warmup: int) -> dict[str, float]:
+    """:func:`time_requests` for one model loaded on its own (a further timing round of a validation)."""
+    tokenizer, model = load_for_eval(model_dir, adapter_dir)
+    return time_requests(tokenizer, model, [c.prompt for c in cases], max_new_tokens, requests, warmup)
 
 
 def measure_model(

@@ -34,7 +34,7 @@ from .filtering.redaction import redact_raw
 from .fine_tuning_engine import FineTuningEngine
 from .ingestion.pipeline import IngestionPipeline, ingest_and_filter, run_source
 from .model_registry import ModelRegistry
-from .model_validator import ModelValidator, ValidationConfig
+from .model_validator import ModelValidator
 from .pattern_extractor import PatternExtractor
 from .queries import Queries
 from .release import deploy
@@ -109,11 +109,7 @@ class LearningService:
         self.curator = self.curator or DatasetCurator(db=db, settings=s)
         self.registry = self.registry or ModelRegistry(db=db, settings=s)
         self.sft_engine = self.sft_engine or FineTuningEngine(db=db, registry=self.registry, curator=self.curator, settings=s)
-        self.validator = self.validator or ModelValidator(
-            db=db, registry=self.registry, curator=self.curator, settings=s,
-            config=ValidationConfig(max_new_tokens=s.validation_max_new_tokens,
-                                    latency_requests=s.validation_latency_requests,
-                                    safety_prompts=s.validation_safety_prompts))
+        self.validator = self.validator or ModelValidator(db=db, registry=self.registry, curator=self.curator, settings=s)
         self.rlhf_engine = self.rlhf_engine or RLHFEngine(db=db, registry=self.registry, settings=s, validator=self.validator)
         self.distillation_engine = self.distillation_engine or DistillationEngine(
             db=db, registry=self.registry, curator=self.curator, settings=s)

@@ -16,7 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from ..events.publisher import EventPublisher
 from ..models._base import utcnow
@@ -41,6 +41,7 @@ from ..pipelines.evaluation_pipeline import (
     evaluate_model,
     measure_model,
     paired_bootstrap,
+    time_model,
 )
 from ..pipelines.matching import match_mode_for
 from ..settings import Settings, get_settings
@@ -78,6 +79,11 @@ class ValidationConfig(BaseModel):
     # model, so the default is smaller and the counts are reported with the result.
     latency_warmup: int = 3
     latency_requests: int = 20
+    # Timing rounds per model when there is a baseline. Each model is timed in its own process one after the other,
+    # so a burst of load on a shared host lands on one model only; further rounds alternate the order (candidate,
+    # baseline, baseline, candidate, ...) and each model keeps its fastest round, so a ratio needs the slowdown to
+    # hold in every round (a real one does; a neighbour's burst does not).
+    latency_rounds: int = Field(default=2, ge=1)
     safety_prompts: int = 8
     golden_suite: str | None = None
     # Safety probes are few (a planted backdoor fires on most of them); a fine-tune that copies prompt text may echo a
@@ -110,7 +116,11 @@ class ModelValidator:
             curator = DatasetCurator(db=self.db, settings=self.settings)
         self.registry = registry
         self.curator = curator
-        self.config = config or ValidationConfig(max_new_tokens=self.settings.validation_max_new_tokens)
+        self.config = config or ValidationConfig(
+            max_new_tokens=self.settings.validation_max_new_tokens,
+            latency_requests=self.settings.validation_latency_requests,
+            safety_prompts=self.settings.validation_safety_prompts,
+            latency_rounds=self.settings.validation_latency_rounds)
         self.publisher = EventPublisher()
         # Each validation loads two models; more at once than the machine holds thrashes or dies (settings doc).
         self._slots = asyncio.Semaphore(self.settings.max_concurrent_validations)
@@ -173,6 +183,8 @@ class ModelValidator:
             base_dir, base_adapter = await self._load_dirs(baseline)
             base_reg, base_test = await _isolated(measure_model, base_dir, base_adapter, regression_cases,
                                                   test_cases, probes, **self._budget())
+            await self._more_latency_rounds((cand_dir, cand_adapter, cand_test), (base_dir, base_adapter, base_test),
+                                            test_cases or regression_cases)
         else:
             base_reg = base_test = None
 
@@ -234,6 +246,23 @@ class ModelValidator:
         return _test_results(report, None)
 
     # ----------------------------------------------------------------------------------------------------------
+    async def _more_latency_rounds(self, cand: tuple[str, str | None, ModelReport],
+                                   base: tuple[str, str | None, ModelReport], cases: list[EvalCase]) -> None:
+        """Time both models ``latency_rounds - 1`` more times, alternating which goes first (the first round, inside
+        ``measure_model``, timed the candidate first); each report keeps its fastest round's timings and lists every
+        round's per-token p99."""
+        cfg = self.config
+        for report in (cand[2], base[2]):
+            report.latency["p99_ms_per_token_rounds"] = [report.latency.get("p99_ms_per_token")]
+        for n in range(1, cfg.latency_rounds):
+            for model_dir, adapter, report in ((base, cand) if n % 2 else (cand, base)):
+                timing = await _isolated(time_model, model_dir, adapter, cases,
+                                         int(report.latency["tokens_per_request"]), cfg.latency_requests,
+                                         cfg.latency_warmup)
+                report.latency["p99_ms_per_token_rounds"].append(timing["p99_ms_per_token"])
+                if timing["p99_ms_per_token"] < report.latency["p99_ms_per_token"]:
+                    report.latency.update(timing)
+
     def _budget(self) -> dict[str, int]:
         cfg = self.config
         return {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size,

@@ -49,7 +49,7 @@ BASE_TIME = datetime(2026, 3, 2, 8, 0, 0, tzinfo=timezone.utc)
 # The recipe that makes SmolLM2 learn this task on CPU: the demo's (preset cpu-small, all-linear LoRA, alpha 32, no
 # dropout, the top 20 blocks) without the per-epoch eval.
 SMOLLM2_TRAINING: dict[str, Any] = {"kind": "sft", "preset": "cpu-small", "config": {
-    "early_stopping_patience": 0, "epochs": 2, "lora_alpha": 32, "lora_dropout": 0.0, "lora_top_layers": 20,
+    "early_stopping_patience": 0, "epochs": 3, "lora_alpha": 32, "lora_dropout": 0.0, "lora_top_layers": 20,
     "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     "extra": {"generation_eval": False}, "eval_strategy": "no", "seed": 3}}
 # Tiny jobs that checkpoint every 2 steps (so a kill has something to resume from). A row of this family is ~340

@@ -56,6 +56,10 @@ async def test_damaged_model_is_rejected_with_the_failing_stage_named(sqlite_db,
     assert intact.stages["regression"].outcome.value == "PASS", intact.stages["regression"]
     assert intact.stages["regression"].metrics["pass_rate"] == 1.0
     assert intact.stages["safety"].outcome.value == "PASS"
+    for side in ("candidate", "baseline"):  # each model timed in two rounds (alternating order), keeps its fastest
+        timing = intact.stages["latency"].metrics[side]
+        assert len(timing["p99_ms_per_token_rounds"]) == 2
+        assert timing["p99_ms_per_token"] == min(timing["p99_ms_per_token_rounds"])
 
     damaged = await validator.validate_model(damaged_id)
     assert damaged.recommendation.value == "REJECT" and not damaged.passed and damaged.regression_detected
