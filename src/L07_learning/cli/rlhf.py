@@ -120,11 +120,15 @@ async def submit(
     sft_model_id: str = typer.Option(None, "--sft-model-id", help="SFT LORA_ADAPTER to start from."),
     algorithm: str = typer.Option("dpo", "--algorithm", help="dpo, grpo, rloo or ppo."),
     name: str = typer.Option(None, "--name", help="Registry name of the policy."),
+    stored_pairs: bool = typer.Option(
+        False, "--stored-pairs", help="Train on the pairs imported with the dataset's examples (`l07 import "
+        "openai-preference`) instead of pairs built from them by the §5.5 rules."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Queue a durable RLHF job (progress, cancel and resume like SFT jobs: see ``l07 jobs``)."""
     cfg = _config(algorithm=algorithm)
-    extra = {"rlhf": cfg.model_dump(mode="json"), "reward_model_id": reward_model_id, "sft_model_id": sft_model_id}
+    extra = {"rlhf": cfg.model_dump(mode="json"), "reward_model_id": reward_model_id, "sft_model_id": sft_model_id,
+             "preference_pairs": "stored" if stored_pairs else None}
     job_config = JobConfig(model_name=name, extra={k: v for k, v in extra.items() if v is not None})
     async with services() as service:
         job = await service.sft_engine.start_training(dataset_id, base_model_id, job_config, job_type=JobType.RLHF)

@@ -98,6 +98,15 @@ def _settings(name: str) -> Callable[[Any], None]:
     return check
 
 
+def _pair_source(value: Any) -> None:
+    if value not in PAIR_SOURCES:
+        raise ValueError(f"extra.preference_pairs must be one of {', '.join(PAIR_SOURCES)}, not {value!r}")
+
+
+PAIR_SOURCES = ("built", "stored")
+"""Where an RLHF job's preference pairs come from: ``built`` from the dataset's examples by the §5.5 rules (default),
+or ``stored``: the pairs stored with the dataset's examples when they were imported (``openai-preference`` files),
+so the job trains on exactly the pairs its file held."""
 # One training process per GPU of a node; more than 8 is a typo, not a node (and each loads the whole base model).
 MAX_NPROC_PER_NODE = 8
 MAX_EXTRA_BYTES = 65_536
@@ -109,6 +118,7 @@ EXTRA_KEYS: dict[str, Callable[[Any], None]] = {
     "rlhf": _settings("rlhf"),
     "reward_model_id": _model_id("reward_model_id"),
     "sft_model_id": _model_id("sft_model_id"),
+    "preference_pairs": _pair_source,
     "distillation": _settings("distillation"),
     # The recipe a job ran (preset and why, services/jobs/presets.py), and whether a model no better than its base
     # may still be registered (default: no, E7035).

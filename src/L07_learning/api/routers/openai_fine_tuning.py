@@ -35,7 +35,8 @@ class Method(BaseModel):
 
 
 class JobCreate(BaseModel):
-    """OpenAI's create-job request. ``hyperparameters`` may also name JobConfig fields (an L07 extension)."""
+    """OpenAI's create-job request (``method``: ``supervised`` or ``dpo``). ``hyperparameters`` may also name
+    JobConfig fields, or RLHFConfig fields for ``dpo`` (an L07 extension)."""
 
     model_config = ConfigDict(extra="ignore")
 

@@ -38,20 +38,33 @@ def preference_pairs(examples: list[TrainingExample], cfg: RLHFConfig) -> list[P
     return build_preference_pairs([e.model_copy(update={"quality_score": scores[e.example_id]}) for e in examples])
 
 
-async def prepare(job: TrainingJob, config: JobConfig, ctx: RunnerContext) -> dict[str, Any]:
-    """Job spec: verified base / SFT / reward model folders and preference pairs built from the dataset version.
+async def stored_pairs(examples: list[TrainingExample], ctx: RunnerContext) -> list[PreferencePair]:
+    """The pairs stored with ``examples`` when they were imported (each accepted preferred answer and the
+    non-preferred one of its line)."""
+    async with ctx.db.session() as session:
+        return await RewardRepository(session).pairs_for_examples([e.example_id for e in examples])
 
-    ``config.extra``: ``rlhf`` (RLHFConfig dict), optional ``reward_model_id`` (else the job trains one first) and
-    ``sft_model_id``. Pairs come from the train split (§5.5 rules, ranked by ``rlhf.reward_mode``); held-out pairs
-    from the val and test splits.
+
+async def prepare(job: TrainingJob, config: JobConfig, ctx: RunnerContext) -> dict[str, Any]:
+    """Job spec: verified base / SFT / reward model folders and the preference pairs of the dataset version.
+
+    ``config.extra``: ``rlhf`` (RLHFConfig dict), optional ``reward_model_id`` (else the job trains one first),
+    ``sft_model_id`` and ``preference_pairs``. Pairs come from the train split, held-out pairs from the val and test
+    splits: built by the §5.5 rules (ranked by ``rlhf.reward_mode``), or with ``preference_pairs: "stored"`` the
+    pairs imported with those examples.
 
     Raises:
         L07Error: E7020 when the dataset yields fewer than 2 training pairs or no held-out pair.
     """
     cfg = rlhf_config_of(config)
     dataset = await ctx.curator.get_dataset(job.dataset_id, job.dataset_version)
-    train = preference_pairs(dataset.split_examples("train"), cfg)
-    val = preference_pairs(dataset.split_examples("val") + dataset.split_examples("test"), cfg)
+    held_out = dataset.split_examples("val") + dataset.split_examples("test")
+    if config.extra.get("preference_pairs") == "stored":
+        train = await stored_pairs(dataset.split_examples("train"), ctx)
+        val = await stored_pairs(held_out, ctx)
+    else:
+        train = preference_pairs(dataset.split_examples("train"), cfg)
+        val = preference_pairs(held_out, cfg)
     if len(train) < 2 or not val:
         raise L07Error(L07ErrorCode.INSUFFICIENT_EXAMPLES,
                        f"dataset {job.dataset_id} yields {len(train)} training and {len(val)} held-out preference pairs",

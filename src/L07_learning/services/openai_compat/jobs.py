@@ -1,6 +1,7 @@
 """Fine-tuning jobs (``/v1/fine_tuning/jobs``) as L07 work: the training file goes through the importer (quality
 filter, per-line report as job events), its accepted examples become a dataset version, and that version is trained
-by an L07 training job whose registered model is the job's ``fine_tuned_model``."""
+by an L07 training job whose registered model is the job's ``fine_tuned_model``: an SFT job for the ``supervised``
+method, an RLHF job running DPO on the file's preference pairs for ``dpo`` (``dpo.py``)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,11 @@ from ..importers.run import Importer
 from ..model_registry import ModelRegistry
 from ..registry.base_models import DEFAULT_BASE_MODEL, find_base
 from . import shapes
+from .dpo import dpo_job_config
 from .files import FileStore
 
+METHODS = {"supervised": ("openai-chat", JobType.SFT), "dpo": ("openai-preference", JobType.RLHF)}
+"""OpenAI method -> the importer format its training file is read with, and the L07 job kind that trains it."""
 HYPERPARAMETERS = {"n_epochs": "epochs", "batch_size": "batch_size"}
 """OpenAI hyperparameter -> JobConfig field; ``learning_rate_multiplier`` scales JobConfig's default rate."""
 
@@ -85,29 +89,33 @@ class FineTuningJobs:
         """
         method = body.get("method") or {"type": "supervised"}
         kind = method.get("type", "supervised")
-        if kind == "dpo":
-            raise invalid("method 'dpo' is not run by this server's /v1 API: import the preference file with "
-                          "`l07 import openai-preference FILE` and train it with `l07 rlhf`", "method.type")
-        if kind != "supervised":
-            raise invalid(f"method type {kind!r} is not supported; use 'supervised'", "method.type")
-        params = {**(body.get("hyperparameters") or {}),
-                  **((method.get("supervised") or {}).get("hyperparameters") or {})}
+        if kind not in METHODS:
+            raise invalid(f"method type {kind!r} is not supported; use 'supervised' or 'dpo'", "method.type")
+        own = (method.get(kind) or {}).get("hyperparameters") or {}
+        if not isinstance(own, dict):
+            raise invalid("hyperparameters must be an object", f"method.{kind}.hyperparameters",
+                          L07ErrorCode.HYPERPARAMETER_CONFIG_INVALID)
+        params = {**(body.get("hyperparameters") or {}), **own}
+        seed = int(body["seed"]) if body.get("seed") is not None else 42
         training = await self.files.get(body["training_file"])
         validation = await self.files.get(body["validation_file"]) if body.get("validation_file") else None
         base = await self._base_model(body["model"])
-        config = job_config(params, body.get("suffix"), base.name)
-        if body.get("seed") is not None:
-            config["seed"] = int(body["seed"])
+        if kind == "dpo":
+            config = dpo_job_config(params, body.get("suffix"), base.name, seed)
+        else:
+            config = job_config(params, body.get("suffix"), base.name)
+            if body.get("seed") is not None:
+                config["seed"] = seed
         ft_job_id = "ftjob-" + uuid.uuid4().hex
         async with self.db.session() as session:
             FineTuningRepository(session).add_job(
                 ft_job_id=ft_job_id, created_by=created_by, model=body["model"], base_model_id=base.model_id,
                 training_file=training["file_id"], validation_file=validation["file_id"] if validation else None,
-                suffix=body.get("suffix"), method={"type": "supervised"}, hyperparameters=params,
-                seed=int(body.get("seed") or 42), status="validating_files")
+                suffix=body.get("suffix"), method={"type": kind}, hyperparameters=params,
+                seed=seed, status="validating_files")
             FineTuningRepository(session).add_event(ft_job_id, "info", "Validating training file: "
                                                     f"{training['file_id']}", {})
-        await self._run(ft_job_id, training, validation, base.model_id, config, created_by)
+        await self._run(ft_job_id, kind, training, validation, base.model_id, config, created_by)
         return await self.retrieve(ft_job_id)
 
     async def _base_model(self, model: str) -> Any:
@@ -127,13 +135,14 @@ class FineTuningJobs:
                            openai_code="model_not_found")
         return found
 
-    async def _import(self, ft_job_id: str, file: dict[str, Any], role: str) -> ImportReport:
-        """The file's import report: made once per file (a second job reuses it, so no line enters twice)."""
-        if file["import_report"] is not None:
+    async def _import(self, ft_job_id: str, file: dict[str, Any], role: str, source_format: str) -> ImportReport:
+        """The file's import report as ``source_format``: made once per file and format (a second job reuses it, so
+        no line enters twice)."""
+        if file["import_report"] is not None and file["import_format"] == source_format:
             report = ImportReport.from_dict(file["import_report"])
         else:
-            report = await self.importer.import_file("openai-chat", Path(file["path"]), file_name=file["filename"])
-            await self.files.set_import(file["file_id"], "openai-chat", report.to_dict())
+            report = await self.importer.import_file(source_format, Path(file["path"]), file_name=file["filename"])
+            await self.files.set_import(file["file_id"], source_format, report.to_dict())
         counts = report.counts()
         async with self.db.session() as session:
             repo = FineTuningRepository(session)
@@ -147,10 +156,12 @@ class FineTuningJobs:
                                f"{r['message']}", {"file_id": file["file_id"], **r})
         return report
 
-    async def _run(self, ft_job_id: str, training: dict[str, Any], validation: dict[str, Any] | None,
+    async def _run(self, ft_job_id: str, kind: str, training: dict[str, Any], validation: dict[str, Any] | None,
                    base_model_id: str, config: dict[str, Any], created_by: str) -> None:
-        report = await self._import(ft_job_id, training, "training")
-        val_ids = (await self._import(ft_job_id, validation, "validation")).example_ids if validation else []
+        source_format, job_type = METHODS[kind]
+        report = await self._import(ft_job_id, training, "training", source_format)
+        val_ids = ((await self._import(ft_job_id, validation, "validation", source_format)).example_ids
+                   if validation else [])
         if not report.example_ids:
             await self._fail(ft_job_id, "invalid_training_file", "no line of the training file was accepted; the "
                              "job's events list each line's reason", "training_file")
@@ -162,7 +173,7 @@ class FineTuningJobs:
                 f"openai-{ft_job_id}", examples, min_examples=1, reason=f"fine-tuning job {ft_job_id}",
                 created_by=created_by, splits=({e: "train" for e in report.example_ids} | {e: "val" for e in val_ids})
                 if val_ids else None)
-            job = await self.engine.start_training(dataset.dataset_id, base_model_id, config, JobType.SFT,
+            job = await self.engine.start_training(dataset.dataset_id, base_model_id, config, job_type,
                                                    created_by=created_by, idempotency_key=f"openai:{ft_job_id}")
         except L07Error as exc:
             await self._fail(ft_job_id, exc.code.value, exc.message, None)
@@ -170,8 +181,10 @@ class FineTuningJobs:
         async with self.db.session() as session:
             repo = FineTuningRepository(session)
             await repo.update_job(ft_job_id, dataset_id=dataset.dataset_id, job_id=job.job_id, status=None)
+            pairs = ", each with its preference pair" if job_type is JobType.RLHF else ""
             repo.add_event(ft_job_id, "info", f"Dataset {dataset.dataset_id} {dataset.version} built "
-                           f"({len(dataset.examples)} examples); queued as L07 training job {job.job_id}",
+                           f"({len(dataset.examples)} examples{pairs}); queued as L07 training job {job.job_id} "
+                           f"({job_type.value})",
                            {"dataset_id": dataset.dataset_id, "dataset_version": dataset.version,
                             "job_id": job.job_id})
 

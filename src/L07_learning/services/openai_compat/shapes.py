@@ -44,7 +44,16 @@ def file_object(row: dict[str, Any]) -> dict[str, Any]:
             "status_details": None}
 
 
-def hyperparameters(config: dict[str, Any], multiplier: float | str) -> dict[str, Any]:
+HYPERPARAMETER_NAMES = {"supervised": ("n_epochs", "batch_size", "learning_rate_multiplier"),
+                        "dpo": ("beta", "n_epochs", "batch_size", "learning_rate_multiplier")}
+
+
+def hyperparameters(config: dict[str, Any], multiplier: float | str, kind: str = "supervised") -> dict[str, Any]:
+    """The method's hyperparameters as the job ran them: the SFT job's config, or a dpo job's RLHF settings."""
+    if kind == "dpo":
+        rlhf = (config.get("extra") or {}).get("rlhf") or {}
+        return {"beta": rlhf.get("dpo_beta", "auto"), "n_epochs": rlhf.get("epochs", "auto"),
+                "batch_size": rlhf.get("batch_size", "auto"), "learning_rate_multiplier": multiplier}
     return {"n_epochs": config.get("epochs", "auto"), "batch_size": config.get("batch_size", "auto"),
             "learning_rate_multiplier": multiplier}
 
@@ -62,16 +71,17 @@ def job_object(row: dict[str, Any], job: TrainingJob | None) -> dict[str, Any]:
             model = job.output_model_id
         if status == "failed":
             error = {"code": job.error_code, "message": job.error_message or "the training job failed", "param": None}
+    kind = (row["method"] or {}).get("type", "supervised")
     multiplier = row["hyperparameters"].get("learning_rate_multiplier", "auto")
-    params = hyperparameters(config, multiplier) if config else {
-        k: row["hyperparameters"].get(k, "auto") for k in ("n_epochs", "batch_size", "learning_rate_multiplier")}
+    params = hyperparameters(config, multiplier, kind) if config else {
+        k: row["hyperparameters"].get(k, "auto") for k in HYPERPARAMETER_NAMES[kind]}
     return {
         "object": "fine_tuning.job", "id": row["ft_job_id"], "model": row["model"],
         "created_at": ts(row["created_at"]), "finished_at": finished, "fine_tuned_model": model,
         "organization_id": "l07", "result_files": [], "status": status, "validation_file": row["validation_file"],
         "training_file": row["training_file"], "hyperparameters": params, "trained_tokens": tokens, "error": error,
         "seed": row["seed"], "estimated_finish": None, "integrations": [], "metadata": None,
-        "method": {"type": "supervised", "supervised": {"hyperparameters": params}},
+        "method": {"type": kind, kind: {"hyperparameters": params}},
         "user_provided_suffix": row["suffix"],
     }
 
@@ -80,6 +90,17 @@ def event_object(event_id: str, created: datetime, level: str, message: str, dat
                  kind: str = "message") -> dict[str, Any]:
     return {"object": "fine_tuning.job.event", "id": event_id, "created_at": ts(created), "level": level,
             "message": message, "data": data, "type": kind}
+
+
+def _numbers(payload: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numeric measurements of an event payload, nested ones named ``outer.inner``."""
+    out: dict[str, float] = {}
+    for key, value in payload.items():
+        if isinstance(value, dict):
+            out |= _numbers(value, f"{prefix}{key}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[prefix + key] = value
+    return out
 
 
 def job_events(ft_job_id: str, job: TrainingJob | None, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -98,10 +119,15 @@ def job_events(ft_job_id: str, job: TrainingJob | None, events: list[dict[str, A
             out.append(event_object(eid, e["created_at"], level, text, p))
         elif e["kind"] == "step":
             total = p.get("total_steps") or total
-            out.append(event_object(eid, e["created_at"], "info", f"Step {p.get('step')}/{total}: training loss="
-                                    f"{p.get('loss', float('nan')):.4f}",
-                                    {"step": p.get("step"), "total_steps": total, "train_loss": p.get("loss")},
-                                    "metrics"))
+            # An RLHF (dpo) job trains its reward model, then the policy: each phase counts its own steps.
+            phase = f" ({p['phase'].replace('_', ' ')})" if p.get("phase") else ""
+            out.append(event_object(eid, e["created_at"], "info", f"Step {p.get('step')}/{total}{phase}: training "
+                                    f"loss={p.get('loss', float('nan')):.4f}",
+                                    {"step": p.get("step"), "total_steps": total, "train_loss": p.get("loss"),
+                                     **({"phase": p["phase"]} if p.get("phase") else {})}, "metrics"))
+        elif e["kind"] == "eval" and "eval_loss" not in p:  # an RLHF job's measurements of its reward model / policy
+            out.append(event_object(eid, e["created_at"], "info", f"Evaluation ({p.get('phase', 'model')}): " +
+                                    ", ".join(f"{k}={v:.4g}" for k, v in _numbers(p).items()), p, "metrics"))
         elif e["kind"] == "eval":
             out.append(event_object(eid, e["created_at"], "info", f"Step {p.get('step')}: validation loss="
                                     f"{p.get('eval_loss', float('nan')):.4f}",

@@ -135,6 +135,16 @@ class RewardRepository:
             stmt = stmt.limit(limit)
         return [PreferencePair.model_validate(r.data) for r in (await self.session.scalars(stmt)).all()]
 
+    async def pairs_for_examples(self, example_ids: list[str]) -> list[PreferencePair]:
+        """The stored pairs whose chosen answer is one of ``example_ids`` (an imported preference file's pairs, found
+        through the examples its accepted lines became), oldest first."""
+        out: list[PreferencePair] = []
+        for part in chunks(sorted(set(example_ids))):
+            stmt = (select(SqlPreferencePair).where(SqlPreferencePair.chosen_example_id.in_(part))
+                    .order_by(SqlPreferencePair.created_at, SqlPreferencePair.pair_id))
+            out += [PreferencePair.model_validate(r.data) for r in (await self.session.scalars(stmt)).all()]
+        return sorted(out, key=lambda p: (p.created_at, p.pair_id))
+
     async def count_signals(self) -> int:
         return int(await self.session.scalar(select(func.count()).select_from(SqlRewardSignal)) or 0)
 

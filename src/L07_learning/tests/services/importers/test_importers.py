@@ -78,6 +78,21 @@ async def test_openai_preference_jsonl_makes_pairs(importer: Importer, sqlite_db
     assert warranty.chosen_example_id == report.imported[1]["example_id"]
 
 
+async def test_a_files_pairs_are_found_through_its_accepted_examples(settings,  # type: ignore[no-untyped-def]
+                                                                    db: Database) -> None:
+    """What a dpo job trains on (``preference_pairs: "stored"``): the pairs of exactly the examples it names."""
+    report = await Importer(db, ExampleQualityFilter(db=db, settings=settings)).import_file(
+        "openai-preference", FIXTURES / "openai_preference.jsonl")
+    vpn, warranty = report.example_ids
+    async with db.session() as session:
+        repo = RewardRepository(session)
+        [pair] = await repo.pairs_for_examples([warranty, "no-such-example"])
+        both = await repo.pairs_for_examples(report.example_ids)
+    assert (pair.chosen_example_id, pair.rejected, pair.source) == (warranty, "Warranties vary.",
+                                                                    "import:openai-preference")
+    assert sorted(p.chosen_example_id for p in both) == sorted([vpn, warranty])
+
+
 async def test_langfuse_trace_export(importer: Importer) -> None:
     report = await importer.import_file("langfuse", FIXTURES / "langfuse_traces.json")
     assert _lines(report) == {

@@ -187,6 +187,7 @@ async def test_stored_job_with_invalid_extra_fails_instead_of_the_worker(db: Dat
     ({"generation_eval": "no"}, "true or false"),
     ({"rlhf": [1, 2]}, "must be an object"),
     ({"reward_model_id": "x" * 65}, "model id"),
+    ({"preference_pairs": "uploaded"}, "built, stored"),
     ({"distillation": {"blob": "x" * 70_000}}, "larger than"),
 ])
 def test_extra_is_allow_listed_and_bounded(extra: dict, words: str) -> None:
@@ -197,7 +198,8 @@ def test_extra_is_allow_listed_and_bounded(extra: dict, words: str) -> None:
 
 def test_extra_accepts_what_the_job_kinds_use() -> None:
     cfg = JobConfig(extra={"nproc_per_node": 2, "generation_eval": False, "rlhf": {"beta": 0.1},
-                           "reward_model_id": None, "sft_model_id": "m-1", "distillation": {"config": {}}})
+                           "reward_model_id": None, "sft_model_id": "m-1", "distillation": {"config": {}},
+                           "preference_pairs": "stored"})
     assert cfg.nproc_per_node == 2 and JobConfig().nproc_per_node == 1
 
 
