@@ -6,6 +6,7 @@ Alembic is the source of truth for the schema; ``tests/store/test_store.py`` pro
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import datetime, timezone
 
 from sqlalchemy import (
@@ -40,6 +41,23 @@ def _now() -> datetime:
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map = {datetime: DateTime(timezone=True), dict: JSON, list: JSON}
+
+
+EXAMPLE_SEARCH = "l07_example_search"
+"""The examples' text search index (migration 0009): on SQLite an FTS5 trigram table of that name (with its shadow
+tables and triggers), on PostgreSQL the pg_trgm GIN index ``ix_l07_example_search``. It depends on the backend, so
+this metadata does not describe it and schema comparisons leave it out (``described_by_metadata``)."""
+
+
+# FTS5's trigram tokenizer came with SQLite 3.34 (2020). Python's sqlite3 module is the library aiosqlite drives, so
+# the migration (which creates the search table) and the search (which reads it) agree on whether it exists; with an
+# older library the search reads the rows instead.
+SQLITE_TRIGRAM = sqlite3.sqlite_version_info >= (3, 34, 0)
+
+
+def described_by_metadata(name: str | None, type_: str, parent_names: dict) -> bool:
+    """Alembic's ``include_name``: every schema object except the text search index's."""
+    return not (name or "").startswith((EXAMPLE_SEARCH, f"ix_{EXAMPLE_SEARCH}"))
 
 
 # --- events and ingestion ---------------------------------------------------------------------------------------
@@ -92,8 +110,11 @@ class SqlTrainingExample(Base):
     __tablename__ = "l07_training_examples"
     # Not unique: several examples may come from one execution (contract §9); idempotency is on example_id.
     # (status, created_at): counting a window's ACCEPTED examples reads the index only (the console's overview).
+    # (status, task_type, agent_id, example_id): the loop counts a policy group's examples, and those not yet in its
+    # dataset, from the index only. The text search index (migration 0009) is backend-specific: see EXAMPLE_SEARCH.
     __table_args__ = (Index("ix_l07_training_examples_source_exec", "source_type", "execution_id"),
-                      Index("ix_l07_training_examples_status_created", "status", "created_at"))
+                      Index("ix_l07_training_examples_status_created", "status", "created_at"),
+                      Index("ix_l07_training_examples_group", "status", "task_type", "agent_id", "example_id"))
     example_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     source_type: Mapped[str] = mapped_column(String(32))
     execution_id: Mapped[str | None] = mapped_column(String(512), nullable=True)

@@ -84,7 +84,8 @@ async def list_examples(
     reason: Annotated[str | None, Query(max_length=64, description="Filter reason (secret, pii, ...) or code")] = None,
     task_type: Annotated[str | None, Query(max_length=128)] = None,
     agent_id: Annotated[str | None, Query(max_length=256)] = None,
-    q: Annotated[str | None, Query(max_length=200, description="Text in the example id, input or output")] = None,
+    q: Annotated[str | None, Query(max_length=200, description="Text contained in the example id, input or output "
+                                   "(any letter case; % and _ are plain characters)")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> Any:

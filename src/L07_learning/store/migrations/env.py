@@ -5,10 +5,12 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
+# Alembic loads this file by path, so the package is imported absolutely (it is installed or on PYTHONPATH).
+from L07_learning.store.tables import described_by_metadata
+
 config = context.config
 target_metadata = config.attributes.get("metadata")
 if target_metadata is None:
-    # Alembic loads this file by path, so the package is imported absolutely (it is installed or on PYTHONPATH).
     from L07_learning.store.tables import Base
 
     target_metadata = Base.metadata
@@ -17,7 +19,9 @@ if target_metadata is None:
 def _configure(connection) -> None:  # type: ignore[no-untyped-def]
     schema = config.attributes.get("schema")
     opts = {"version_table_schema": schema} if schema else {}
-    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True, **opts)
+    # The text search index is written by hand per backend (migration 0009): autogenerate must not drop it.
+    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True,
+                      include_name=described_by_metadata, **opts)
 
 
 connection = config.attributes.get("connection")

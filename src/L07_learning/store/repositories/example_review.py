@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import ColumnElement, Select, func, literal_column, or_, select, table, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..tables import SqlRejectedExample, SqlReviewItem, SqlTrainingExample
+from ..tables import EXAMPLE_SEARCH, SQLITE_TRIGRAM, SqlRejectedExample, SqlReviewItem, SqlTrainingExample
 
 _PAGE_COLUMNS = (
     SqlTrainingExample.example_id, SqlTrainingExample.status, SqlTrainingExample.task_type,
@@ -18,14 +18,38 @@ _PAGE_COLUMNS = (
 )
 
 
+TRIGRAM = 3
+"""The trigram indexes answer texts of at least this many characters; shorter ones are matched row by row."""
+
+
+def text_match(text: str, dialect: str) -> ColumnElement[bool]:
+    """Examples whose id, input or output contains ``text`` in any letter case (``%`` and ``_`` are plain
+    characters), answered from the text search index of migration 0009 (``EXAMPLE_SEARCH``) instead of reading
+    every stored text."""
+    columns = (SqlTrainingExample.input_text, SqlTrainingExample.output_text, SqlTrainingExample.example_id)
+    pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    if len(text) < TRIGRAM or (dialect == "sqlite" and not SQLITE_TRIGRAM):
+        # No trigram to look up (or no trigram index on an old SQLite): read the rows newest first (a short text
+        # matches many, so a page fills early). lower(...) LIKE keeps PostgreSQL off its trigram index, which it
+        # would read whole for such a pattern.
+        return or_(*(func.lower(c).like(func.lower(pattern), escape="\\") for c in columns))
+    if dialect == "sqlite":
+        # A quoted phrase of the trigram tokenizer matches the rows holding it as a substring of one column.
+        phrase = '"' + text.replace('"', '""') + '"'
+        matching = (select(literal_column("rowid")).select_from(table(EXAMPLE_SEARCH))
+                    .where(literal_column(EXAMPLE_SEARCH).op("MATCH")(phrase)))
+        return literal_column(f"{SqlTrainingExample.__tablename__}.rowid").in_(matching)
+    # PostgreSQL's pg_trgm GIN index serves ILIKE '%...%' itself.
+    return or_(*(c.ilike(pattern, escape="\\") for c in columns))
+
+
 class ExampleReviewRepository:
     """Data access for the example browser and the human review of REVIEW examples."""
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    @staticmethod
-    def _filtered(stmt: Select[Any], *, status: str | None, reason: str | None, task_type: str | None,
+    def _filtered(self, stmt: Select[Any], *, status: str | None, reason: str | None, task_type: str | None,
                   agent_id: str | None, text: str | None) -> Select[Any]:
         if status:
             stmt = stmt.where(SqlTrainingExample.status == status)
@@ -38,16 +62,14 @@ class ExampleReviewRepository:
                 (SqlRejectedExample.reason == reason) | (SqlRejectedExample.code == reason))
             stmt = stmt.where(SqlTrainingExample.example_id.in_(decided))
         if text:
-            pattern = f"%{text}%"
-            stmt = stmt.where(SqlTrainingExample.input_text.like(pattern) | SqlTrainingExample.output_text.like(pattern)
-                              | SqlTrainingExample.example_id.like(pattern))
+            stmt = stmt.where(text_match(text, self.session.get_bind().dialect.name))
         return stmt
 
     async def page(self, *, status: str | None = None, reason: str | None = None, task_type: str | None = None,
                    agent_id: str | None = None, text: str | None = None, limit: int = 50,
                    offset: int = 0) -> tuple[list[dict[str, Any]], int | None, bool]:
         """One page of examples, newest first, how many match in all, and whether more follow; each row names the
-        filter's reasons. A text search reads every text, so it is not counted twice: its total is None."""
+        filter's reasons. A text search is not counted (a common word matches most examples): its total is None."""
         filters = {"status": status, "reason": reason, "task_type": task_type, "agent_id": agent_id, "text": text}
         stmt = self._filtered(select(*_PAGE_COLUMNS), **filters).order_by(
             SqlTrainingExample.created_at.desc(), SqlTrainingExample.example_id.desc()).limit(limit + 1).offset(offset)
