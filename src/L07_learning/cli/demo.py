@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from ..observability.logging import configure_logging
 from ..services.demo.demo import DEMO_EXECUTIONS, run_demo
 from ..services.demo.sample_stream import TASK_TYPES
+from ..services.flywheel import Flywheel, FlywheelConfig
+from ..services.flywheel.report import HEADER, plot, release_lines, round_line
 from ..settings import get_settings
 from ._common import JsonOpt, console, emit_json, run, table
 
@@ -29,9 +32,15 @@ async def demo(
     seed: int = typer.Option(7, help="Seed for events, splits and training."),
     epochs: int | None = typer.Option(None, min=1, max=10, help="Training epochs (default: the recipe's)."),
     keep: bool = typer.Option(False, help="Keep the previous demo state instead of starting fresh."),
+    continuous: bool = typer.Option(False, "--continuous", help="Run the flywheel instead (benchmarks/flywheel.py): "
+                                    "an agent fleet, l07 run, a gateway serving each release, a bad release rolled "
+                                    "back; prints the table as it goes (about 20 minutes on CPU)."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Run the whole loop on the embedded default: events -> dataset -> LoRA fine-tune -> validate -> release."""
+    if continuous:
+        await _flywheel(home, seed, json_out)
+        return
     # Library progress bars would fight with ours for the terminal.
     for var, value in (("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TRANSFORMERS_VERBOSITY", "error"),
                        ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"), ("TQDM_DISABLE", "1")):
@@ -91,6 +100,30 @@ async def demo(
     console.print(f"report: {summary['report']}")
     if summary.get("stage") in ("STAGING", "PRODUCTION"):
         console.print(serve_instructions(home, summary["model_id"]), highlight=False, soft_wrap=True)
+
+
+async def _flywheel(home: Path | None, seed: int, json_out: bool) -> None:
+    """``l07 demo --continuous``: the flywheel of ``services/flywheel`` in a fresh home, its table printed live."""
+    settings = get_settings()
+    home = home or settings.home / "flywheel"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+
+    def echo(line: str) -> None:
+        if not json_out:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    echo(f"flywheel in {home}\n{HEADER}")
+    wheel = Flywheel(FlywheelConfig(home=home, model_cache_dir=settings.model_cache_dir, seed=seed),
+                     on_round=lambda r: echo(round_line(r)), on_note=lambda m: echo(f"  -- {m}"))
+    result = await wheel.run()
+    png = plot(result, home / "flywheel.png")
+    if json_out:
+        emit_json({**result, "plot": str(png) if png else None})
+        return
+    for line in release_lines(result):
+        echo(line)
+    echo(f"plot: {png}" if png else "plot: matplotlib is not installed")
 
 
 def serve_instructions(home: Path, model_id: str) -> str:

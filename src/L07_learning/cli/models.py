@@ -10,6 +10,7 @@ from typing import Any
 import typer
 from rich.tree import Tree
 
+from ..api.auth import AuthService, PermissionDenied
 from ..models._base import utcnow
 from ..models.error_codes import L07Error, L07ErrorCode
 from ..services.feedback import ReleaseWatch, model_outcomes
@@ -166,11 +167,27 @@ async def promote(
     stage: str = typer.Argument(..., help="staging, production, archived or rejected."),
     approve: list[str] = typer.Option([], "--approve", help="Approval given with the request, role=actor (repeatable)."),
     notes: str = typer.Option(None, "--notes"),
+    override: bool = typer.Option(False, "--override", help="Bypass approvals and gates (admin key only; audited as "
+                                                             "model.gates_overridden). Needs --reason and --admin-key."),
+    reason: str = typer.Option(None, "--reason", help="Why the gates are overridden."),
+    admin_key: str = typer.Option(None, "--admin-key", envvar="L07_ADMIN_KEY",
+                                  help="An admin API key (env L07_ADMIN_KEY); the override is recorded under its id."),
     actor: str = ActorOpt,
     json_out: bool = JsonOpt,
 ) -> None:
-    """Move a model to another stage (contract §4.2 rules and approvals apply)."""
-    model = await _with_registry(lambda r: r.promote_model(model_id, stage, actor=_actor(actor), approvals=approve, notes=notes))
+    """Move a model to another stage (contract §4.2 rules and approvals apply, unless an admin overrides them)."""
+    if override:
+        if not (reason or "").strip():
+            raise L07Error(L07ErrorCode.DATA_VALIDATION_SCHEMA_MISMATCH, "--override needs --reason")
+        async with services() as service:
+            principal = await AuthService(service.access).authenticate(admin_key)
+            if not principal.is_admin:
+                raise PermissionDenied(principal, "override the promotion gates")
+            model = await service.registry.promote_model(model_id, stage, actor=principal.key_id, notes=notes,
+                                                         override_reason=reason)
+    else:
+        model = await _with_registry(lambda r: r.promote_model(model_id, stage, actor=_actor(actor), approvals=approve,
+                                                               notes=notes))
     if json_out:
         emit_json(model)
     else:

@@ -271,6 +271,7 @@ class ModelRegistry:
         approvals: Iterable[Any] | None = None,
         notes: str | None = None,
         events: Iterable[tuple[str, dict[str, Any]]] | None = None,
+        override_reason: str | None = None,
     ) -> ModelArtifact:
         """Move a model to ``stage`` under the rules of contract §4.2.
 
@@ -282,6 +283,9 @@ class ModelRegistry:
             notes: Free text kept in the stage history.
             events: Extra ``(event_type, data)`` pairs to publish in the same transaction as the change (e.g.
                 ``learning.model_ready_for_deployment``); they exist exactly when the change committed.
+            override_reason: An admin override (the caller checked the admin role): the approvals and gates are
+                bypassed, the transition table and the artifact's verification are not, and the audit row
+                ``model.gates_overridden`` records the reason and what the gates would have refused.
 
         Returns:
             The model after the change.
@@ -293,6 +297,8 @@ class ModelRegistry:
         """
         target = parse_stage(stage)
         given = parse_approvals(approvals)
+        if override_reason is not None and not override_reason.strip():
+            raise L07Error(L07ErrorCode.DATA_VALIDATION_SCHEMA_MISMATCH, "an override needs a reason")
         model = await self._get(model_id)
         try:
             check_transition(model, target)
@@ -301,7 +307,7 @@ class ModelRegistry:
                 # Hash and signature re-verified before anything changes (contract §4.2); slow, so outside the lock.
                 await self._verify_or_raise(model, "promote")
             result = await commit_promotion(self.db, self.publisher, model, target, given, actor, notes, events,
-                                            expected_active)
+                                            expected_active, override_reason.strip() if override_reason else None)
         except (IntegrityError, Conflict, OperationalError) as exc:
             err = promotion_error(model, exc)
             await record_failure(self.db, "model.promote", model_id, actor, err, target)

@@ -103,6 +103,10 @@ class ModelList(BaseModel):
 class PromoteRequest(BaseModel):
     stage: str = Field(min_length=1, max_length=32, description="STAGING, PRODUCTION, ARCHIVED or REJECTED (any case)")
     notes: str | None = Field(default=None, max_length=2000)
+    override: bool = Field(default=False, description="Admin only: bypass the approvals and gates (audited as "
+                                                      "model.gates_overridden with the reason)")
+    reason: str | None = Field(default=None, max_length=2000, description="Why the gates are overridden (required "
+                                                                        "with override)")
 
 
 class ApproveRequest(BaseModel):
@@ -357,11 +361,17 @@ async def promote(
     model_id: ModelId, request: Request, principal: PrincipalDep, ctx: ContextDep, body: PromoteRequest
 ) -> ModelPublic:
     """Move the model to ``stage`` under the stage table and approval rules (E7251, E7252, E7203, E7204 otherwise;
-    a refused promotion changes nothing)."""
+    a refused promotion changes nothing). ``override`` (admin keys only, with a ``reason``) bypasses approvals and
+    gates, never the stage table or the artifact's verification."""
     target = _enum_value(ModelStage, body.stage, "stage")
     principal.require(STAGE_PERMISSION[target])
-    request.state.audit_details = {"to_stage": target.value}
-    model = await ctx.registry.promote_model(model_id, target, actor=principal.key_id, notes=body.notes)
+    if body.override and not principal.is_admin:
+        raise PermissionDenied(principal, "override the promotion gates")
+    if body.override and not (body.reason or "").strip():
+        raise L07Error(L07ErrorCode.DATA_VALIDATION_SCHEMA_MISMATCH, "an override needs a reason")
+    request.state.audit_details = {"to_stage": target.value, "override": body.override}
+    model = await ctx.registry.promote_model(model_id, target, actor=principal.key_id, notes=body.notes,
+                                             override_reason=body.reason if body.override else None)
     return to_public(model, with_history=True)
 
 

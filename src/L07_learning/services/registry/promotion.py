@@ -4,6 +4,10 @@ The rules are in ``stages.py`` and the writes in ``transitions.py``; this module
 lock: re-read the model, refuse if it changed since the (slow, unlocked) verification, record the approvals given
 with the request, check the chain of requirements, write the change and publish the caller's events, all in one
 transaction.
+
+An admin override (``override_reason``) replaces the approval chain and the gates by the admin's own entry; the
+transition table and the artifact's verification still apply, and the gates it bypassed are written to the audit
+row ``model.gates_overridden`` in the same transaction, with the reason.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ from typing import Any, Iterable
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from ...events.publisher import EventPublisher
+from ...models._base import utcnow
 from ...models.error_codes import L07Error, L07ErrorCode
 from ...models.model_artifact import ModelArtifact, ModelStage
 from ...store.db import Database
+from ...store.repositories.audit import audit
 from ...store.repositories.models import ModelRepository
 from .approvals import approvals_for
 from .stages import requirements
@@ -39,6 +45,7 @@ async def commit_promotion(
     notes: str | None,
     events: Iterable[tuple[str, dict[str, Any]]] | None,
     expected_active: str | None,
+    override_reason: str | None = None,
 ) -> ModelArtifact:
     """Move ``model`` (as verified by the caller) to ``target`` in one transaction.
 
@@ -60,11 +67,29 @@ async def commit_promotion(
         latest = await repo.latest_validation(model.model_id)
         approvals = await approvals_for(repo, model.model_id, target, given,
                                         latest.validation_id if latest is not None else None)
-        chain = requirements(locked, approvals, latest, target)
+        if override_reason is None:
+            chain = requirements(locked, approvals, latest, target)
+        else:
+            chain = await _override(session, locked, approvals, latest, target, actor, override_reason)
         result = await apply_promotion(session, publisher, locked, target, actor, chain, notes, expected_active)
         for event_type, data in events or []:
             await publisher.publish(session, event_type, data, subject=model.model_id)
     return result
+
+
+async def _override(session: Any, model: ModelArtifact, approvals: list[dict[str, Any]], latest: Any,
+                    target: ModelStage, actor: str, reason: str) -> list[dict[str, Any]]:
+    """The admin's chain entry for an overridden promotion, audited with the refusal the gates would have given."""
+    try:
+        requirements(model, approvals, latest, target)
+        bypassed = None
+    except L07Error as exc:
+        bypassed = {"error_code": exc.code.value, "message": exc.message}
+    entry = {"role": "admin_override", "actor": actor, "at": utcnow().isoformat()}
+    await audit(session, "model.gates_overridden", "model", model.model_id, actor=actor, details={
+        "reason": reason, "from_stage": model.stage.value, "to_stage": target.value, "bypassed": bypassed,
+        "validation_id": latest.validation_id if latest is not None else None})
+    return [entry]
 
 
 def promotion_error(model: ModelArtifact, exc: IntegrityError | Conflict | OperationalError) -> L07Error:
