@@ -6,6 +6,7 @@ PostgreSQL runs are isolated in their own schema, so parallel or repeated runs n
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -24,6 +25,13 @@ CLEANUP_TIMEOUT_S = 2.0
 # Training refuses a train split under minimum_dataset_size (contract §4.3; default 5000). Test datasets have tens of
 # examples; the tests of the minimum itself set their own.
 os.environ.setdefault("L07_MINIMUM_DATASET_SIZE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _l07_logs_reach_caplog() -> None:
+    """``configure_logging`` (called by CLI commands that tests run in-process) stops L07's log tree propagating to
+    the root logger, where ``caplog`` listens; without this, a later test's log assertions would see nothing."""
+    logging.getLogger("L07_learning").propagate = True
 
 
 @pytest.fixture
