@@ -4,8 +4,8 @@ Three tools: ``convert_units(value, from_unit, to_unit)`` ("How many kilograms i
 ``lookup_order(order_id)`` ("Where is order ORD-48213?") and ``check_stock(sku, warehouse)`` ("Is SKU B7-2291 in
 stock in the north warehouse?"). Requests are phrased many ways and every one names its arguments, so the right call
 is a function of the request alone and the checker can decide it exactly: a success is one call with the expected
-name and the expected JSON arguments (numbers compared as numbers). The tools' back end is simulated
-deterministically (a conversion is computed; an order's status and a stock count are drawn from the id).
+name and the expected JSON arguments (numbers compared as numbers). The tools are this environment's own
+deterministic back end (a conversion is computed; an order's status and a stock count are derived from the id).
 
 The checker's verdict becomes the L06 score (``quality``): 100 for a success; otherwise at most 60 (10 for a
 well-formed call, 20 for the right tool, 30 times the share of right arguments), so a failed attempt stays under the
@@ -119,7 +119,7 @@ def _draw(key: str) -> int:
 
 
 def execute(tool: str, arguments: dict[str, Any]) -> str:
-    """The simulated back end's answer to a call (an error text for an unknown tool or bad arguments)."""
+    """The environment's back end answering a call (an error text for an unknown tool or bad arguments)."""
     try:
         if tool == "convert_units":
             frm, to, value = arguments["from_unit"], arguments["to_unit"], float(arguments["value"])
