@@ -20,7 +20,6 @@ from typer.testing import CliRunner
 
 from L07_learning.api.auth import AuthService
 from L07_learning.models import ModelArtifact, ModelType
-from L07_learning.models.error_codes import L07Error
 from L07_learning.models.tool_calls import same_calls
 from L07_learning.tests.factories.serving import TEACH, TEACH_TEXT, TOOLS, conversation, taught_tool_caller
 from L07_learning.tests.paths import SRC
