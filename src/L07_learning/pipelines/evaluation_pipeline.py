@@ -81,6 +81,8 @@ class ModelReport:
     safety: dict[str, Any] = field(default_factory=dict)
     diversity: dict[str, float] = field(default_factory=dict)
     memory_peak_bytes: int = 0
+    #: The inference engine that produced every answer and timing (``backends``): latency compares engines too.
+    engine: str = "transformers"
 
     @property
     def accuracy(self) -> float:
@@ -204,7 +206,7 @@ def evaluate_model(
         answer_cap = min(2 * longest + 8, 1024)
     else:
         answer_cap = max_new_tokens
-    report = ModelReport()
+    report = ModelReport(engine=getattr(model, "name", "") or "transformers")
     outputs = generate_with(tokenizer, model, [c.prompt for c in cases], answer_cap, batch_size)
     for case, out in zip(cases, outputs):
         ok, sc = score_answer(out.text, case.expected, case.match_mode)

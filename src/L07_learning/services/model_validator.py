@@ -453,10 +453,12 @@ class ModelValidator:
 
     def _latency_stage(self, cand: ModelReport, base: ModelReport | None) -> StageResult:
         cfg = self.config
-        m: dict[str, Any] = {"candidate": cand.latency, "candidate_memory_peak_bytes": cand.memory_peak_bytes}
+        m: dict[str, Any] = {"candidate": cand.latency, "candidate_memory_peak_bytes": cand.memory_peak_bytes,
+                             "candidate_engine": cand.engine}
         if base is None:
             return StageResult(passed=True, outcome=StageOutcome.PASS, metrics=m, issues=[])
         m["baseline"] = base.latency
+        m["baseline_engine"] = base.engine
         ratio = _p99_ratio(cand, base)
         m["p99_ratio"] = ratio
         if ratio > cfg.latency_p99_fail_ratio:

@@ -177,7 +177,7 @@ class SqlPreferencePair(Base):
     pair_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     task_type: Mapped[str] = mapped_column(String(128), default="general")
     source: Mapped[str] = mapped_column(String(32), default="extractor")
-    chosen_example_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    chosen_example_id: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
     rejected_example_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     data: Mapped[dict] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=_now)

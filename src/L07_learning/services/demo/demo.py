@@ -124,6 +124,7 @@ async def run_demo(home: Path, *, executions: int = DEMO_EXECUTIONS, seed: int =
         # 7-8. validate against the base, promote to STAGING, publish the release
         stage = "DEVELOPMENT"
         validation = None
+        t_validate = time.perf_counter()
         try:
             validation = await service.deploy_model(job.output_model_id)
         except L07Error as exc:
@@ -133,9 +134,13 @@ async def run_demo(home: Path, *, executions: int = DEMO_EXECUTIONS, seed: int =
         pending = await service.relay.drain(timeout_s=10) if service.relay else 0
         if validation is None:
             validation = (await service.registry.get_validations(job.output_model_id) or [None])[-1]
+        validation_s = time.perf_counter() - t_validate
         progress("validated", {"stage": stage, "recommendation": validation.recommendation.value if validation else None})
 
         summary = _summary(totals, rejected, dataset, job, tuned, validation, pending, t0)
+        # Wall time of the validate-and-release step and the engine that ran it, so the fast backend's gain on the
+        # whole step (issue 20) reads off this JSON: run it with L07_INFERENCE_BACKEND=transformers and without.
+        summary["validation_seconds"] = round(validation_s, 1)
         summary["report"] = str(await _report(home, job, service, validation, summary, rejected))
         summary["seconds"] = round(time.perf_counter() - t0, 1)
         return summary
@@ -155,6 +160,7 @@ async def _rejections(db: Database) -> dict[str, int]:
 def _summary(totals: dict[str, Any], rejected: dict[str, int], dataset: Any, job: Any, tuned: Any,
              validation: Any, pending: int, t0: float) -> dict[str, Any]:
     bench = validation.stages.get("benchmark") if validation else None
+    latency = validation.stages.get("latency") if validation else None
     return {
         "events_read": totals.get("events_read", 0),
         "examples_extracted": totals.get("examples_extracted", 0),
@@ -172,6 +178,8 @@ def _summary(totals: dict[str, Any], rejected: dict[str, int], dataset: Any, job
         "base_score": bench.metrics.get("baseline_accuracy") if bench else None,
         "tuned_score": bench.metrics.get("candidate_accuracy") if bench else None,
         "recommendation": validation.recommendation.value if validation else None,
+        "inference_engine": latency.metrics.get("candidate_engine") if latency else None,
+        "training_seconds": round(job.metrics["duration_seconds"], 1) if "duration_seconds" in job.metrics else None,
         "failing_stages": [k for k, v in validation.stages.items() if v.outcome.value != "PASS"] if validation else [],
         "release_events_pending": pending,
         "seconds": round(time.perf_counter() - t0, 1),

@@ -38,11 +38,12 @@ def test_exact_similarity_and_bootstrap():
     assert distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)
 
 
-async def test_damaged_model_is_rejected_with_the_failing_stage_named(sqlite_db, settings, tmp_path):
+async def test_damaged_model_is_rejected_with_the_failing_stage_named(sqlite_db, settings, tmp_path, monkeypatch):
     from L07_learning.services.learning_service import LearningService
     from L07_learning.services.model_registry import ModelRegistry
     from L07_learning.services.model_validator import ModelValidator, ValidationConfig
 
+    monkeypatch.setenv("L07_INFERENCE_BACKEND", "transformers")  # the validation's own processes inherit it
     registry = ModelRegistry(db=sqlite_db, settings=settings)
     base_id, intact_id, damaged_id = await register_release_candidates(
         registry, chatty_tiny_model(tmp_path), tmp_path, "val")
@@ -60,6 +61,7 @@ async def test_damaged_model_is_rejected_with_the_failing_stage_named(sqlite_db,
         timing = intact.stages["latency"].metrics[side]
         assert len(timing["p99_ms_per_token_rounds"]) == 2
         assert timing["p99_ms_per_token"] == min(timing["p99_ms_per_token_rounds"])
+        assert intact.stages["latency"].metrics[f"{side}_engine"] == "transformers"  # the engine that was timed
 
     damaged = await validator.validate_model(damaged_id)
     assert damaged.recommendation.value == "REJECT" and not damaged.passed and damaged.regression_detected
