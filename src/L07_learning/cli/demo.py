@@ -34,7 +34,7 @@ async def demo(
     keep: bool = typer.Option(False, help="Keep the previous demo state instead of starting fresh."),
     continuous: bool = typer.Option(False, "--continuous", help="Run the flywheel instead (benchmarks/flywheel.py): "
                                     "an agent fleet, l07 run, a gateway serving each release, a bad release rolled "
-                                    "back; prints the table as it goes (about 20 minutes on CPU)."),
+                                    "back; prints the table as it goes (22 minutes measured on 2 quiet CPU cores)."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Run the whole loop on the embedded default: events -> dataset -> LoRA fine-tune -> validate -> release."""

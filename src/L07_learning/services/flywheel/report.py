@@ -58,15 +58,21 @@ def plot(result: dict[str, Any], path: Path) -> Path | None:
         ax.axhline(100 * result["base_probe_success"], color="grey", linestyle="--", linewidth=0.8,
                    label="base model (probe)")
     colours = {"deployed": "green", "override": "red", "rolled_back": "purple"}
+    drawn: list[float] = []
+    span = max((r["t_s"] for r in rounds), default=1.0) or 1.0
     for m in result["markers"]:
         if m["kind"] in colours:
             ax.axvline(m["t_s"], color=colours[m["kind"]], linestyle="--", linewidth=1)
-            ax.text(m["t_s"], 102, f"{m['kind']} {m.get('model_id', '')[:6]}", rotation=90, fontsize=7,
-                    va="bottom", color=colours[m["kind"]])
+            # A rollback and the redeploy it causes share a timestamp: later labels step right so both stay legible.
+            near = sum(abs(m["t_s"] - t) < 0.01 * span for t in drawn)
+            drawn.append(m["t_s"])
+            label = f"{m['kind'].replace('_', ' ')} {m.get('model_id', '')[:8]}"
+            ax.annotate(label, (m["t_s"], 102), xytext=(2 + 9 * near, 0), textcoords="offset points", rotation=90,
+                        fontsize=7, va="bottom", color=colours[m["kind"]])
     ax.set_xlabel("seconds since start")
     ax.set_ylabel("%")
-    ax.set_ylim(0, 125)
-    ax.legend(loc="lower left", fontsize=8)
+    ax.set_ylim(-3, 140)  # the base model's probe line often sits at 0
+    ax.legend(loc="center left", fontsize=8)
     ax.set_title("L07 flywheel: success over time")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
