@@ -12,9 +12,9 @@ Acceptance (issue 21): the first release lifts the small model's success from th
 takes traffic the fleet's success stays within 2 points of the expert-only rounds; the bad release is rolled back
 within the minimum samples plus one evaluation window (2 x min samples served); the success rate recovers.
 
-Run: ``PYTHONPATH=src python benchmarks/flywheel.py [--home DIR]`` (22 minutes measured on 2 quiet CPU cores, 40+ on shared ones). Prints the
-table as it goes, the per-release summary, writes ``flywheel.png`` and ``flywheel.json`` into the home, and the
-last stdout line is the JSON.
+Run: ``PYTHONPATH=src python benchmarks/flywheel.py [--home DIR]`` (22 minutes measured on 2 quiet CPU cores, 40+ on
+shared ones). Prints the table as it goes, the per-release summary, writes ``flywheel.png`` and ``flywheel.json``
+into the home, and the last stdout line is the JSON. A measured run is kept in ``benchmarks/results/``.
 """
 
 from __future__ import annotations
