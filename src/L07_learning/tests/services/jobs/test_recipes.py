@@ -61,7 +61,7 @@ def test_recipe_follows_device_model_size_and_dataset_size(tiny_model: Path) -> 
 
     cpu = load_preset("cpu-small")
     assert (cpu.learning_rate, cpu.target_modules, cpu.lora_alpha, cpu.lora_dropout, cpu.lora_top_layers,
-            cpu.epochs, cpu.use_curriculum) == (1e-3, ["all-linear"], 32, 0.0, 20, 2, False)
+            cpu.epochs, cpu.use_curriculum) == (1e-3, ["all-linear"], 32, 0.0, 20, 3, False)
     gpu = load_preset("gpu")
     defaults = JobConfig()
     assert (gpu.learning_rate, gpu.lora_rank, gpu.target_modules, gpu.batch_size, gpu.epochs) == (
