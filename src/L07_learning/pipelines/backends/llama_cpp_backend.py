@@ -3,9 +3,10 @@
 Chosen by measurement over transformers and CTranslate2 (``benchmarks/serving.py``): on a 2-core CPU transformers
 spends most of each decode step in Python and PyTorch dispatch, which llama.cpp does not pay. Prompts are tokenised
 by the model's Hugging Face tokenizer and handed to llama.cpp as ids, and new ids are decoded by the same tokenizer,
-so both engines see and produce text the same way. Requests run one after another
-(llama-cpp-python holds one sequence); the shared prompt prefix (system prompt, tool list) stays in the KV cache
-between requests.
+so both engines see and produce text the same way. One llama.cpp context holds one sequence, so a batch of prompts
+(a validation pass) is spread over ``lanes``: contexts of their own on the same memory-mapped weights, each decoding
+its share of the prompts one after another on its own threads. A lane's shared prompt prefix (system prompt, tool
+list) stays in its KV cache between requests.
 """
 
 from __future__ import annotations
@@ -71,6 +72,23 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 1) - 1)
 
 
+def default_lanes(threads: int) -> int:
+    """``L07_INFERENCE_LANES``, else as many contexts as the machine's cores hold at ``threads`` each (at least one).
+
+    With one thread per context on 2 cores that is two lanes: a batch pass uses both cores without the per-layer
+    thread barrier that makes one context with 2 threads stall when a core is busy (``default_threads``). Measured
+    on the demo's validation (2 cores): see ``services/demo/demo.py``.
+    """
+    configured = os.environ.get("L07_INFERENCE_LANES", "").strip()
+    if configured:
+        try:
+            return max(1, int(configured))
+        except ValueError as exc:
+            raise L07Error(L07ErrorCode.CONFIGURATION_NOT_FOUND,
+                           f"L07_INFERENCE_LANES={configured!r} is not a whole number") from exc
+    return max(1, (os.cpu_count() or 1) // max(threads, 1))
+
+
 # generation_config.json settings that change transformers' greedy answer and that this backend does not apply.
 _UNSUPPORTED_RULES = ("suppress_tokens", "begin_suppress_tokens", "bad_words_ids", "no_repeat_ngram_size",
                       "forced_bos_token_id", "forced_eos_token_id", "sequence_bias", "min_new_tokens", "min_length")
@@ -130,30 +148,39 @@ class LlamaCppBackend(InferenceBackend):
         tokenizer: The model's tokenizer.
         gguf_path: The exported model.
         n_ctx: Context length (prompt + answer) in tokens.
-        threads: CPU threads (default: :func:`default_threads`).
+        threads: CPU threads per context (default: :func:`default_threads`).
+        lanes: Contexts a batch of prompts is spread over, opened when a batch first needs them (default:
+            :func:`default_lanes`).
     """
 
     name = "llama_cpp"
     batches = False
 
-    def __init__(self, tokenizer: Any, gguf_path: str | Path, n_ctx: int = 4096, threads: int | None = None) -> None:
-        from llama_cpp import Llama
-
-
+    def __init__(self, tokenizer: Any, gguf_path: str | Path, n_ctx: int = 4096, threads: int | None = None,
+                 lanes: int | None = None) -> None:
         self.tokenizer = tokenizer
         self.gguf_path = Path(gguf_path)
         self.stops = stop_token_ids(tokenizer)
         threads = threads or default_threads()
+        self._context = {"model_path": str(gguf_path), "n_ctx": n_ctx, "n_batch": 512, "n_threads": threads,
+                         "n_threads_batch": threads, "verbose": False}
+        self.n_ctx = n_ctx
+        self.llm = self._open()
+        self._lanes = [self.llm]
+        self.lane_count = lanes or default_lanes(threads)
+
+    def _open(self) -> Any:
+        from llama_cpp import Llama
+
         try:
             with _without_extra_buffers(_cpu_advertises_amx()):
-                self.llm = Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_batch=512, n_threads=threads,
-                                 n_threads_batch=threads, verbose=False)
+                llm = Llama(**self._context)
         except Exception as exc:  # noqa: BLE001 - llama.cpp reports every load failure as a bare ValueError
             raise L07Error(L07ErrorCode.BASE_MODEL_LOADING_FAILURE,
-                           f"llama.cpp cannot load {gguf_path}: {exc}") from exc
-        self.n_ctx = n_ctx
+                           f"llama.cpp cannot load {self.gguf_path}: {exc}") from exc
         # Freed before interpreter teardown: llama-cpp-python's own __del__ fails once its module globals are gone.
-        weakref.finalize(self, self.llm.close)
+        weakref.finalize(self, llm.close)
+        return llm
 
     @classmethod
     def load(cls, model_dir: str | Path, adapter_dir: str | Path | None = None) -> "LlamaCppBackend":
@@ -165,14 +192,15 @@ class LlamaCppBackend(InferenceBackend):
         n_ctx = min(int(config.get("max_position_embeddings") or 2048), _MAX_CTX)
         return cls(tokenizer, gguf_for(model_dir, adapter_dir), n_ctx=n_ctx)
 
-    def _tokens(self, ids: list[int], limit: int, ignore_stop: bool = False) -> Iterator[int]:
+    def _tokens(self, ids: list[int], limit: int, ignore_stop: bool = False, llm: Any = None) -> Iterator[int]:
         room = self.n_ctx - len(ids)
         if room <= 0:
             raise L07Error(L07ErrorCode.TOKENIZATION_ERROR,
                            f"prompt of {len(ids)} tokens does not fit the {self.n_ctx}-token context")
         made = 0
         # temp=0 is llama.cpp's greedy sampler: the argmax token, as transformers' do_sample=False.
-        for tok in self.llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True):
+        for tok in (llm or self.llm).generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0,
+                                              reset=True):
             made += 1
             yield tok
             if (tok in self.stops and not ignore_stop) or made >= min(limit, room):
@@ -180,13 +208,29 @@ class LlamaCppBackend(InferenceBackend):
 
     def generate_rendered(self, texts: list[str], max_new_tokens: int, limits: list[int] | None = None,
                           ignore_stop: bool = False) -> list[Any]:
-
         started = time.perf_counter()
-        rows = []
-        for k, text in enumerate(texts):
-            limit = min(limits[k], max_new_tokens) if limits else max_new_tokens
-            made = list(self._tokens(self.prompt_ids(text), limit, ignore_stop))
-            rows.append(made if ignore_stop else cut_at_stop(made, self.stops, limit))
+        prompts = [self.prompt_ids(text) for text in texts]
+        caps = [min(limits[k], max_new_tokens) if limits else max_new_tokens for k in range(len(texts))]
+
+        def answer(llm: Any, k: int) -> list[int]:
+            made = list(self._tokens(prompts[k], caps[k], ignore_stop, llm))
+            return made if ignore_stop else cut_at_stop(made, self.stops, caps[k])
+
+        lanes = min(self.lane_count, len(texts))
+        while len(self._lanes) < lanes:
+            self._lanes.append(self._open())
+        if lanes <= 1:
+            rows = [answer(self.llm, k) for k in range(len(texts))]
+        else:
+            # Contiguous shares keep neighbouring prompts (turns of one conversation) in one lane's prefix cache.
+            # llama.cpp's calls release the GIL, so threads decode in parallel.
+            from concurrent.futures import ThreadPoolExecutor
+
+            bounds = [round(i * len(texts) / lanes) for i in range(lanes + 1)]
+            with ThreadPoolExecutor(max_workers=lanes) as pool:
+                shares = pool.map(lambda i: [answer(self._lanes[i], k) for k in range(bounds[i], bounds[i + 1])],
+                                  range(lanes))
+                rows = [row for share in shares for row in share]
         per_item = (time.perf_counter() - started) / max(len(texts), 1)
         return [GenerationResult(text=self.tokenizer.decode(ids, skip_special_tokens=True).strip(),
                                  latency_s=per_item, new_tokens=len(ids)) for ids in rows]
@@ -203,4 +247,5 @@ class LlamaCppBackend(InferenceBackend):
                 sent = now
 
     def close(self) -> None:
-        self.llm.close()
+        for llm in self._lanes:
+            llm.close()

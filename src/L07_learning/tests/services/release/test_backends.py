@@ -115,6 +115,31 @@ def test_llama_cpp_answers_as_transformers_on_the_taught_tool_caller(taught: Pat
     assert fast.generate_batch(texts[:1], [3])[0].new_tokens == 3
 
 
+@pytest.mark.skipif(not llama_cpp_backend.available(), reason="llama-cpp-python is not installed (extra fast-cpu)")
+def test_llama_cpp_lanes_answer_a_batch_as_one_context_does(taught: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A validation pass spread over several llama.cpp contexts gives every prompt the answer one context gives it,
+    in the prompts' order, with per-prompt caps."""
+    monkeypatch.setenv("L07_INFERENCE_THREADS", "1")
+    tokenizer = TransformersBackend.load(taught).tokenizer
+    texts = [render_chat(tokenizer, conversation(goal), TOOLS) for goal, _ in TEACH] * 3
+    one = llama_cpp_backend.LlamaCppBackend(tokenizer, llama_cpp_backend.gguf_for(taught), lanes=1)
+    three = llama_cpp_backend.LlamaCppBackend(tokenizer, llama_cpp_backend.gguf_for(taught), lanes=3)
+    caps = [64, 5, 64, 64, 7, 64]
+    want = one.generate_rendered(texts, 64, caps)
+    got = three.generate_rendered(texts, 64, caps)
+    assert len(three._lanes) == 3 and len(one._lanes) == 1
+    assert [(g.text, g.new_tokens) for g in got] == [(w.text, w.new_tokens) for w in want]
+    assert "unit_convert" in got[0].text and "Oslo" in got[3].text and got[1].new_tokens == 5
+    # One prompt (a served request, a timed latency request) stays on the first context.
+    single = llama_cpp_backend.LlamaCppBackend(tokenizer, llama_cpp_backend.gguf_for(taught), lanes=4)
+    assert single.generate_rendered(texts[:1], 64)[0].text == want[0].text and len(single._lanes) == 1
+    monkeypatch.setenv("L07_INFERENCE_LANES", "x")
+    with pytest.raises(L07Error):
+        llama_cpp_backend.default_lanes(1)
+    monkeypatch.setenv("L07_INFERENCE_LANES", "2")
+    assert llama_cpp_backend.default_lanes(1) == 2
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not vllm_backend.available(), reason="needs vllm and a CUDA device")
 def test_vllm_answers_as_transformers_on_the_taught_tool_caller(taught: Path) -> None:
