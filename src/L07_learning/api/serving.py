@@ -161,7 +161,9 @@ def create_serving_app(served: ServedModel, model_id: str, authenticate: Authent
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": model_id}
+        # The engine answering (transformers, ctranslate2, llama_cpp, vllm): what an operator checks first when
+        # latency is not what the fast-cpu extra promised.
+        return {"status": "ok", "model": model_id, "engine": served.backend_name}
 
     @app.get("/metrics")
     async def metrics(_: Principal = Depends(caller)) -> Response:

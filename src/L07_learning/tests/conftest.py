@@ -25,6 +25,9 @@ CLEANUP_TIMEOUT_S = 2.0
 # Training refuses a train split under minimum_dataset_size (contract §4.3; default 5000). Test datasets have tens of
 # examples; the tests of the minimum itself set their own.
 os.environ.setdefault("L07_MINIMUM_DATASET_SIZE", "1")
+# Transformers is the reference engine the suite's answers and timings are written against, whatever fast engine the
+# machine has installed (`auto` would pick it); the fast engines' own tests name them.
+os.environ.setdefault("L07_INFERENCE_BACKEND", "transformers")
 
 
 @pytest.fixture(autouse=True)

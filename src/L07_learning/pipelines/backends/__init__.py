@@ -1,7 +1,9 @@
 """Inference engines behind one interface, chosen by the setting ``L07_INFERENCE_BACKEND``.
 
-``auto`` (default): vLLM on a CUDA device when installed, else llama.cpp when ``llama-cpp-python`` is installed
-(``pip install -e .[fast-cpu]``) and the model can be exported to GGUF, else transformers. Naming an engine that is
+``auto`` (default): vLLM on a CUDA device when installed, else CTranslate2 when installed (``pip install -e
+.[fast-cpu]``) and the model converts, else llama.cpp when ``llama-cpp-python`` is installed (``.[llama-cpp]``) and the
+model exports to GGUF, else transformers. CTranslate2 comes before llama.cpp by measurement: it decodes a batch
+together, which a validation pass needs (``ctranslate2_backend``). Naming an engine that is
 not installed is an error, not a silent fallback: whoever set it expects that engine's speed.
 """
 
@@ -12,12 +14,12 @@ import os
 from pathlib import Path
 
 from ...models.error_codes import L07Error, L07ErrorCode
-from . import llama_cpp_backend, vllm_backend
+from . import ctranslate2_backend, llama_cpp_backend, vllm_backend
 from .base import InferenceBackend
 from .transformers_backend import TransformersBackend
 
 ENV = "L07_INFERENCE_BACKEND"
-CHOICES = ("auto", "transformers", "llama_cpp", "vllm")
+CHOICES = ("auto", "transformers", "ctranslate2", "llama_cpp", "vllm")
 _log = logging.getLogger(__name__)
 
 __all__ = ["CHOICES", "ENV", "InferenceBackend", "TransformersBackend", "chosen_backend", "load_backend"]
@@ -30,8 +32,7 @@ def chosen_backend(setting: str | None = None) -> str:
         L07Error: E7905 for a value that names no engine.
     """
     value = (setting or os.environ.get(ENV) or "auto").strip().lower().replace("-", "_")
-    if value == "llamacpp":
-        value = "llama_cpp"
+    value = {"llamacpp": "llama_cpp", "ct2": "ctranslate2"}.get(value, value)
     if value not in CHOICES:
         raise L07Error(L07ErrorCode.CONFIGURATION_NOT_FOUND,
                        f"{ENV}={value!r} names no inference backend; choose one of {', '.join(CHOICES)}")
@@ -51,15 +52,21 @@ def load_backend(model_dir: str | Path, adapter_dir: str | Path | None = None,
             raise L07Error(L07ErrorCode.CONFIGURATION_NOT_FOUND,
                            f"{ENV}=vllm needs the vllm package and a CUDA device")
         return vllm_backend.VllmBackend.load(model_dir, adapter_dir)
-    if choice == "llama_cpp" and not llama_cpp_backend.available():
-        raise L07Error(L07ErrorCode.CONFIGURATION_NOT_FOUND,
-                       f"{ENV}=llama_cpp needs llama-cpp-python: pip install -e '.[fast-cpu]'")
-    if choice == "llama_cpp":
-        return llama_cpp_backend.LlamaCppBackend.load(model_dir, adapter_dir)
-    if choice == "auto" and llama_cpp_backend.available():
-        try:
-            return llama_cpp_backend.LlamaCppBackend.load(model_dir, adapter_dir)
-        except L07Error as exc:
-            # A model the GGUF exporter cannot write (not Llama, unusual tokenizer) is still served, more slowly.
-            _log.warning("llama.cpp backend unavailable for %s (%s); using transformers", model_dir, exc)
+    engines = {"ctranslate2": (ctranslate2_backend, ctranslate2_backend.CTranslate2Backend, "fast-cpu"),
+               "llama_cpp": (llama_cpp_backend, llama_cpp_backend.LlamaCppBackend, "llama-cpp")}
+    if choice in engines:
+        module, engine, extra = engines[choice]
+        if not module.available():
+            raise L07Error(L07ErrorCode.CONFIGURATION_NOT_FOUND,
+                           f"{ENV}={choice} needs its package: pip install -e '.[{extra}]'")
+        return engine.load(model_dir, adapter_dir)
+    if choice == "auto":
+        for name, (module, engine, _extra) in engines.items():
+            if not module.available():
+                continue
+            try:
+                return engine.load(model_dir, adapter_dir)
+            except L07Error as exc:
+                # A model the engine cannot convert (not Llama, unusual tokenizer) is still served, more slowly.
+                _log.warning("%s backend unavailable for %s (%s); trying the next engine", name, model_dir, exc)
     return TransformersBackend.load(model_dir, adapter_dir)

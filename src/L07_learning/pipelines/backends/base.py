@@ -6,9 +6,13 @@ sees the same token ids and a served answer can be compared token for token acro
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ...models.error_codes import L07Error, L07ErrorCode
 
 if TYPE_CHECKING:
     from ..generation import GenerationResult
@@ -52,3 +56,20 @@ def cut_at_stop(ids: list[int], stops: list[int], limit: int | None) -> list[int
         if tok in stops:
             return ids[: i + 1]
     return ids
+
+
+# generation_config.json settings that change transformers' greedy answer and that the native engines do not apply.
+_UNSUPPORTED_RULES = ("suppress_tokens", "begin_suppress_tokens", "bad_words_ids", "no_repeat_ngram_size",
+                      "forced_bos_token_id", "forced_eos_token_id", "sequence_bias", "min_new_tokens", "min_length")
+
+
+def refuse_decoding_rules(model_dir: Path, engine: str) -> None:
+    """Raise E7208 when the model's generation config asks for decoding rules ``engine`` would silently ignore."""
+    path = model_dir / "generation_config.json"
+    config = json.loads(path.read_text()) if path.exists() else {}
+    rules = [k for k in _UNSUPPORTED_RULES if config.get(k) not in (None, [], 0)]
+    if config.get("repetition_penalty") not in (None, 1, 1.0):
+        rules.append("repetition_penalty")
+    if rules:
+        raise L07Error(L07ErrorCode.MODEL_INCOMPATIBILITY_WITH_GATEWAY,
+                       f"{model_dir} asks for decoding rules the {engine} backend does not apply: {', '.join(rules)}")

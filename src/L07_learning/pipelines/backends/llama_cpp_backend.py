@@ -1,7 +1,9 @@
-"""llama.cpp (through ``llama-cpp-python``) on a GGUF export of the model (F16): the fast CPU engine.
+"""llama.cpp (through ``llama-cpp-python``) on a GGUF export of the model (F16): a fast CPU engine for one request.
 
-Chosen by measurement over transformers and CTranslate2 (``benchmarks/serving.py``): on a 2-core CPU transformers
-spends most of each decode step in Python and PyTorch dispatch, which llama.cpp does not pay. Prompts are tokenised
+On a 2-core CPU transformers spends most of each decode step in Python and PyTorch dispatch, which llama.cpp does not
+pay (``benchmarks/serving.py``); ``auto`` still prefers CTranslate2 (``ctranslate2_backend``), which also decodes a
+batch together and installs without compiling. This engine is what checks GGUF exports and serves where only it is
+installed (``pip install -e .[llama-cpp]``). Prompts are tokenised
 by the model's Hugging Face tokenizer and handed to llama.cpp as ids, and new ids are decoded by the same tokenizer,
 so both engines see and produce text the same way. One llama.cpp context holds one sequence, so a batch of prompts
 (a validation pass) is spread over ``lanes``: contexts of their own on the same memory-mapped weights, each decoding
@@ -24,8 +26,9 @@ from typing import Any
 from ...models.error_codes import L07Error, L07ErrorCode
 from .. import gguf_export
 from ..generation import GenerationResult, stop_token_ids
-from .base import InferenceBackend, cut_at_stop
+from .base import InferenceBackend, cut_at_stop, refuse_decoding_rules
 from .conversion import converted, source_version
+from .threads import default_lanes, default_threads
 
 # F16 by measurement (benchmarks/serving.py, SmolLM2-135M, 2 cores): Q8_0 decodes no faster at this size (~30
 # tokens/s on one thread either way) but llama.cpp's Q8_0 kernels also quantise the activations to 8 bits, and the
@@ -53,56 +56,6 @@ def gguf_for(model_dir: str | Path, adapter_dir: str | Path | None = None) -> Pa
     quant = (os.environ.get(QUANT_ENV) or DEFAULT_QUANT).strip().lower()
     return converted(model_dir, adapter_dir, f"{quant}.gguf", lambda hf, out: gguf_export.write_gguf(hf, out, quant),
                      version=source_version(gguf_export.__file__))
-
-
-def default_threads() -> int:
-    """``L07_INFERENCE_THREADS``, else one core less than the machine has (at least one).
-
-    Measured on the 2-core CI machine under load: 1 thread decodes ~30 tokens/s, 2 threads 6-8, because llama.cpp's
-    threads wait for each other at every layer and a busy core stalls them all; the spare core also keeps the event
-    loop and tokenizer of ``serve-model`` responsive.
-    """
-    configured = _env_count("L07_INFERENCE_THREADS")
-    return configured if configured is not None else max(1, (os.cpu_count() or 1) - 1)
-
-
-def _env_count(name: str) -> int | None:
-    """A whole-number setting from the environment (at least 1), None when unset; E7905 for anything else."""
-    configured = os.environ.get(name, "").strip()
-    if not configured:
-        return None
-    try:
-        return max(1, int(configured))
-    except ValueError as exc:
-        raise L07Error(L07ErrorCode.CONFIGURATION_NOT_FOUND, f"{name}={configured!r} is not a whole number") from exc
-
-
-def default_lanes(threads: int) -> int:
-    """``L07_INFERENCE_LANES``, else as many contexts as the machine's cores hold at ``threads`` each (at least one).
-
-    With one thread per context on 2 cores that is two lanes: a batch pass uses both cores without the per-layer
-    thread barrier that makes one context with 2 threads stall when a core is busy (``default_threads``). The demo's
-    validation on 2 quiet cores: 144 s with one context, 111 s with two lanes (transformers: 244 s).
-    """
-    configured = _env_count("L07_INFERENCE_LANES")
-    return configured if configured is not None else max(1, (os.cpu_count() or 1) // max(threads, 1))
-
-
-# generation_config.json settings that change transformers' greedy answer and that this backend does not apply.
-_UNSUPPORTED_RULES = ("suppress_tokens", "begin_suppress_tokens", "bad_words_ids", "no_repeat_ngram_size",
-                      "forced_bos_token_id", "forced_eos_token_id", "sequence_bias", "min_new_tokens", "min_length")
-
-
-def _refuse_decoding_rules(model_dir: Path) -> None:
-    """Raise E7208 when the model's generation config asks for decoding rules llama.cpp would silently ignore."""
-    path = model_dir / "generation_config.json"
-    config = json.loads(path.read_text()) if path.exists() else {}
-    rules = [k for k in _UNSUPPORTED_RULES if config.get(k) not in (None, [], 0)]
-    if config.get("repetition_penalty") not in (None, 1, 1.0):
-        rules.append("repetition_penalty")
-    if rules:
-        raise L07Error(L07ErrorCode.MODEL_INCOMPATIBILITY_WITH_GATEWAY,
-                       f"{model_dir} asks for decoding rules the llama.cpp backend does not apply: {', '.join(rules)}")
 
 
 def _cpu_advertises_amx() -> bool:
@@ -185,7 +138,7 @@ class LlamaCppBackend(InferenceBackend):
     def load(cls, model_dir: str | Path, adapter_dir: str | Path | None = None) -> "LlamaCppBackend":
         from transformers import AutoTokenizer
 
-        _refuse_decoding_rules(Path(model_dir))
+        refuse_decoding_rules(Path(model_dir), "llama.cpp")
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         config = json.loads((Path(model_dir) / "config.json").read_text())
         n_ctx = min(int(config.get("max_position_embeddings") or 2048), _MAX_CTX)

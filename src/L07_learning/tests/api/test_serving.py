@@ -4,6 +4,7 @@ system prompt, tools in the request) and gets parsed tool calls, streaming, conc
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import socket
@@ -58,10 +59,13 @@ async def _register(model_dir: Path) -> tuple[str, str, str]:
 
 
 @pytest.fixture
-def served(l07_home: Path, taught: Path):  # type: ignore[no-untyped-def]
+def served(request: pytest.FixtureRequest, l07_home: Path, taught: Path):  # type: ignore[no-untyped-def]
+    """``serve-model`` in its own process, on the engine the test names (indirect parameter; transformers if none)."""
+    engine = getattr(request, "param", "transformers")
     model_id, agent_key, producer_key = asyncio.run(_register(taught))
     port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "L07_INFERENCE_BACKEND": engine}
     proc = subprocess.Popen(
         [sys.executable, "-m", "L07_learning.cli.main", "serve-model", model_id, "--port", str(port),
          "--allow-stage", "DEVELOPMENT", "--max-tokens", "96", "--max-request-bytes", "20000"],
@@ -72,7 +76,9 @@ def served(l07_home: Path, taught: Path):  # type: ignore[no-untyped-def]
         while True:
             assert proc.poll() is None, proc.stderr.read().decode()[-3000:] if proc.stderr else "server exited"
             try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                health = httpx.get(f"{base}/health", timeout=1)
+                if health.status_code == 200:
+                    assert health.json()["engine"] == engine
                     break
             except httpx.HTTPError:
                 pass
@@ -87,6 +93,9 @@ def served(l07_home: Path, taught: Path):  # type: ignore[no-untyped-def]
             proc.kill()
 
 
+@pytest.mark.parametrize("served", ["transformers", pytest.param("ctranslate2", marks=pytest.mark.skipif(
+    importlib.util.find_spec("ctranslate2") is None, reason="ctranslate2 is not installed (extra fast-cpu)"))],
+    indirect=True)
 def test_agents_get_tool_calls_streams_and_concurrency_through_the_openai_client(served) -> None:  # type: ignore[no-untyped-def]
     client = openai.OpenAI(base_url=served["base"] + "/v1", api_key=served["agent_key"], max_retries=0)
     assert [m.id for m in client.models.list().data] == [served["model_id"]]

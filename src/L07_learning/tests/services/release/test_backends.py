@@ -10,7 +10,8 @@ import pytest
 from L07_learning.models.error_codes import L07Error
 from L07_learning.models.tool_calls import render_chat
 from L07_learning.pipelines import backends
-from L07_learning.pipelines.backends import TransformersBackend, llama_cpp_backend, load_backend, vllm_backend
+from L07_learning.pipelines.backends import (TransformersBackend, ctranslate2_backend, llama_cpp_backend, load_backend,
+                                            vllm_backend)
 from L07_learning.pipelines.backends.conversion import converted, model_fingerprint
 from L07_learning.pipelines.base_model import build_tiny_model
 from L07_learning.pipelines.evaluation_pipeline import load_for_eval
@@ -31,6 +32,7 @@ def taught(tmp_path_factory: pytest.TempPathFactory, tiny: Path) -> Path:
 
 @pytest.fixture
 def no_fast_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ctranslate2_backend, "available", lambda: False)
     monkeypatch.setattr(llama_cpp_backend, "available", lambda: False)
     monkeypatch.setattr(vllm_backend, "available", lambda: False)
     monkeypatch.delenv(backends.ENV, raising=False)
@@ -63,7 +65,10 @@ def test_a_named_engine_that_is_missing_or_unknown_is_refused(tiny: Path, no_fas
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(L07Error) as missing:
         load_backend(tiny, backend="llama_cpp")
-    assert missing.value.code.value == "E7905" and "fast-cpu" in missing.value.message
+    assert missing.value.code.value == "E7905" and "llama-cpp" in missing.value.message
+    with pytest.raises(L07Error) as missing_ct2:
+        load_backend(tiny, backend="ct2")
+    assert missing_ct2.value.code.value == "E7905" and "fast-cpu" in missing_ct2.value.message
     monkeypatch.setenv(backends.ENV, "onnx")
     with pytest.raises(L07Error) as unknown:
         ServedModel.load(str(tiny), None)
@@ -95,13 +100,65 @@ def test_conversion_is_cached_beside_the_model_by_content(tmp_path: Path, tiny: 
     assert second != first and len(builds) == 2
 
 
-@pytest.mark.skipif(not llama_cpp_backend.available(), reason="llama-cpp-python is not installed (extra fast-cpu)")
+@pytest.mark.skipif(not ctranslate2_backend.available(), reason="ctranslate2 is not installed (extra fast-cpu)")
+def test_ctranslate2_answers_as_transformers_on_the_taught_tool_caller(taught: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast CPU engine gives the reference engine's greedy answers, token counts, caps and stream, in batches."""
+    monkeypatch.delenv(backends.ENV, raising=False)
+    reference = ServedModel.load(str(taught), None, backend="transformers")
+    fast = ServedModel.load(str(taught), None)  # auto picks CTranslate2 when it is installed
+    assert fast.backend_name == "ctranslate2" and fast.backend.batches
+    texts = [render_chat(reference.tokenizer, conversation(goal), TOOLS) for goal, _ in TEACH] * 3
+    caps = [64, 5, 64, 64, 7, 64]
+    want = reference.generate_batch(texts, caps)
+    got = fast.generate_batch(texts, caps)
+    assert [(g.text, g.new_tokens) for g in got] == [(w.text, w.new_tokens) for w in want]
+    # The lesson was learnt, so the agreement is about real answers, not two empty strings; caps hold per row.
+    assert "unit_convert" in got[0].text and "Oslo" in got[3].text and got[1].new_tokens == 5
+    assert "".join(fast.stream(texts[3], 64)).strip() == got[3].text
+    # Fixed work for the latency gate: every row decodes exactly the cap, end of turn or not.
+    timed = fast.backend.generate_rendered(texts[:2], 40, ignore_stop=True)
+    assert [t.new_tokens for t in timed] == [40, 40]
+    # The conversion is cached beside the model by content: a second load converts nothing.
+    converted_dir = ctranslate2_backend.ct2_dir_for(taught)
+    stamp = converted_dir.stat().st_mtime_ns
+    assert ServedModel.load(str(taught), None, backend="ct2").backend_name == "ctranslate2"
+    assert converted_dir.stat().st_mtime_ns == stamp
+    monkeypatch.setenv(ctranslate2_backend.COMPUTE_ENV, "float8")
+    with pytest.raises(L07Error) as bad:
+        ctranslate2_backend.compute_type()
+    assert bad.value.code.value == "E7905"
+
+
+@pytest.mark.skipif(not ctranslate2_backend.available(), reason="ctranslate2 is not installed (extra fast-cpu)")
+def test_ctranslate2_refuses_a_model_it_cannot_convert_and_auto_falls_back(tmp_path: Path, tiny: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    import ctranslate2
+
+    model = tmp_path / "odd"
+    shutil.copytree(tiny, model)
+
+    def unsupported(self: object, *args: object, **kwargs: object) -> None:
+        raise ValueError("No conversion is registered for the model configuration NoSuchConfig")
+
+    # Stands in for an architecture the converter has no loader for (the converter is the outside system here).
+    monkeypatch.setattr(ctranslate2.converters.TransformersConverter, "convert", unsupported)
+    with pytest.raises(L07Error) as err:
+        load_backend(model, backend="ctranslate2")
+    assert err.value.code.value == "E7208" and "CTranslate2" in err.value.message
+    monkeypatch.setattr(llama_cpp_backend, "available", lambda: False)
+    monkeypatch.delenv(backends.ENV, raising=False)
+    assert load_backend(model).name == "transformers"
+
+
+@pytest.mark.skipif(not llama_cpp_backend.available(), reason="llama-cpp-python is not installed (extra llama-cpp)")
 def test_llama_cpp_answers_as_transformers_on_the_taught_tool_caller(taught: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("llama_cpp")
-    monkeypatch.delenv(backends.ENV, raising=False)
     reference = ServedModel.load(str(taught), None, backend="transformers")
-    fast = ServedModel.load(str(taught), None)  # auto picks llama.cpp when it is installed
+    fast = ServedModel.load(str(taught), None, backend="llama_cpp")
     assert fast.backend_name == "llama_cpp"
     texts = [render_chat(reference.tokenizer, conversation(goal), TOOLS) for goal, _ in TEACH]
     want = reference.generate_batch(texts, [64, 64])
@@ -115,7 +172,7 @@ def test_llama_cpp_answers_as_transformers_on_the_taught_tool_caller(taught: Pat
     assert fast.generate_batch(texts[:1], [3])[0].new_tokens == 3
 
 
-@pytest.mark.skipif(not llama_cpp_backend.available(), reason="llama-cpp-python is not installed (extra fast-cpu)")
+@pytest.mark.skipif(not llama_cpp_backend.available(), reason="llama-cpp-python is not installed (extra llama-cpp)")
 def test_llama_cpp_lanes_answer_a_batch_as_one_context_does(taught: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A validation pass spread over several llama.cpp contexts gives every prompt the answer one context gives it,
     in the prompts' order, with per-prompt caps."""
