@@ -217,9 +217,12 @@ def _run_smollm2(args) -> None:  # type: ignore[no-untyped-def]
     held_goals = order_goals(args.heldout_goals, seed=2, names=NAMES[14:])
     guard_goals = order_goals(2, seed=3, names=NAMES[14:])  # the guard's own held-out pairs (KL, validation)
     train_examples = attempts(train_goals)
-    cfg = RLHFConfig(algorithm="dpo", learning_rate_policy=1e-3, epochs=1, batch_size=4, lora_rank=16,
-                     lora_alpha=32.0, dpo_beta=0.1, max_new_tokens=32, max_length=160, max_kl_divergence=2.0,
-                     guard_every_steps=args.guard_every, reward_training_epochs=1, reward_learning_rate=1e-4,
+    # DPO at 1e-3 (one epoch, 9 steps) wrecked the SFT policy in both implementations (task 42% -> 0%, KL 1.5 in 9
+    # steps, 2026-12-06): LoRA DPO wants a learning rate nearer 1e-4, over a few epochs of these few pairs.
+    cfg = RLHFConfig(algorithm="dpo", learning_rate_policy=args.dpo_lr, epochs=args.dpo_epochs, batch_size=4,
+                     lora_rank=16, lora_alpha=32.0, dpo_beta=0.1, max_new_tokens=32, max_length=160,
+                     max_kl_divergence=2.0, guard_every_steps=args.guard_every, reward_training_epochs=3,
+                     reward_learning_rate=1e-4,
                      reward_batch_size=8, reward_lora_rank=16, seed=42)
     train_pairs = preference_pairs(train_examples, cfg)  # the RLHF job's builder: §5.5 rules, reward_mode pipeline
     guard_pairs = preference_pairs(attempts(guard_goals), cfg)
@@ -230,7 +233,8 @@ def _run_smollm2(args) -> None:  # type: ignore[no-untyped-def]
         t0 = time.perf_counter()
         rows = [[{"role": "user", "content": e.input_text}, {"role": "assistant", "content": e.output_text}]
                 for e in train_examples]
-        sft_cfg = JobConfig(epochs=2, batch_size=4, learning_rate=1e-3, lora_rank=16, lora_alpha=32,
+        # Two epochs left the SFT policy half-trained (42% exact calls, garbled arguments on the rest).
+        sft_cfg = JobConfig(epochs=args.sft_epochs, batch_size=4, learning_rate=1e-3, lora_rank=16, lora_alpha=32,
                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], max_seq_length=256,
                             gradient_checkpointing=False, eval_strategy="no", save_strategy="no",
                             early_stopping_patience=0, use_curriculum=False, warmup_ratio=0.05, seed=42)
@@ -277,6 +281,8 @@ def _run_smollm2(args) -> None:  # type: ignore[no-untyped-def]
                        "kl_after": policy["after"]["kl"], "alerts": [a["code"] for a in policy["alerts"]]},
         "wall_s": {k: round(v, 1) for k, v in timings.items()}, "total_wall_s": round(time.perf_counter() - t_start, 1),
         "threads": args.threads,
+        "settings": {"sft_epochs": args.sft_epochs, "dpo_learning_rate": args.dpo_lr, "dpo_epochs": args.dpo_epochs,
+                     "dpo_beta": cfg.dpo_beta, "batch_size": cfg.batch_size, "lora_rank": cfg.lora_rank},
         "note": "CPU wall times on a 2-core machine shared by other jobs; compare ours vs plain within this run only",
     }
     print(f"{'policy':<16}{'task acc':>10}{'mean q':>9}{'reward':>9}")
@@ -299,6 +305,9 @@ def main() -> None:
     parser.add_argument("--guard-every", type=int, default=6)
     parser.add_argument("--goals", type=int, default=12, help="smollm2: training goals (3 scored attempts each)")
     parser.add_argument("--heldout-goals", type=int, default=12, help="smollm2: held-out goals")
+    parser.add_argument("--sft-epochs", type=int, default=4, help="smollm2: SFT epochs before DPO")
+    parser.add_argument("--dpo-lr", type=float, default=1e-4, help="smollm2: DPO learning rate (both implementations)")
+    parser.add_argument("--dpo-epochs", type=int, default=3, help="smollm2: DPO epochs (both implementations)")
     parser.add_argument("--base-dir", default=None,
                         help="smollm2: another HF model folder in place of the real base (a quick harness check only)")
     args = parser.parse_args()

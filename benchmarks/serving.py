@@ -1,18 +1,18 @@
-"""Serving speed of the inference backends: transformers against the fast engine (llama.cpp), same model, same
-prompts, one run.
+"""Serving speed of the inference backends: transformers against a fast engine (CTranslate2 by default, or llama.cpp),
+same model, same prompts, one run.
 
 For each backend the model is loaded as ``l07 serve-model`` loads it (``ServedModel.load``) and requests go through
 the server's own scheduler (``services/release/batcher.Batcher``): at concurrency 1 one request at a time, at
 concurrency 8 eight requests in flight. Rounds alternate between the backends, so a loaded machine slows both alike;
 the ratios are the numbers to read. Reported per backend and concurrency: generated tokens/s, p50/p99 request
-latency. Also: the share of prompts on which the fast backend's greedy answer equals transformers' (its GGUF weights
-against fp32), and the peak RSS of a process that serves the model on the fast backend while 8 requests run at once
-(the model process of ``serve-model``: backend, tokenizer and scheduler, without the HTTP layer).
+latency. Also: the share of prompts on which the fast backend's greedy answer equals transformers' (its converted
+weights against fp32), and the peak RSS of a process that serves the model on the fast backend while 8 requests run
+at once (the model process of ``serve-model``: backend, tokenizer and scheduler, without the HTTP layer).
 
 Prompts: chat questions and agent turns with tools (the tool-call format of ``models/tool_calls.py``), none of them
 training data of the model.
 
-Run: ``PYTHONPATH=src python benchmarks/serving.py [--model DIR] [--prompts 24] [--max-tokens 48] [--fast llama_cpp]``.
+Run: ``PYTHONPATH=src python benchmarks/serving.py [--model DIR] [--prompts 24] [--max-tokens 48] [--fast ctranslate2|llama_cpp|vllm]``.
 The table goes to stdout; the last stdout line is JSON.
 """
 
@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--model", help="Hugging Face model folder (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--prompts", type=int, default=24, help="requests per backend and concurrency")
     parser.add_argument("--max-tokens", type=int, default=48)
-    parser.add_argument("--fast", default="llama_cpp", help="the fast backend to compare (llama_cpp, vllm)")
+    parser.add_argument("--fast", default="ctranslate2", help="the fast backend to compare (ctranslate2, llama_cpp, vllm)")
     parser.add_argument("--rounds", type=int, default=2, help="alternations between the backends per concurrency")
     args = parser.parse_args()
 
@@ -125,7 +125,7 @@ def main() -> None:
     backends = {"transformers": ServedModel.load(model_dir, None, backend="transformers")}
     load_s = {"transformers": time.perf_counter() - t0}
     t0 = time.perf_counter()
-    backends[args.fast] = ServedModel.load(model_dir, None, backend=args.fast)  # exports + caches the GGUF once
+    backends[args.fast] = ServedModel.load(model_dir, None, backend=args.fast)  # converts + caches the model once
     load_s[args.fast] = time.perf_counter() - t0
     texts = _prompts(backends["transformers"].tokenizer, args.prompts)
     for served in backends.values():  # warm-up: first calls pay one-off allocation costs

@@ -1,9 +1,13 @@
 """Inference engines behind one interface, chosen by the setting ``L07_INFERENCE_BACKEND``.
 
-``auto`` (default): vLLM on a CUDA device when installed, else CTranslate2 when installed (``pip install -e
-.[fast-cpu]``) and the model converts, else llama.cpp when ``llama-cpp-python`` is installed (``.[llama-cpp]``) and the
-model exports to GGUF, else transformers. CTranslate2 comes before llama.cpp by measurement: it decodes a batch
-together, which a validation pass needs (``ctranslate2_backend``). Naming an engine that is
+``auto`` (default): vLLM on a CUDA device when installed; else, on CPU, the fast engines installed, in the order that
+measured best for the work (a model an engine cannot convert falls through to the next), else transformers:
+
+- ``batch`` (the validator's passes over held-out prompts): CTranslate2 (``pip install -e .[fast-cpu]``), then llama.cpp
+  (``.[llama-cpp]``). CTranslate2 decodes the batch together; llama.cpp one sequence per context (2.2x vs 3.6x).
+- ``serve`` (``serve-model``, one request or a few at a time): llama.cpp, then CTranslate2. At batch 1 llama.cpp's F16
+  GGUF was the faster and smaller of the two (``benchmarks/serving.py``: CTranslate2 float32 1.6x transformers and
+  1.04 GB under 8 requests, 2026-12-06). Naming an engine that is
 not installed is an error, not a silent fallback: whoever set it expects that engine's speed.
 """
 
@@ -20,6 +24,7 @@ from .transformers_backend import TransformersBackend
 
 ENV = "L07_INFERENCE_BACKEND"
 CHOICES = ("auto", "transformers", "ctranslate2", "llama_cpp", "vllm")
+WORKLOADS = {"batch": ("ctranslate2", "llama_cpp"), "serve": ("llama_cpp", "ctranslate2")}
 _log = logging.getLogger(__name__)
 
 __all__ = ["CHOICES", "ENV", "InferenceBackend", "TransformersBackend", "chosen_backend", "load_backend"]
@@ -40,8 +45,8 @@ def chosen_backend(setting: str | None = None) -> str:
 
 
 def load_backend(model_dir: str | Path, adapter_dir: str | Path | None = None,
-                 backend: str | None = None) -> InferenceBackend:
-    """Load the model (adapter merged) in the chosen engine.
+                 backend: str | None = None, workload: str = "batch") -> InferenceBackend:
+    """Load the model (adapter merged) in the chosen engine; ``workload`` (``batch`` or ``serve``) orders ``auto``.
 
     Raises:
         L07Error: E7905 an unknown engine, or a named engine that is not installed; E7032 the model cannot load.
@@ -61,7 +66,8 @@ def load_backend(model_dir: str | Path, adapter_dir: str | Path | None = None,
                            f"{ENV}={choice} needs its package: pip install -e '.[{extra}]'")
         return engine.load(model_dir, adapter_dir)
     if choice == "auto":
-        for name, (module, engine, _extra) in engines.items():
+        for name in WORKLOADS[workload]:
+            module, engine, _extra = engines[name]
             if not module.available():
                 continue
             try:
