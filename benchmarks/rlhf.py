@@ -217,8 +217,9 @@ def _run_smollm2(args) -> None:  # type: ignore[no-untyped-def]
     held_goals = order_goals(args.heldout_goals, seed=2, names=NAMES[14:])
     guard_goals = order_goals(2, seed=3, names=NAMES[14:])  # the guard's own held-out pairs (KL, validation)
     train_examples = attempts(train_goals)
-    # DPO at 1e-3 (one epoch, 9 steps) wrecked the SFT policy in both implementations (task 42% -> 0%, KL 1.5 in 9
-    # steps, 2026-12-06): LoRA DPO wants a learning rate nearer 1e-4, over a few epochs of these few pairs.
+    # Measured 2026-12-06 (benchmarks/results/rlhf-smollm2-2026-12-06.*): DPO at 1e-3 for one epoch (9 steps) and at
+    # 1e-4 for three (27 steps) both took the SFT policy to 0% exact calls, in our pipeline and in plain TRL alike,
+    # with answers that repeat "quantity=" (chosen and rejected share most of their tokens, and DPO lowers both).
     cfg = RLHFConfig(algorithm="dpo", learning_rate_policy=args.dpo_lr, epochs=args.dpo_epochs, batch_size=4,
                      lora_rank=16, lora_alpha=32.0, dpo_beta=0.1, max_new_tokens=32, max_length=160,
                      max_kl_divergence=2.0, guard_every_steps=args.guard_every, reward_training_epochs=3,
@@ -233,7 +234,7 @@ def _run_smollm2(args) -> None:  # type: ignore[no-untyped-def]
         t0 = time.perf_counter()
         rows = [[{"role": "user", "content": e.input_text}, {"role": "assistant", "content": e.output_text}]
                 for e in train_examples]
-        # Two epochs left the SFT policy half-trained (42% exact calls, garbled arguments on the rest).
+        # Two epochs: 42% exact calls, garbled arguments on the rest; three: 33%, most wrapped in the chatty preamble.
         sft_cfg = JobConfig(epochs=args.sft_epochs, batch_size=4, learning_rate=1e-3, lora_rank=16, lora_alpha=32,
                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], max_seq_length=256,
                             gradient_checkpointing=False, eval_strategy="no", save_strategy="no",
@@ -305,7 +306,7 @@ def main() -> None:
     parser.add_argument("--guard-every", type=int, default=6)
     parser.add_argument("--goals", type=int, default=12, help="smollm2: training goals (3 scored attempts each)")
     parser.add_argument("--heldout-goals", type=int, default=12, help="smollm2: held-out goals")
-    parser.add_argument("--sft-epochs", type=int, default=4, help="smollm2: SFT epochs before DPO")
+    parser.add_argument("--sft-epochs", type=int, default=3, help="smollm2: SFT epochs before DPO")
     parser.add_argument("--dpo-lr", type=float, default=1e-4, help="smollm2: DPO learning rate (both implementations)")
     parser.add_argument("--dpo-epochs", type=int, default=3, help="smollm2: DPO epochs (both implementations)")
     parser.add_argument("--base-dir", default=None,
