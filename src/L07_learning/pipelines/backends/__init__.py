@@ -1,14 +1,12 @@
 """Inference engines behind one interface, chosen by the setting ``L07_INFERENCE_BACKEND``.
 
-``auto`` (default): vLLM on a CUDA device when installed; else, on CPU, the fast engines installed, in the order that
-measured best for the work (a model an engine cannot convert falls through to the next), else transformers:
-
-- ``batch`` (the validator's passes over held-out prompts): CTranslate2 (``pip install -e .[fast-cpu]``), then llama.cpp
-  (``.[llama-cpp]``). CTranslate2 decodes the batch together; llama.cpp one sequence per context (2.2x vs 3.6x).
-- ``serve`` (``serve-model``, one request or a few at a time): llama.cpp, then CTranslate2. At batch 1 llama.cpp's F16
-  GGUF was the faster and smaller of the two (``benchmarks/serving.py``: CTranslate2 float32 1.6x transformers and
-  1.04 GB under 8 requests, 2026-12-06). Naming an engine that is
-not installed is an error, not a silent fallback: whoever set it expects that engine's speed.
+``auto`` (default): vLLM on a CUDA device when installed; else, on CPU, llama.cpp when ``llama-cpp-python`` is
+installed (``pip install -e .[llama-cpp]``), then CTranslate2 (``.[fast-cpu]``), then transformers; a model an engine
+cannot convert falls through to the next. Order by measurement on the demo (2 cores, 2026-12-06): its validation took
+265 s in transformers, 269 s in CTranslate2 and 111 s in llama.cpp (on the 300-execution demo), although CTranslate2
+decoded a batch of held-out turns 3.6x faster than transformers on its own; at batch 1 (``benchmarks/serving.py``)
+llama.cpp was also the faster and smaller. CTranslate2 installs in seconds and batches concurrent requests (2.1x at 8).
+Naming an engine that is not installed is an error, not a silent fallback: whoever set it expects that engine's speed.
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ from .transformers_backend import TransformersBackend
 
 ENV = "L07_INFERENCE_BACKEND"
 CHOICES = ("auto", "transformers", "ctranslate2", "llama_cpp", "vllm")
-WORKLOADS = {"batch": ("ctranslate2", "llama_cpp"), "serve": ("llama_cpp", "ctranslate2")}
 _log = logging.getLogger(__name__)
 
 __all__ = ["CHOICES", "ENV", "InferenceBackend", "TransformersBackend", "chosen_backend", "load_backend"]
@@ -45,8 +42,8 @@ def chosen_backend(setting: str | None = None) -> str:
 
 
 def load_backend(model_dir: str | Path, adapter_dir: str | Path | None = None,
-                 backend: str | None = None, workload: str = "batch") -> InferenceBackend:
-    """Load the model (adapter merged) in the chosen engine; ``workload`` (``batch`` or ``serve``) orders ``auto``.
+                 backend: str | None = None) -> InferenceBackend:
+    """Load the model (adapter merged) in the chosen engine.
 
     Raises:
         L07Error: E7905 an unknown engine, or a named engine that is not installed; E7032 the model cannot load.
@@ -57,8 +54,8 @@ def load_backend(model_dir: str | Path, adapter_dir: str | Path | None = None,
             raise L07Error(L07ErrorCode.CONFIGURATION_NOT_FOUND,
                            f"{ENV}=vllm needs the vllm package and a CUDA device")
         return vllm_backend.VllmBackend.load(model_dir, adapter_dir)
-    engines = {"ctranslate2": (ctranslate2_backend, ctranslate2_backend.CTranslate2Backend, "fast-cpu"),
-               "llama_cpp": (llama_cpp_backend, llama_cpp_backend.LlamaCppBackend, "llama-cpp")}
+    engines = {"llama_cpp": (llama_cpp_backend, llama_cpp_backend.LlamaCppBackend, "llama-cpp"),
+               "ctranslate2": (ctranslate2_backend, ctranslate2_backend.CTranslate2Backend, "fast-cpu")}
     if choice in engines:
         module, engine, extra = engines[choice]
         if not module.available():
@@ -66,8 +63,7 @@ def load_backend(model_dir: str | Path, adapter_dir: str | Path | None = None,
                            f"{ENV}={choice} needs its package: pip install -e '.[{extra}]'")
         return engine.load(model_dir, adapter_dir)
     if choice == "auto":
-        for name in WORKLOADS[workload]:
-            module, engine, _extra = engines[name]
+        for name, (module, engine, _extra) in engines.items():
             if not module.available():
                 continue
             try:

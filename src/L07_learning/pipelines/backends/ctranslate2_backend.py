@@ -1,10 +1,10 @@
-"""CTranslate2 on a converted copy of the model (float32): the fast CPU engine for batches and single requests.
+"""CTranslate2 on a converted copy of the model (float32): the fast CPU engine that installs as a wheel.
 
-Chosen by measurement (issue 20, SmolLM2-135M, 2 cores, 50 held-out tool-use turns): transformers spends most of a
-decode step in Python and PyTorch dispatch; llama.cpp (``llama_cpp_backend``) removes that but decodes one sequence
-per context, so a validation pass gained only ~2.2x there; CTranslate2 decodes a whole batch per step in C++ and gave
-the same greedy answers as transformers on 50 of 50 turns, 3.6x faster on the batched pass, and ~4.7x at batch 1. It
-installs as a wheel (``pip install -e .[fast-cpu]``), where llama-cpp-python compiles for half an hour.
+It decodes a whole batch per step in C++ (``pip install -e .[fast-cpu]``, seconds; llama-cpp-python compiles for half
+an hour). Measured on 2 cores (SmolLM2-135M): 50 held-out tool-use turns decoded in one batch 3.6x faster than
+transformers with the same greedy answers on 50 of 50; ``serve-model`` 1.6x at concurrency 1 and 2.1x at 8 (same answers
+on 24 of 24, 1.04 GB RSS). The demo's whole validation was no faster than in transformers (269 s against 265 s), not
+yet explained, so ``auto`` tries llama.cpp first where both are installed (``backends/__init__``).
 
 float32 by measurement: int8 weights (``L07_CT2_COMPUTE_TYPE=int8_float32``) were 2x faster again but changed the
 greedy answer on 31 of 50 turns. Prompts are tokenised by the model's Hugging Face tokenizer and handed over as

@@ -32,7 +32,7 @@ class ServedModel:
     @classmethod
     def load(cls, model_dir: str, adapter_dir: str | None, backend: str | None = None) -> "ServedModel":
         """Load verified files from ``model_dir`` (and merge the adapter in ``adapter_dir`` when given)."""
-        loaded = load_backend(model_dir, adapter_dir, backend, workload="serve")
+        loaded = load_backend(model_dir, adapter_dir, backend)
         return cls(loaded.tokenizer, loaded)
 
     @property

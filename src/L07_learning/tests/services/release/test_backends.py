@@ -77,20 +77,18 @@ def test_a_named_engine_that_is_missing_or_unknown_is_refused(tiny: Path, no_fas
     assert ServedModel.load(str(tiny), None).backend_name == "transformers"
 
 
-def test_auto_orders_the_fast_engines_by_workload(tiny: Path, no_fast_engine: None,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """Validation passes go to the engine that batches (CTranslate2), served requests to the one that is quickest
-    at batch 1 (llama.cpp), whichever of them is installed; stand-ins replace the engines' loads."""
+def test_auto_prefers_llama_cpp_then_ctranslate2(tiny: Path, no_fast_engine: None,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The order measured on the demo's validation and at batch 1; stand-ins replace the engines' loads."""
     loaded: list[str] = []
     for module, cls in ((ctranslate2_backend, ctranslate2_backend.CTranslate2Backend),
                         (llama_cpp_backend, llama_cpp_backend.LlamaCppBackend)):
         monkeypatch.setattr(module, "available", lambda: True)
         monkeypatch.setattr(cls, "load", classmethod(lambda c, *a: loaded.append(c.name) or c.name))
-    assert load_backend(tiny) == "ctranslate2"
-    assert load_backend(tiny, workload="serve") == "llama_cpp"
+    assert load_backend(tiny) == "llama_cpp"
     monkeypatch.setattr(llama_cpp_backend, "available", lambda: False)
-    assert load_backend(tiny, workload="serve") == "ctranslate2"
-    assert loaded == ["ctranslate2", "llama_cpp", "ctranslate2"]
+    assert load_backend(tiny) == "ctranslate2"
+    assert loaded == ["llama_cpp", "ctranslate2"]
 
 
 def test_conversion_is_cached_beside_the_model_by_content(tmp_path: Path, tiny: Path) -> None:
