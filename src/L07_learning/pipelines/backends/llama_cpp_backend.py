@@ -1,14 +1,13 @@
-"""llama.cpp (through ``llama-cpp-python``) on a GGUF export of the model (F16): a fast CPU engine for one request.
+"""llama.cpp (through ``llama-cpp-python``) on a GGUF export of the model (F16): the fast CPU engine ``auto`` tries first.
 
 On a 2-core CPU transformers spends most of each decode step in Python and PyTorch dispatch, which llama.cpp does not
-pay (``benchmarks/serving.py``); ``auto`` still prefers CTranslate2 (``ctranslate2_backend``), which also decodes a
-batch together and installs without compiling. This engine is what checks GGUF exports and serves where only it is
-installed (``pip install -e .[llama-cpp]``). Prompts are tokenised
-by the model's Hugging Face tokenizer and handed to llama.cpp as ids, and new ids are decoded by the same tokenizer,
-so both engines see and produce text the same way. One llama.cpp context holds one sequence, so a batch of prompts
-(a validation pass) is spread over ``lanes``: contexts of their own on the same memory-mapped weights, each decoding
-its share of the prompts one after another on its own threads. A lane's shared prompt prefix (system prompt, tool
-list) stays in its KV cache between requests.
+pay (``benchmarks/serving.py``); measured on the demo it also validated fastest (``backends/__init__``). It installs
+with ``pip install -e .[llama-cpp]`` (compiles llama.cpp) and is what checks GGUF exports. Prompts are tokenised by the
+model's Hugging Face tokenizer and handed to llama.cpp as ids, and new ids are decoded by the same tokenizer, so both
+engines see and produce text the same way. One llama.cpp context holds one sequence, so a batch of prompts (a
+validation pass) is spread over ``lanes``: contexts of their own on the same memory-mapped weights, each decoding its
+share of the prompts one after another on its own threads. A lane's shared prompt prefix (system prompt, tool list)
+stays in its KV cache between requests.
 """
 
 from __future__ import annotations
