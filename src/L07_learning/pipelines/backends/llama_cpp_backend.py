@@ -1,4 +1,4 @@
-"""llama.cpp (through ``llama-cpp-python``) on a GGUF export of the model (F16): the fast CPU engine ``auto`` tries first.
+"""llama.cpp (through ``llama-cpp-python``) on a GGUF export (F16): the fast CPU engine ``auto`` tries first.
 
 On a 2-core CPU transformers spends most of each decode step in Python and PyTorch dispatch, which llama.cpp does not
 pay (``benchmarks/serving.py``); measured on the demo it also validated fastest (``backends/__init__``). It installs
