@@ -75,7 +75,7 @@ def serve_model(
     except L07Error as exc:
         err_console.print(f"[bold red]{exc.code.value} {exc.code.name}[/]: {exc.message}")
         raise typer.Exit(code=2) from None
-    # Which engine answers (L07_INFERENCE_BACKEND; auto: CTranslate2 when the fast-cpu extra is installed).
+    # Which engine answers (L07_INFERENCE_BACKEND; auto: llama.cpp, then CTranslate2, when installed).
     err_console.print(f"inference backend: {served.backend_name}")
     app = create_serving_app(served, model_id, _KeyCheck(), limits)
     uvicorn.run(app, host=host, port=port, log_level="info")
