@@ -54,18 +54,17 @@ def _convert(hf_dir: Path, out: Path, quantization: str) -> Path:
 
     work = Path(tempfile.mkdtemp(prefix=".ct2.", dir=out.parent))
     try:
-        ctranslate2.converters.TransformersConverter(str(hf_dir)).convert(str(work / "model"),
-                                                                          quantization=quantization, force=True)
+        try:
+            ctranslate2.converters.TransformersConverter(str(hf_dir)).convert(str(work / "model"),
+                                                                              quantization=quantization, force=True)
+        except Exception as exc:  # noqa: BLE001 - the converter raises ValueError, KeyError, NotImplementedError...
+            raise L07Error(L07ErrorCode.MODEL_INCOMPATIBILITY_WITH_GATEWAY,
+                           f"CTranslate2 cannot convert {hf_dir}: {exc}") from exc
         try:
             os.replace(work / "model", out)
         except OSError:
             if not out.exists():  # another process renamed the same conversion first: use theirs
                 raise
-    except L07Error:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the converter raises ValueError, KeyError, NotImplementedError...
-        raise L07Error(L07ErrorCode.MODEL_INCOMPATIBILITY_WITH_GATEWAY,
-                       f"CTranslate2 cannot convert {hf_dir}: {exc}") from exc
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
