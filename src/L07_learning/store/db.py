@@ -7,6 +7,9 @@ Plain ``sqlite:///`` and ``postgresql://`` URLs are upgraded to their async driv
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
+import time
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -71,7 +74,7 @@ class Database:
             path = self.url.split("///", 1)[1] if "///" in self.url else ""
             if path and path != ":memory:":
                 _private_sqlite_file(Path(path))
-            connect_args["timeout"] = 30
+            connect_args["timeout"] = _BUSY_TIMEOUT_S
         elif schema:
             connect_args["server_settings"] = {"search_path": schema}
         self.engine: AsyncEngine = create_async_engine(self.url, connect_args=connect_args, **kwargs)
@@ -193,9 +196,9 @@ def _private_sqlite_file(path: Path) -> None:
             os.chmod(home, 0o700)
         private_file(path)
         for suffix in ("-wal", "-shm", "-journal"):
-            side = path.with_name(path.name + suffix)
-            if side.exists():
-                os.chmod(side, 0o600)
+            # No exists() check first: another process closing the database deletes these files at any moment.
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(path.with_name(path.name + suffix), 0o600)
     except OSError as exc:
         # A database file of another owner (shared deployment): its owner decides its mode; opening it may still work.
         # Anything else wrong with the path (a folder, a missing mount) is reported by the first connection, where
@@ -209,11 +212,35 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
     # checkpoints, which takes the fsync off every ingestion batch (a power cut may lose the last commits; PostgreSQL
     # is the deployment for that guarantee).
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_S * 1000}")
+    _switch_to_wal(cur)
     cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
+
+
+def _switch_to_wal(cur) -> None:  # type: ignore[no-untyped-def]
+    """``PRAGMA journal_mode=WAL``, retried for as long as the busy timeout while another process holds the lock.
+
+    On a database file still in rollback mode (a new one), the switch needs the exclusive lock. When another process
+    holds or wants the write lock at that moment (``l07 run`` creating its schema while ``l07 loop status`` opens the
+    file), SQLite treats the wait as a possible deadlock and answers "database is locked" at once, without calling the
+    busy handler (sqlite.org/c3ref/busy_handler.html), so ``busy_timeout`` does not cover it.
+    """
+    deadline = time.monotonic() + _BUSY_TIMEOUT_S
+    delay = 0.01
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
+_BUSY_TIMEOUT_S = 30
 
 
 _databases: dict[tuple[str, str | None], Database] = {}

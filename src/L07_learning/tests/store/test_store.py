@@ -3,6 +3,9 @@ rows, and an unreachable or outdated database gives an E79xx error saying what t
 
 from __future__ import annotations
 
+import sqlite3
+import threading
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -80,3 +83,23 @@ async def test_outdated_schema_says_run_upgrade(tmp_path):
     await fresh.dispose()
     assert info.value.code.value == "E7905"
     assert "l07 db upgrade" in info.value.message
+
+
+async def test_new_sqlite_file_written_by_another_process_is_waited_for_not_reported_unreachable(tmp_path):
+    # A second process writing a new (still rollback-journal) database file: SQLite answers the switch to WAL with an
+    # immediate "database is locked" that its busy timeout does not cover. CI saw `l07 run` exit with E7903 this way
+    # while `l07 loop status` polled the file it was creating.
+    path = tmp_path / "l07.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    other.execute("CREATE TABLE other_process (a)")
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO other_process VALUES (1)")
+    threading.Timer(0.5, other.execute, ("COMMIT",)).start()
+    db = Database(f"sqlite+aiosqlite:///{path}", auto_migrate=True)
+    try:
+        await db.connect()
+        assert await db.current_revision() == head_revision()
+    finally:
+        await db.dispose()
+        other.close()
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
