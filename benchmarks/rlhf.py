@@ -74,6 +74,7 @@ def _plain_dpo(sft: Path, train, out: Path, cfg) -> float:
     from trl import DPOConfig, DPOTrainer
 
     from L07_learning.pipelines.rlhf.common import format_prompt
+    from L07_learning.pipelines.rlhf_pipeline import dpo_loss
 
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(str(sft))
@@ -84,7 +85,7 @@ def _plain_dpo(sft: Path, train, out: Path, cfg) -> float:
     args = DPOConfig(output_dir=str(out / "_t"), num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
                      learning_rate=cfg.learning_rate_policy, lr_scheduler_type="constant", beta=cfg.dpo_beta,
                      report_to="none", save_strategy="no", seed=cfg.seed, disable_tqdm=True, logging_steps=1000,
-                     use_cpu=True, max_length=cfg.max_length)
+                     use_cpu=True, max_length=cfg.max_length, **dpo_loss(cfg))
     lora = LoraConfig(task_type=TaskType.CAUSAL_LM, r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
                       target_modules="all-linear")
     trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok, peft_config=lora)
@@ -221,10 +222,11 @@ def _run_smollm2(args) -> None:  # type: ignore[no-untyped-def]
     # 1e-4 for three (27 steps) both took the SFT policy to 0% exact calls, in our pipeline and in plain TRL alike,
     # with answers that repeat "quantity=" (chosen and rejected share most of their tokens, and DPO lowers both).
     cfg = RLHFConfig(algorithm="dpo", learning_rate_policy=args.dpo_lr, epochs=args.dpo_epochs, batch_size=4,
-                     lora_rank=16, lora_alpha=32.0, dpo_beta=0.1, max_new_tokens=32, max_length=160,
+                     lora_rank=16, lora_alpha=32.0, dpo_beta=args.dpo_beta, max_new_tokens=32, max_length=160,
                      max_kl_divergence=2.0, guard_every_steps=args.guard_every, reward_training_epochs=3,
                      reward_learning_rate=1e-4,
-                     reward_batch_size=8, reward_lora_rank=16, seed=42)
+                     reward_batch_size=8, reward_lora_rank=16, seed=42,
+                     **({} if args.dpo_sft_weight is None else {"dpo_sft_weight": args.dpo_sft_weight}))
     train_pairs = preference_pairs(train_examples, cfg)  # the RLHF job's builder: §5.5 rules, reward_mode pipeline
     guard_pairs = preference_pairs(attempts(guard_goals), cfg)
     timings: dict[str, float] = {}
@@ -283,7 +285,7 @@ def _run_smollm2(args) -> None:  # type: ignore[no-untyped-def]
         "wall_s": {k: round(v, 1) for k, v in timings.items()}, "total_wall_s": round(time.perf_counter() - t_start, 1),
         "threads": args.threads,
         "settings": {"sft_epochs": args.sft_epochs, "dpo_learning_rate": args.dpo_lr, "dpo_epochs": args.dpo_epochs,
-                     "dpo_beta": cfg.dpo_beta, "batch_size": cfg.batch_size, "lora_rank": cfg.lora_rank},
+                     "dpo_beta": cfg.dpo_beta, "dpo_sft_weight": cfg.dpo_sft_weight, "batch_size": cfg.batch_size, "lora_rank": cfg.lora_rank},
         "note": "CPU wall times on a 2-core machine shared by other jobs; compare ours vs plain within this run only",
     }
     print(f"{'policy':<16}{'task acc':>10}{'mean q':>9}{'reward':>9}")
@@ -309,6 +311,9 @@ def main() -> None:
     parser.add_argument("--sft-epochs", type=int, default=3, help="smollm2: SFT epochs before DPO")
     parser.add_argument("--dpo-lr", type=float, default=1e-4, help="smollm2: DPO learning rate (both implementations)")
     parser.add_argument("--dpo-epochs", type=int, default=3, help="smollm2: DPO epochs (both implementations)")
+    parser.add_argument("--dpo-beta", type=float, default=0.1, help="smollm2: DPO beta (both implementations)")
+    parser.add_argument("--dpo-sft-weight", type=float, default=None,
+                        help="smollm2: weight of the NLL term on the chosen answer (default: RLHFConfig's)")
     parser.add_argument("--base-dir", default=None,
                         help="smollm2: another HF model folder in place of the real base (a quick harness check only)")
     args = parser.parse_args()

@@ -169,6 +169,13 @@ def optimize_policy(
                         wall_s=time.perf_counter() - started, train_metrics=train_metrics, alerts=guard.alerts)
 
 
+def dpo_loss(config: RLHFConfig) -> dict[str, Any]:
+    """TRL's loss settings for DPO: the preference (sigmoid) loss, plus the NLL on the chosen answer when weighted."""
+    if config.dpo_sft_weight <= 0:
+        return {"loss_type": ["sigmoid"]}
+    return {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, config.dpo_sft_weight]}
+
+
 def _trl_trainer(config: RLHFConfig, policy: Any, tokenizer: Any, scorer: RewardScorer, train: list[Triplet],
                  out: Path):  # type: ignore[no-untyped-def]
     """The TRL trainer for DPO, GRPO or RLOO over our PeftModel (adapter off = reference)."""
@@ -182,7 +189,7 @@ def _trl_trainer(config: RLHFConfig, policy: Any, tokenizer: Any, scorer: Reward
 
         data = Dataset.from_list([{"prompt": p, "chosen": t.chosen, "rejected": t.rejected}
                                   for p, t in zip(prompts, train, strict=True)])
-        args = DPOConfig(**shared, beta=config.dpo_beta, max_length=config.max_length)
+        args = DPOConfig(**shared, beta=config.dpo_beta, max_length=config.max_length, **dpo_loss(config))
         return DPOTrainer(model=policy, args=args, train_dataset=data, processing_class=tokenizer)
 
     def reward_fn(prompts: list[str], completions: list[str], **_: Any) -> list[float]:

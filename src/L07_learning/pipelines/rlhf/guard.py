@@ -46,12 +46,13 @@ def _completion_batch(tokenizer: Any, prompts: Sequence[str], completions: Seque
 class PolicyGuard:
     """Measures a policy against its reference and stops training on KL overrun (E7306) or reward hacking (E7305).
 
-    ``measure()`` returns ``{kl, validation_accuracy, mean_reward}``:
+    ``measure()`` returns ``{kl, validation_accuracy, mean_reward, chosen_logprob}``:
 
     * ``kl``: mean per-token KL(policy ‖ reference) over the full vocabulary, on the answer tokens of held-out pairs;
     * ``validation_accuracy``: share of held-out pairs where the policy's mean answer log-probability ranks the
       chosen answer above the rejected one (agreement with L06);
-    * ``mean_reward``: reward-model score of the policy's greedy answers to held-out prompts.
+    * ``mean_reward``: reward-model score of the policy's greedy answers to held-out prompts;
+    * ``chosen_logprob``: mean per-token log-probability of the held-out chosen answers.
 
     ``check()`` records a measurement; on a KL overrun it restores the last good adapter weights ("previous
     checkpoint") and asks to stop; when reward is above its starting value while validation accuracy fell by more
@@ -108,6 +109,8 @@ class PolicyGuard:
             "kl": kl_sum / max(1, kl_tokens),
             "validation_accuracy": agree / max(1, len(self.val_pairs)),
             "mean_reward": sum(rewards) / max(1, len(rewards)),
+            # DPO's known failure: it can lower the chosen answers' likelihood along with the rejected ones'.
+            "chosen_logprob": sum(mean_lp["chosen"]) / max(1, len(mean_lp["chosen"])),
         }
 
     # -- guard ----------------------------------------------------------------------------------------------------
