@@ -22,7 +22,10 @@ def test_dpo_loss_falls_and_the_policy_weights_change(tmp_path) -> None:  # type
     sft = sft_tiny(base, tmp_path / "sft", train, epochs=3)
     cfg = RLHFConfig(algorithm="dpo", learning_rate_policy=5e-3, epochs=2, batch_size=8, lora_rank=8, lora_alpha=16.0,
                      max_new_tokens=8, max_kl_divergence=5.0, guard_every_steps=100, reward_training_epochs=1,
-                     reward_learning_rate=3e-3, reward_lora_rank=None)
+                     reward_learning_rate=3e-3, reward_lora_rank=None,
+                     # The preference loss alone, whose start value is known; the default NLL term on the chosen
+                     # answer has its own test (test_rlhf.py).
+                     dpo_sft_weight=0.0)
     spec = {"base_model_dir": str(sft), "reward_model_dir": None, "sft_adapter_dir": None,
             "train_pairs": [p.model_dump(mode="json") for p in train],
             "val_pairs": [p.model_dump(mode="json") for p in held[:8]],
