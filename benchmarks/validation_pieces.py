@@ -131,7 +131,8 @@ def main() -> None:
     print(f"{'engine':<14}{'model':<11}" + "".join(f"{p:>22}" for p in pieces) + f"{'accuracy':>10}")
     for engine, models in engines.items():
         for label, row in models.items():
-            print(f"{engine:<14}{label:<11}" + "".join(f"{row[p]:>22.1f}" for p in pieces) + f"{row['accuracy']:>10.3f}")
+            cells = "".join(f"{row[p]:>22.1f}" for p in pieces)
+            print(f"{engine:<14}{label:<11}{cells}{row['accuracy']:>10.3f}")
     ratios = {label: {p: round(engines["transformers"][label][p] / max(engines[args.fast][label][p], 1e-9), 2)
                       for p in pieces} for label in inputs["models"]}
     for label, row in ratios.items():

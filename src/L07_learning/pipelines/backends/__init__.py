@@ -5,7 +5,8 @@ installed (``pip install -e .[llama-cpp]``), then CTranslate2 (``.[fast-cpu]``),
 cannot convert falls through to the next. Order by measurement on the demo (2 cores, 2026-12-06): its validation took
 265 s in transformers, 260-269 s in CTranslate2 and 111 s in llama.cpp (on the 300-execution demo); on a quiet machine
 CTranslate2's held-out answers pass was 1.0-1.5x transformers' (``benchmarks/validation_pieces.py``: long prompts,
-compute-bound prefill). At batch 1 (``benchmarks/serving.py``) llama.cpp was also the faster and smaller. CTranslate2 installs in seconds and batches concurrent requests (2.1x at 8).
+compute-bound prefill). At batch 1 (``benchmarks/serving.py``) llama.cpp was also the faster and smaller. CTranslate2
+installs in seconds and batches concurrent requests (2.1x at 8).
 Naming an engine that is not installed is an error, not a silent fallback: whoever set it expects that engine's speed.
 """
 

@@ -3,10 +3,10 @@
 It decodes a whole batch per step in C++ (``pip install -e .[fast-cpu]``, seconds; llama-cpp-python compiles for half
 an hour). Measured on 2 cores (SmolLM2-135M): the same greedy answers as transformers on 50 of 50 held-out tool-use
 turns (3.6x faster beside a training job; 1.0-1.5x on a quiet machine); ``serve-model`` 1.6x at concurrency 1 and 2.1x
-at 8 (same answers on 24 of 24, 1.04 GB RSS). The demo's whole validation was no faster than in transformers (260-269 s against 265 s):
-its prompts are long (tool schemas), prefill is compute-bound in any engine, and CTranslate2 feeds the part of each
-prompt beyond the batch's shortest through its decoding loop (``benchmarks/validation_pieces.py``). So ``auto`` tries
-llama.cpp first where both are installed (``backends/__init__``).
+at 8 (same answers on 24 of 24, 1.04 GB RSS). The demo's whole validation was no faster than in transformers (260-269 s
+against 265 s): its prompts are long (tool schemas), prefill is compute-bound in any engine, and CTranslate2 feeds the
+part of each prompt beyond the batch's shortest through its decoding loop (``benchmarks/validation_pieces.py``). So
+``auto`` tries llama.cpp first where both are installed (``backends/__init__``).
 
 float32 by measurement: int8 weights (``L07_CT2_COMPUTE_TYPE=int8_float32``) were 2x faster again but changed the
 greedy answer on 31 of 50 turns. Prompts are tokenised by the model's Hugging Face tokenizer and handed over as
