@@ -195,6 +195,9 @@ def evaluate_model(
     """
     import torch
 
+    if torch.cuda.is_available():
+        # The validator measures both models in one worker process: each report gets its own peak.
+        torch.cuda.reset_peak_memory_stats()
     tokenizer, model = load_for_eval(model_dir, adapter_dir)
     if max_new_tokens is None:
         # Room for the longest reference answer plus its end-of-turn token, so no answer is cut short.

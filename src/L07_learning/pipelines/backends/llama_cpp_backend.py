@@ -4,10 +4,10 @@ On a 2-core CPU transformers spends most of each decode step in Python and PyTor
 pay (``benchmarks/serving.py``); measured on the demo it also validated fastest (``backends/__init__``). It installs
 with ``pip install -e .[llama-cpp]`` (compiles llama.cpp) and is what checks GGUF exports. Prompts are tokenised by the
 model's Hugging Face tokenizer and handed to llama.cpp as ids, and new ids are decoded by the same tokenizer, so both
-engines see and produce text the same way. One llama.cpp context holds one sequence, so a batch of prompts (a
-validation pass) is spread over ``lanes``: contexts of their own on the same memory-mapped weights, each decoding its
-share of the prompts one after another on its own threads. A lane's shared prompt prefix (system prompt, tool list)
-stays in its KV cache between requests.
+engines see and produce text the same way. A single request runs in one long-lived context, whose KV cache keeps the
+last prompt's prefix (system prompt, tool list) for the next. A batch of prompts (a validation pass) is decoded
+together by ``llama_cpp_batch``: each shared prefix computed once, one batch row per answer, in ``lanes`` contiguous
+shares side by side.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any
 
 from ...models.error_codes import L07Error, L07ErrorCode
 from .. import gguf_export
+from . import llama_cpp_batch
 from ..generation import GenerationResult, stop_token_ids
 from .base import InferenceBackend, cut_at_stop, refuse_decoding_rules
 from .conversion import converted, source_version
@@ -100,8 +101,8 @@ class LlamaCppBackend(InferenceBackend):
         gguf_path: The exported model.
         n_ctx: Context length (prompt + answer) in tokens.
         threads: CPU threads per context (default: :func:`default_threads`).
-        lanes: Contexts a batch of prompts is spread over, opened when a batch first needs them (default:
-            :func:`default_lanes`).
+        lanes: Shares a batch of prompts is split into, each decoded together in a context of its own at
+            ``threads`` threads (default: :func:`default_lanes`).
     """
 
     name = "llama_cpp"
@@ -116,8 +117,9 @@ class LlamaCppBackend(InferenceBackend):
         self._context = {"model_path": str(gguf_path), "n_ctx": n_ctx, "n_batch": 512, "n_threads": threads,
                          "n_threads_batch": threads, "verbose": False}
         self.n_ctx = n_ctx
+        self.threads = threads
         self.llm = self._open()
-        self._lanes = [self.llm]
+        self.n_vocab = self.llm.n_vocab()
         self.lane_count = lanes or default_lanes(threads)
 
     def _open(self) -> Any:
@@ -143,14 +145,14 @@ class LlamaCppBackend(InferenceBackend):
         n_ctx = min(int(config.get("max_position_embeddings") or 2048), _MAX_CTX)
         return cls(tokenizer, gguf_for(model_dir, adapter_dir), n_ctx=n_ctx)
 
-    def _tokens(self, ids: list[int], limit: int, ignore_stop: bool = False, llm: Any = None) -> Iterator[int]:
+    def _tokens(self, ids: list[int], limit: int, ignore_stop: bool = False) -> Iterator[int]:
         room = self.n_ctx - len(ids)
         if room <= 0:
             raise L07Error(L07ErrorCode.TOKENIZATION_ERROR,
                            f"prompt of {len(ids)} tokens does not fit the {self.n_ctx}-token context")
         made = 0
         # temp=0 is llama.cpp's greedy sampler: the argmax token, as transformers' do_sample=False.
-        for tok in (llm or self.llm).generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0,
+        for tok in self.llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0,
                                               reset=True):
             made += 1
             yield tok
@@ -162,29 +164,39 @@ class LlamaCppBackend(InferenceBackend):
         started = time.perf_counter()
         prompts = [self.prompt_ids(text) for text in texts]
         caps = [min(limits[k], max_new_tokens) if limits else max_new_tokens for k in range(len(texts))]
-
-        def answer(llm: Any, k: int) -> list[int]:
-            made = list(self._tokens(prompts[k], caps[k], ignore_stop, llm))
-            return made if ignore_stop else cut_at_stop(made, self.stops, caps[k])
-
-        lanes = min(self.lane_count, len(texts))
-        while len(self._lanes) < lanes:
-            self._lanes.append(self._open())
-        if lanes <= 1:
-            rows = [answer(self.llm, k) for k in range(len(texts))]
+        for k, ids in enumerate(prompts):
+            if len(ids) >= self.n_ctx:
+                raise L07Error(L07ErrorCode.TOKENIZATION_ERROR,
+                               f"prompt of {len(ids)} tokens does not fit the {self.n_ctx}-token context")
+            caps[k] = min(caps[k], self.n_ctx - len(ids))
+        if len(texts) == 1:
+            # One request keeps to the long-lived context, whose KV cache still holds the last prompt's prefix.
+            made = list(self._tokens(prompts[0], caps[0], ignore_stop))
+            rows = [made if ignore_stop else cut_at_stop(made, self.stops, caps[0])]
         else:
-            # Contiguous shares keep neighbouring prompts (turns of one conversation) in one lane's prefix cache.
-            # llama.cpp's calls release the GIL, so threads decode in parallel.
-            from concurrent.futures import ThreadPoolExecutor
-
-            bounds = [round(i * len(texts) / lanes) for i in range(lanes + 1)]
-            with ThreadPoolExecutor(max_workers=lanes) as pool:
-                shares = pool.map(lambda i: [answer(self._lanes[i], k) for k in range(bounds[i], bounds[i + 1])],
-                                  range(lanes))
-                rows = [row for share in shares for row in share]
+            rows = self._together(prompts, caps, ignore_stop)
         per_item = (time.perf_counter() - started) / max(len(texts), 1)
         return [GenerationResult(text=self.tokenizer.decode(ids, skip_special_tokens=True).strip(),
                                  latency_s=per_item, new_tokens=len(ids)) for ids in rows]
+
+    def _together(self, prompts: list[list[int]], caps: list[int], ignore_stop: bool) -> list[list[int]]:
+        """Many prompts through :func:`~.llama_cpp_batch.decode_together`, in ``lane_count`` contiguous shares
+        decoded side by side (neighbouring prompts, turns of one conversation, share the longest prefixes)."""
+        lanes = max(1, min(self.lane_count, len(prompts)))
+        size = min(-(-len(prompts) // lanes), llama_cpp_batch.MAX_SEQUENCES)
+        shares = [range(i, min(i + size, len(prompts))) for i in range(0, len(prompts), size)]
+
+        def run(share: range) -> list[list[int]]:
+            return llama_cpp_batch.decode_together(self.llm.model, self.n_vocab, [prompts[k] for k in share],
+                                                   [caps[k] for k in share], self.stops, self.threads, ignore_stop)
+
+        if len(shares) == 1:
+            return run(shares[0])
+        from concurrent.futures import ThreadPoolExecutor
+
+        # llama_decode releases the GIL (a ctypes call), so the shares decode in parallel.
+        with ThreadPoolExecutor(max_workers=lanes) as pool:
+            return [row for rows in pool.map(run, shares) for row in rows]
 
     def stream(self, text: str, limit: int) -> Iterator[str]:
         ids: list[int] = []
@@ -198,5 +210,4 @@ class LlamaCppBackend(InferenceBackend):
                 sent = now
 
     def close(self) -> None:
-        for llm in self._lanes:
-            llm.close()
+        self.llm.close()

@@ -13,6 +13,7 @@ from L07_learning.pipelines import backends
 from L07_learning.pipelines.backends import (TransformersBackend, ctranslate2_backend, llama_cpp_backend, load_backend,
                                             vllm_backend)
 from L07_learning.pipelines.backends.conversion import converted, model_fingerprint
+from L07_learning.pipelines.backends.llama_cpp_batch import PrefixTrie
 from L07_learning.pipelines.base_model import build_tiny_model
 from L07_learning.pipelines.evaluation_pipeline import load_for_eval
 from L07_learning.pipelines.generation import generate_with
@@ -186,23 +187,25 @@ def test_llama_cpp_answers_as_transformers_on_the_taught_tool_caller(taught: Pat
 
 
 @pytest.mark.skipif(not llama_cpp_backend.available(), reason="llama-cpp-python is not installed (extra llama-cpp)")
-def test_llama_cpp_lanes_answer_a_batch_as_one_context_does(taught: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A validation pass spread over several llama.cpp contexts gives every prompt the answer one context gives it,
-    in the prompts' order, with per-prompt caps."""
+def test_llama_cpp_decodes_a_batch_together_as_it_answers_each_prompt_alone(taught: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A validation pass decoded together (shared prefixes once, one batch row per prompt, spread over lanes) gives
+    every prompt the answer it gets alone, in the prompts' order, with per-prompt caps."""
     monkeypatch.setenv("L07_INFERENCE_THREADS", "1")
     tokenizer = TransformersBackend.load(taught).tokenizer
     texts = [render_chat(tokenizer, conversation(goal), TOOLS) for goal, _ in TEACH] * 3
     one = llama_cpp_backend.LlamaCppBackend(tokenizer, llama_cpp_backend.gguf_for(taught), lanes=1)
-    three = llama_cpp_backend.LlamaCppBackend(tokenizer, llama_cpp_backend.gguf_for(taught), lanes=3)
     caps = [64, 5, 64, 64, 7, 64]
-    want = one.generate_rendered(texts, 64, caps)
-    got = three.generate_rendered(texts, 64, caps)
-    assert len(three._lanes) == 3 and len(one._lanes) == 1
-    assert [(g.text, g.new_tokens) for g in got] == [(w.text, w.new_tokens) for w in want]
-    assert "unit_convert" in got[0].text and "Oslo" in got[3].text and got[1].new_tokens == 5
-    # One prompt (a served request, a timed latency request) stays on the first context.
-    single = llama_cpp_backend.LlamaCppBackend(tokenizer, llama_cpp_backend.gguf_for(taught), lanes=4)
-    assert single.generate_rendered(texts[:1], 64)[0].text == want[0].text and len(single._lanes) == 1
+    alone = [one.generate_rendered([text], 64, [cap])[0] for text, cap in zip(texts, caps)]
+    for lanes in (1, 3):
+        engine = llama_cpp_backend.LlamaCppBackend(tokenizer, llama_cpp_backend.gguf_for(taught), lanes=lanes)
+        together = engine.generate_rendered(texts, 64, caps)
+        assert [(g.text, g.new_tokens) for g in together] == [(w.text, w.new_tokens) for w in alone]
+    assert "unit_convert" in alone[0].text and "Oslo" in alone[3].text and alone[1].new_tokens == 5
+    # Timing work decodes exactly the cap past the end of turn, together as alone.
+    fixed = one.generate_rendered(texts[:2], 20, ignore_stop=True)
+    assert [r.new_tokens for r in fixed] == [20, 20]
+    assert fixed[0].text.startswith(alone[0].text[:10])
     monkeypatch.setenv("L07_INFERENCE_LANES", "x")
     with pytest.raises(L07Error):
         llama_cpp_backend.default_lanes(1)
@@ -210,7 +213,26 @@ def test_llama_cpp_lanes_answer_a_batch_as_one_context_does(taught: Path, monkey
     assert llama_cpp_backend.default_lanes(1) == 2
 
 
-@pytest.mark.gpu
+def test_shared_prompt_prefixes_enter_the_batch_once_in_an_order_llama_cpp_accepts() -> None:
+    """Every distinct prefix is one batch entry; a prompt's entries rebuild it with rising positions; an entry
+    lists exactly the prompts that start with its prefix."""
+    prompts = [[1, 2, 3, 4], [1, 2, 3, 5, 6], [1, 2, 7], [9], [1, 2, 3, 4], [1, 2]]
+    trie = PrefixTrie.build(prompts)
+    distinct = {tuple(p[:i + 1]) for p in prompts for i in range(len(p))}
+    assert len(trie.tokens) == len(distinct) == 8
+    for k, prompt in enumerate(prompts):
+        path = [j for j, seqs in enumerate(trie.seqs) if k in seqs]
+        assert [trie.tokens[j] for j in path] == prompt
+        assert [trie.positions[j] for j in path] == list(range(len(prompt)))
+        assert trie.last[k] == path[-1]
+        for j in path:
+            prefix = tuple(prompt[:trie.positions[j] + 1])
+            assert trie.seqs[j] == [m for m, p in enumerate(prompts) if tuple(p[:len(prefix)]) == prefix]
+    assert trie.last[0] == trie.last[4]
+    with pytest.raises(L07Error):
+        PrefixTrie.build([[1], []])
+
+
 @pytest.mark.skipif(not vllm_backend.available(), reason="needs vllm and a CUDA device")
 def test_vllm_answers_as_transformers_on_the_taught_tool_caller(taught: Path) -> None:
     pytest.importorskip("vllm")
