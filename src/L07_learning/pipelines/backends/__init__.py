@@ -2,11 +2,13 @@
 
 ``auto`` (default): vLLM on a CUDA device when installed; else, on CPU, llama.cpp when ``llama-cpp-python`` is
 installed (``pip install -e .[llama-cpp]``), then CTranslate2 (``.[fast-cpu]``), then transformers; a model an engine
-cannot convert falls through to the next. Order by measurement on the demo (2 cores, 2026-12-06): its validation took
-265 s in transformers, 260-269 s in CTranslate2 and 111 s in llama.cpp (on the 300-execution demo); on a quiet machine
-CTranslate2's held-out answers pass was 1.0-1.5x transformers' (``benchmarks/validation_pieces.py``: long prompts,
-compute-bound prefill). At batch 1 (``benchmarks/serving.py``) llama.cpp was also the faster and smaller. CTranslate2
-installs in seconds and batches concurrent requests (2.1x at 8).
+cannot convert falls through to the next. Order by measurement on the demo (2 cores, 2026-12-07, ``validation_seconds``
+of ``l07 demo --json``): llama.cpp 3.7x faster than transformers (58 s against 214 s), because it decodes a
+validation batch together with each shared prompt prefix computed once (``llama_cpp_batch``); CTranslate2 was no
+faster than transformers there (260-269 s against 265 s on 2026-12-06: long prompts, compute-bound prefill; see
+``benchmarks/validation_pieces.py``). At batch 1 (``benchmarks/serving.py``) llama.cpp was also the faster and
+smaller. CTranslate2 installs as a wheel in seconds and batches concurrent requests (2.1x at 8).
+
 Naming an engine that is not installed is an error, not a silent fallback: whoever set it expects that engine's speed.
 """
 

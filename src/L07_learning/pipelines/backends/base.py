@@ -28,9 +28,6 @@ class InferenceBackend(ABC):
 
     name: str = ""
     tokenizer: Any
-    #: Whether one call decodes its prompts together; a sequential engine is handed one request at a time, so a
-    #: short answer is not held back until the longest answer of its batch is done.
-    batches: bool = True
 
     @abstractmethod
     def generate_rendered(self, texts: list[str], max_new_tokens: int, limits: list[int] | None = None,

@@ -106,7 +106,6 @@ class LlamaCppBackend(InferenceBackend):
     """
 
     name = "llama_cpp"
-    batches = False
 
     def __init__(self, tokenizer: Any, gguf_path: str | Path, n_ctx: int = 4096, threads: int | None = None,
                  lanes: int | None = None) -> None:

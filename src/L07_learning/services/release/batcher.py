@@ -45,9 +45,7 @@ class Batcher:
 
     def __init__(self, served: ServedModel, max_batch: int = 8) -> None:
         self.served = served
-        # An engine that decodes requests one after another (llama.cpp) gets them one at a time: each answer then
-        # returns as soon as it is done instead of when the whole batch is.
-        self.max_batch = max_batch if served.backend.batches else 1
+        self.max_batch = max_batch
         self._queue: asyncio.Queue[_Completion | _Stream] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="l07-serve")
         self._task: asyncio.Task[None] | None = None
