@@ -24,8 +24,8 @@ from typing import Any
 
 from ...models.error_codes import L07Error, L07ErrorCode
 from .. import gguf_export
-from . import llama_cpp_batch
 from ..generation import GenerationResult, stop_token_ids
+from . import llama_cpp_batch
 from .base import InferenceBackend, cut_at_stop, refuse_decoding_rules
 from .conversion import converted, source_version
 from .threads import default_lanes, default_threads
@@ -151,8 +151,7 @@ class LlamaCppBackend(InferenceBackend):
                            f"prompt of {len(ids)} tokens does not fit the {self.n_ctx}-token context")
         made = 0
         # temp=0 is llama.cpp's greedy sampler: the argmax token, as transformers' do_sample=False.
-        for tok in self.llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0,
-                                              reset=True):
+        for tok in self.llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True):
             made += 1
             yield tok
             if (tok in self.stops and not ignore_stop) or made >= min(limit, room):

@@ -127,9 +127,9 @@ def decode_together(model: Any, n_vocab: int, prompts: list[list[int]], caps: li
     batch = native.llama_batch_init(max(PREFILL_CHUNK, n), 0, n)
     try:
         answers: list[list[int]] = [[] for _ in prompts]
-        wanted = {entry: [] for entry in trie.last}
+        wanted: dict[int, list[int]] = {}  # entry -> the prompts that end there (identical prompts share one)
         for k, entry in enumerate(trie.last):
-            wanted[entry].append(k)
+            wanted.setdefault(entry, []).append(k)
         for start in range(0, len(trie.tokens), PREFILL_CHUNK):
             entries = range(start, min(start + PREFILL_CHUNK, len(trie.tokens)))
             for i, j in enumerate(entries):
@@ -147,14 +147,15 @@ def decode_together(model: Any, n_vocab: int, prompts: list[list[int]], caps: li
                     for k in wanted[j]:
                         answers[k].append(first)
 
-        def open_(k: int) -> bool:
-            made = answers[k]
-            return len(made) < caps[k] and (ignore_stop or made[-1] not in stops)
-
-        active = [k for k in range(n) if caps[k] > 0 and open_(k)]
+        ends = set(stops)
         for k in range(n):
-            if caps[k] <= 0:
-                answers[k] = []
+            answers[k] = answers[k][:max(caps[k], 0)]
+
+        def unfinished(k: int) -> bool:
+            made = answers[k]
+            return 0 < len(made) < caps[k] and (ignore_stop or made[-1] not in ends)
+
+        active = [k for k in range(n) if unfinished(k)]
         while active:
             for i, k in enumerate(active):
                 batch.token[i] = answers[k][-1]
@@ -168,7 +169,7 @@ def decode_together(model: Any, n_vocab: int, prompts: list[list[int]], caps: li
             rows = np.ctypeslib.as_array(native.llama_get_logits(ctx), shape=(len(active), n_vocab))
             for k, tok in zip(active, rows.argmax(axis=1).tolist()):
                 answers[k].append(tok)
-            active = [k for k in active if open_(k)]
+            active = [k for k in active if unfinished(k)]
         return answers
     finally:
         native.llama_batch_free(batch)
