@@ -517,7 +517,7 @@ class _ModelWorker:
     would keep gigabytes resident after the first release. Within one validation the measurements share the process:
     each loads its model and frees it on return (``_run_and_free``), and the imports (torch, transformers, the CLI
     that spawn re-imports as the main module) are paid once instead of once per measurement. Measured on the demo
-    with llama.cpp: four processes spent about 18 s of a 69 s validation starting up.
+    with llama.cpp: one process instead of four took its validation from 68.7 s to 58.0 s.
     """
 
     def __init__(self) -> None:
